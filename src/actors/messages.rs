@@ -1,0 +1,91 @@
+//! Messages that cross actor boundaries inside a conversation tree.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::child::ChildRole;
+use crate::audio::segmenter::{SpeechEvent, SpeechSegment};
+use crate::lifecycle::ExitReason;
+use crate::protocol::native::FailureMode;
+use crate::protocol::{ClientEvent, ErrorCode, ServerEvent};
+
+/// One binary audio frame from the client, in the session's codec.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct AudioFrame {
+    pub data: Bytes,
+}
+
+/// A parsed client text event, handed from the transport to its conversation.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ClientCommand {
+    pub event: ClientEvent,
+}
+
+/// Something for the client: a JSON event or a binary audio frame.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum Outbound {
+    Event(ServerEvent),
+    Audio(Bytes),
+}
+
+/// The transport is gone (sent from the session's `Drop`, so it arrives on every path).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SessionEnded {
+    pub reason: ExitReason,
+    /// When the session ended: the start of the teardown clock.
+    pub at: Instant,
+}
+
+/// The supervisor asks a child to stop; the child's `Drop` confirms.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopChild;
+
+/// Make a child fail on purpose (`debug.fault_injection` only), to exercise supervision.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct InjectFailure {
+    pub mode: FailureMode,
+}
+
+/// End of speech from the client (`audio.end`): close the open segment.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct FlushSpeech;
+
+/// A speech segment for the recogniser.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Transcribe {
+    pub segment: SpeechSegment,
+}
+
+/// Decoded input audio at the session's rate, for the recorder.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Record {
+    pub samples: Arc<[i16]>,
+}
+
+/// Everything a child tells its conversation.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum ChildEvent {
+    /// Speech started or stopped.
+    Speech { event: SpeechEvent },
+    /// A finished speech segment.
+    Segment { segment: SpeechSegment },
+    /// Decoded input audio.
+    Decoded { samples: Arc<[i16]> },
+    /// Something the client should hear about; the session keeps going.
+    ClientError { code: ErrorCode, message: String },
+    /// The child hit an error it cannot continue from; the supervisor decides.
+    Failed { role: ChildRole, error: String },
+}

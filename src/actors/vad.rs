@@ -1,0 +1,175 @@
+//! `VadActor`: decodes the client's audio, resamples it to 16 kHz and finds speech.
+//!
+//! The work runs on the DSP pool, never on the arbiter. The actor's [`Ingest`] state
+//! (decoder, resampler, VAD, segmenter) travels with each job together with every frame
+//! that arrived since the last one, so under load frames batch up naturally and one
+//! conversation's state is only ever touched by one thread. The mailbox and the pending
+//! list are bounded; frames beyond them are dropped and counted.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
+use super::messages::{AudioFrame, ChildEvent, FlushSpeech};
+use crate::audio::ingest::{Ingest, IngestError, IngestOutput};
+use crate::audio::segmenter::SegmenterConfig;
+use crate::metrics::{ActorKind, BadInput, GaugeGuard};
+use crate::protocol::ErrorCode;
+use crate::workers::JobError;
+
+/// Longest segment handed to the recogniser, in ms (Moonshine wants under ~30 s).
+const MAX_SEGMENT_MS: u32 = 30_000;
+
+pub struct VadActor {
+    env: ChildEnv,
+    parent: Recipient<ChildEvent>,
+    /// `None` while a job holds it.
+    ingest: Option<Box<Ingest>>,
+    pending: Vec<Bytes>,
+    flush_pending: bool,
+    max_pending: usize,
+    forward_decoded: bool,
+    link: ChildLink,
+    _live: GaugeGuard,
+}
+
+impl VadActor {
+    pub fn new(env: ChildEnv, link: ChildLink) -> Result<Self, IngestError> {
+        let config = &env.services.config;
+        let segmenter = SegmenterConfig {
+            start_threshold: 0.5,
+            end_threshold: 0.5,
+            min_speech_ms: config.vad.min_speech_ms,
+            min_silence_ms: config.vad.min_silence_ms,
+            pad_ms: config.vad.pad_ms,
+            max_segment_ms: MAX_SEGMENT_MS,
+            // Segments are only kept when a recogniser will read them.
+            collect_audio: false,
+        };
+        let ingest = Ingest::new(
+            env.params.codec,
+            env.params.sample_rate,
+            config.vad.webrtc_mode,
+            segmenter,
+        )?;
+        Ok(VadActor {
+            parent: env.parent.clone(),
+            max_pending: config.session.audio_queue_frames,
+            forward_decoded: config.recorder.enabled,
+            ingest: Some(Box::new(ingest)),
+            pending: Vec::new(),
+            flush_pending: false,
+            _live: env.services.metrics.actor_guard(ActorKind::Vad),
+            env,
+            link,
+        })
+    }
+
+    /// Send the state and everything pending to the DSP pool, unless a job is out.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.ingest.is_none() || (self.pending.is_empty() && !self.flush_pending) {
+            return;
+        }
+        let Some(mut ingest) = self.ingest.take() else {
+            return;
+        };
+        let frames = std::mem::take(&mut self.pending);
+        let flush = std::mem::take(&mut self.flush_pending);
+        let job = self
+            .env
+            .services
+            .dsp
+            .submit(&self.env.cancel, self.link.hold(), move || {
+                let mut out = IngestOutput::default();
+                ingest.process(&frames, &mut out);
+                if flush {
+                    ingest.flush(&mut out);
+                }
+                (ingest, out)
+            });
+        let answer = match job {
+            Ok(answer) => answer,
+            Err(error) => return self.fail(error.to_string()),
+        };
+        ctx.spawn(
+            answer
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(Ok((ingest, out))) => {
+                        act.ingest = Some(ingest);
+                        act.deliver(out);
+                        act.dispatch(ctx);
+                    }
+                    Ok(Err(JobError::Cancelled)) => {}
+                    Ok(Err(error)) => act.fail(error.to_string()),
+                    Err(_) => act.fail("the DSP pool dropped the job".into()),
+                }),
+        );
+    }
+
+    fn deliver(&mut self, out: IngestOutput) {
+        let metrics = &self.env.services.metrics;
+        for error in out.errors {
+            let kind = match error {
+                IngestError::OddLengthPcm(_) => BadInput::OddLengthPcm,
+                IngestError::BadOpus(_) => BadInput::BadOpus,
+                IngestError::Setup(_) => {
+                    return self.fail(error.to_string());
+                }
+            };
+            metrics.count_bad_input(kind);
+            self.parent.do_send(ChildEvent::ClientError {
+                code: ErrorCode::BadAudio,
+                message: error.to_string(),
+            });
+        }
+        if self.forward_decoded && !out.native.is_empty() {
+            let samples: Arc<[i16]> = out.native.into();
+            self.parent.do_send(ChildEvent::Decoded { samples });
+        }
+        for event in out.speech.events {
+            self.parent.do_send(ChildEvent::Speech { event });
+        }
+        for segment in out.speech.segments {
+            self.parent.do_send(ChildEvent::Segment { segment });
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        self.parent.do_send(ChildEvent::Failed {
+            role: ChildRole::Vad,
+            error,
+        });
+    }
+}
+
+impl Actor for VadActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<AudioFrame> for VadActor {
+    type Result = ();
+
+    fn handle(&mut self, frame: AudioFrame, ctx: &mut Context<Self>) {
+        if self.pending.len() >= self.max_pending {
+            // The DSP pool is behind: shed the oldest audio rather than grow.
+            self.pending.remove(0);
+            self.env.services.metrics.audio_frames_dropped.inc();
+        }
+        self.pending.push(frame.data);
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<FlushSpeech> for VadActor {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushSpeech, ctx: &mut Context<Self>) {
+        self.flush_pending = true;
+        self.dispatch(ctx);
+    }
+}
+
+child_controls!(VadActor, ChildRole::Vad);

@@ -1,0 +1,258 @@
+//! Turns per-frame speech scores into speech start/stop events and padded segments.
+//!
+//! Engine-agnostic: webrtc-vad gives 0 or 1 per 20 ms frame, Silero a probability per
+//! 32 ms window. Hysteresis (start above `start_threshold` for `min_speech_ms`, end below
+//! `end_threshold` for `min_silence_ms`) stops flapping; `pad_ms` of audio is kept on
+//! each side of a segment so the recogniser hears whole words. Segments longer than
+//! `max_segment_ms` are cut so no segment grows without bound.
+
+use std::collections::VecDeque;
+
+use super::MODEL_RATE;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SegmenterConfig {
+    pub start_threshold: f32,
+    pub end_threshold: f32,
+    pub min_speech_ms: u32,
+    pub min_silence_ms: u32,
+    pub pad_ms: u32,
+    pub max_segment_ms: u32,
+    /// Keep segment audio (only needed when a recogniser listens).
+    pub collect_audio: bool,
+}
+
+/// A boundary the client hears about, in milliseconds of the session's audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeechEvent {
+    Started { audio_ms: u64 },
+    Stopped { audio_ms: u64 },
+}
+
+/// One stretch of speech at 16 kHz, padded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeechSegment {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub samples: Vec<i16>,
+}
+
+#[derive(Debug, Default)]
+pub struct SegmenterOutput {
+    pub events: Vec<SpeechEvent>,
+    pub segments: Vec<SpeechSegment>,
+}
+
+pub struct Segmenter {
+    config: SegmenterConfig,
+    /// Samples seen so far at 16 kHz: the audio clock.
+    clock: u64,
+    in_speech: bool,
+    /// Consecutive samples on the "other side" of the current state.
+    run: u64,
+    /// Recent audio kept for the leading pad and the voiced run before a start.
+    preroll: VecDeque<i16>,
+    preroll_cap: usize,
+    segment: Vec<i16>,
+    segment_start: u64,
+    /// Clock at the end of the last voiced frame of the current segment.
+    last_voiced_end: u64,
+}
+
+fn ms_to_samples(ms: u32) -> u64 {
+    u64::from(ms) * u64::from(MODEL_RATE) / 1000
+}
+
+fn samples_to_ms(samples: u64) -> u64 {
+    samples * 1000 / u64::from(MODEL_RATE)
+}
+
+impl Segmenter {
+    pub fn new(config: SegmenterConfig) -> Self {
+        let preroll_cap =
+            (ms_to_samples(config.pad_ms) + ms_to_samples(config.min_speech_ms)) as usize + 1024;
+        Segmenter {
+            config,
+            clock: 0,
+            in_speech: false,
+            run: 0,
+            preroll: VecDeque::with_capacity(preroll_cap),
+            preroll_cap,
+            segment: Vec::new(),
+            segment_start: 0,
+            last_voiced_end: 0,
+        }
+    }
+
+    pub fn in_speech(&self) -> bool {
+        self.in_speech
+    }
+
+    /// Feed one analysed frame with its speech score.
+    pub fn push(&mut self, frame: &[i16], score: f32, out: &mut SegmenterOutput) {
+        self.clock += frame.len() as u64;
+        if self.in_speech {
+            self.push_in_speech(frame, score, out);
+        } else {
+            self.push_in_silence(frame, score, out);
+        }
+    }
+
+    fn push_in_silence(&mut self, frame: &[i16], score: f32, out: &mut SegmenterOutput) {
+        self.preroll.extend(frame.iter().copied());
+        while self.preroll.len() > self.preroll_cap {
+            self.preroll.pop_front();
+        }
+        if score >= self.config.start_threshold {
+            self.run += frame.len() as u64;
+        } else {
+            self.run = 0;
+        }
+        if self.run >= ms_to_samples(self.config.min_speech_ms).max(1) {
+            let voiced_start = self.clock - self.run;
+            self.in_speech = true;
+            self.last_voiced_end = self.clock;
+            let pad = ms_to_samples(self.config.pad_ms);
+            let keep = ((self.run + pad) as usize).min(self.preroll.len());
+            self.segment_start = self.clock - keep as u64;
+            if self.config.collect_audio {
+                let skip = self.preroll.len() - keep;
+                self.segment.clear();
+                self.segment.extend(self.preroll.iter().skip(skip).copied());
+            }
+            self.preroll.clear();
+            self.run = 0;
+            out.events.push(SpeechEvent::Started {
+                audio_ms: samples_to_ms(voiced_start),
+            });
+        }
+    }
+
+    fn push_in_speech(&mut self, frame: &[i16], score: f32, out: &mut SegmenterOutput) {
+        if self.config.collect_audio {
+            self.segment.extend_from_slice(frame);
+        }
+        if score >= self.config.end_threshold {
+            self.run = 0;
+            self.last_voiced_end = self.clock;
+        } else {
+            self.run += frame.len() as u64;
+        }
+        if self.run >= ms_to_samples(self.config.min_silence_ms) {
+            self.finish_segment(out);
+        } else if self.clock - self.segment_start >= ms_to_samples(self.config.max_segment_ms) {
+            // Cut an overlong segment; speech continues into a fresh one.
+            let cut = self.take_segment(self.clock);
+            out.segments.extend(cut);
+            self.segment_start = self.clock;
+        }
+    }
+
+    /// End the current segment now (client sent `audio.end`, or silence was long enough).
+    pub fn flush(&mut self, out: &mut SegmenterOutput) {
+        if self.in_speech {
+            self.last_voiced_end = self.clock;
+            self.finish_segment(out);
+        }
+        self.preroll.clear();
+        self.run = 0;
+    }
+
+    fn finish_segment(&mut self, out: &mut SegmenterOutput) {
+        let end = (self.last_voiced_end + ms_to_samples(self.config.pad_ms)).min(self.clock);
+        out.events.push(SpeechEvent::Stopped {
+            audio_ms: samples_to_ms(self.last_voiced_end),
+        });
+        out.segments.extend(self.take_segment(end));
+        self.in_speech = false;
+        self.run = 0;
+    }
+
+    fn take_segment(&mut self, end: u64) -> Option<SpeechSegment> {
+        if !self.config.collect_audio {
+            return None;
+        }
+        let keep = (end.saturating_sub(self.segment_start) as usize).min(self.segment.len());
+        let mut samples = std::mem::take(&mut self.segment);
+        samples.truncate(keep);
+        Some(SpeechSegment {
+            start_ms: samples_to_ms(self.segment_start),
+            end_ms: samples_to_ms(end),
+            samples,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SegmenterConfig {
+        SegmenterConfig {
+            start_threshold: 0.5,
+            end_threshold: 0.5,
+            min_speech_ms: 60,
+            min_silence_ms: 200,
+            pad_ms: 100,
+            max_segment_ms: 30_000,
+            collect_audio: true,
+        }
+    }
+
+    /// Feed `ms` of 20 ms frames with a constant score.
+    fn feed(seg: &mut Segmenter, ms: u32, score: f32, out: &mut SegmenterOutput) {
+        for _ in 0..ms / 20 {
+            seg.push(&[score as i16; 320], score, out);
+        }
+    }
+
+    #[test]
+    fn one_utterance_gives_start_stop_and_a_padded_segment() {
+        let mut seg = Segmenter::new(config());
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 1000, 0.0, &mut out);
+        feed(&mut seg, 800, 1.0, &mut out);
+        feed(&mut seg, 1000, 0.0, &mut out);
+        assert_eq!(
+            out.events,
+            vec![
+                SpeechEvent::Started { audio_ms: 1000 },
+                SpeechEvent::Stopped { audio_ms: 1800 }
+            ]
+        );
+        let segment = &out.segments[0];
+        assert_eq!((segment.start_ms, segment.end_ms), (900, 1900));
+        assert_eq!(segment.samples.len(), 16 * 1000);
+    }
+
+    #[test]
+    fn short_blips_and_short_pauses_do_not_flap() {
+        let mut seg = Segmenter::new(config());
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 40, 1.0, &mut out); // shorter than min_speech_ms
+        feed(&mut seg, 500, 0.0, &mut out);
+        assert!(out.events.is_empty());
+        feed(&mut seg, 400, 1.0, &mut out);
+        feed(&mut seg, 100, 0.0, &mut out); // shorter than min_silence_ms
+        feed(&mut seg, 400, 1.0, &mut out);
+        seg.flush(&mut out);
+        assert_eq!(out.events.len(), 2);
+        assert_eq!(out.segments.len(), 1);
+    }
+
+    #[test]
+    fn overlong_speech_is_cut() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            max_segment_ms: 1000,
+            ..config()
+        });
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 2500, 1.0, &mut out);
+        seg.flush(&mut out);
+        assert_eq!(out.segments.len(), 3);
+        assert!(out
+            .segments
+            .iter()
+            .all(|s| s.samples.len() <= 16_000 + 1600));
+    }
+}

@@ -1,0 +1,273 @@
+//! Typed configuration: `config/default.toml` maps onto `Config`, one table per part.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file, then environment
+//! variables `HEARKEN__<TABLE>__<KEY>`. Unknown keys and bad values fail at start with
+//! a message that names the key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Sample rates a client may stream at (Hz).
+pub const SUPPORTED_SAMPLE_RATES: [u32; 4] = [8000, 16000, 24000, 48000];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub session: SessionConfig,
+    pub auth: AuthConfig,
+    pub vad: VadConfig,
+    pub recorder: RecorderConfig,
+    pub workers: WorkersConfig,
+    pub models: ModelsConfig,
+    pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 binds an ephemeral port (tests).
+    pub port: u16,
+    /// HTTP worker threads (actix arbiters); 0 means one per core.
+    pub workers: usize,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    /// How long shutdown waits for every conversation to tear down.
+    pub shutdown_drain_ms: u64,
+    /// Peers whose `X-Forwarded-For` header is believed (a reverse proxy such as nginx).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: 0,
+            max_sessions: 2000,
+            max_sessions_per_ip: 200,
+            shutdown_drain_ms: 5000,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    pub idle_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    /// Audio frames a conversation may hold unprocessed before it drops (and counts) them.
+    pub audio_queue_frames: usize,
+    /// How long a conversation waits for its children to confirm they stopped.
+    pub teardown_timeout_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout_ms: 30_000,
+            max_frame_bytes: 65_536,
+            audio_queue_frames: 100,
+            teardown_timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted bearer tokens; empty disables auth.
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VadEngine {
+    Webrtc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadConfig {
+    pub engine: VadEngine,
+    /// webrtc-vad aggressiveness, 0 (quality) to 3 (very aggressive).
+    pub webrtc_mode: u8,
+    /// Voiced audio needed before `vad.speech_started`.
+    pub min_speech_ms: u32,
+    /// Unvoiced audio needed before `vad.speech_stopped`.
+    pub min_silence_ms: u32,
+    /// Audio kept before the detected start and after the end of a segment.
+    pub pad_ms: u32,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        VadConfig {
+            engine: VadEngine::Webrtc,
+            webrtc_mode: 2,
+            min_speech_ms: 100,
+            min_silence_ms: 400,
+            pad_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecorderConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            enabled: false,
+            dir: PathBuf::from("recordings"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Threads decoding Opus, resampling and running webrtc-vad.
+    pub dsp_threads: usize,
+    /// Threads doing file I/O (recordings).
+    pub io_threads: usize,
+    /// Jobs a pool accepts before it reports `overloaded`.
+    pub queue_depth: usize,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            dsp_threads: 2,
+            io_threads: 1,
+            queue_depth: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            dir: PathBuf::from("models"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Accept `debug.fail_child` events that make a child actor fail (tests only).
+    pub fault_injection: bool,
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `HEARKEN__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("HEARKEN__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse a TOML string (tests and embedders), without the environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if self.server.max_sessions == 0 {
+            return invalid("server.max_sessions", "must be at least 1");
+        }
+        if self.server.max_sessions_per_ip == 0 {
+            return invalid("server.max_sessions_per_ip", "must be at least 1");
+        }
+        if self.session.idle_timeout_ms < 100 {
+            return invalid("session.idle_timeout_ms", "must be at least 100");
+        }
+        if self.session.max_frame_bytes < 320 {
+            return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
+        }
+        if self.session.audio_queue_frames == 0 {
+            return invalid("session.audio_queue_frames", "must be at least 1");
+        }
+        if self.vad.webrtc_mode > 3 {
+            return invalid("vad.webrtc_mode", "must be 0, 1, 2 or 3");
+        }
+        if self.workers.dsp_threads == 0 || self.workers.io_threads == 0 {
+            return invalid("workers.dsp_threads", "pools need at least one thread");
+        }
+        if self.workers.queue_depth == 0 {
+            return invalid("workers.queue_depth", "must be at least 1");
+        }
+        if self.auth.tokens.iter().any(|t| t.is_empty()) {
+            return invalid("auth.tokens", "tokens must not be empty strings");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_file_parses() {
+        let text = include_str!("../config/default.toml");
+        let config = Config::from_toml(text).expect("config/default.toml must parse");
+        assert_eq!(config.server.port, 8080);
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = Config::from_toml("[server]\nport = \"eighty\"").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+        let err = Config::from_toml("[vad]\nwebrtc_mode = 7").unwrap_err();
+        assert!(err.to_string().contains("vad.webrtc_mode"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Config::from_toml("[session]\nidle_timeout = 5").unwrap_err();
+        assert!(err.to_string().contains("idle_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,61 @@
+//! HTTP routes: the WebSocket upgrade and the operator endpoints.
+
+pub mod auth;
+pub mod events;
+pub mod ops;
+pub mod ws;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::admission::Admission;
+use crate::services::Services;
+
+/// Everything a request handler needs, shared by all HTTP workers.
+pub struct AppState {
+    pub services: Arc<Services>,
+    pub admission: Arc<Admission>,
+    pub status: Arc<ServerStatus>,
+}
+
+/// Server-wide readiness and shutdown flags.
+pub struct ServerStatus {
+    ready: AtomicBool,
+    draining: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl ServerStatus {
+    pub fn new() -> Arc<Self> {
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(ServerStatus {
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            shutdown,
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stop admitting sessions and tell long-lived streams to end.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}

@@ -1,0 +1,33 @@
+//! # hearken
+//!
+//! A single-process, actor-based real-time voice server. A client streams microphone
+//! audio over a WebSocket; each session gets one supervised conversation tree (VAD, STT,
+//! LLM, TTS and an optional recorder); every way a session can end runs one teardown
+//! that leaves nothing behind and publishes one `connection_disconnected` event.
+//!
+//! # Layout
+//! - [`server`]: binds, runs and drains a server; [`http`]: its routes.
+//! - [`registry`]: the live-conversation map and lifecycle event broadcast.
+//! - [`actors`]: the session transport, the conversation supervisor and its children.
+//! - [`audio`]: PCM, Opus, resampling, speech segmentation, WAV.
+//! - [`workers`]: the thread pools that keep blocking work off actix arbiters.
+//! - [`metrics`]: Prometheus metrics and the `Drop` guards behind every leak gauge.
+//! - [`admission`]: session caps before upgrade; [`config`]: typed configuration;
+//!   [`lifecycle`]: exit reasons and close codes; [`protocol`]: the wire formats.
+
+pub mod actors;
+pub mod admission;
+pub mod audio;
+pub mod config;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod services;
+pub mod workers;
+
+pub use config::Config;
+pub use lifecycle::ExitReason;
+pub use server::{DrainOutcome, Server};

@@ -1,0 +1,67 @@
+//! The `hearken` binary: `hearken serve [--config FILE]`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hearken::{Config, Server};
+
+#[derive(Parser)]
+#[command(name = "hearken", version, about = "Real-time voice server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT, then drain and exit 0.
+    Serve {
+        /// Configuration file; defaults to config/default.toml when it exists.
+        #[arg(long, env = "HEARKEN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "config/default.toml";
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path.or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
+    let config = Config::load(path.as_deref())?;
+    actix_web::rt::System::new().block_on(async move {
+        let server = Server::start(config).await?;
+        wait_for_signal()
+            .await
+            .context("installing signal handlers")?;
+        let outcome = server.shutdown().await?;
+        tracing::info!(?outcome, "bye");
+        Ok(())
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The native hearken protocol (DESIGN.md §3): query parameters of the upgrade request,
+//! client → server JSON events, and server → client JSON events. Audio is never JSON: it
+//! travels as binary frames in the session's codec.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::SUPPORTED_SAMPLE_RATES;
+
+/// Audio encoding of binary frames, in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioCodec {
+    /// Little-endian signed 16-bit mono samples.
+    #[default]
+    Pcm16,
+    /// One Opus packet per frame.
+    Opus,
+}
+
+/// Raw query parameters of `GET /v1/ws`, before validation.
+#[derive(Debug, Default, Deserialize)]
+pub struct SessionQuery {
+    pub conversation_id: Option<String>,
+    pub client_id: Option<String>,
+    pub codec: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub token: Option<String>,
+}
+
+/// Validated session parameters.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub conversation_id: Uuid,
+    /// Whether the client named the conversation (a resume attempt).
+    pub conversation_id_given: bool,
+    pub client_id: String,
+    pub codec: AudioCodec,
+    pub sample_rate: u32,
+}
+
+/// Why an upgrade request was refused with 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("conversation_id is not a UUID: {0}")]
+    BadConversationId(String),
+    #[error("codec must be pcm16 or opus, got {0}")]
+    BadCodec(String),
+    #[error("sample_rate must be one of 8000, 16000, 24000, 48000, got {0}")]
+    UnsupportedSampleRate(u32),
+    #[error("client_id must be 1-128 printable characters")]
+    BadClientId,
+}
+
+/// Longest accepted `client_id`, in bytes: it is logged and listed, so keep it bounded.
+const MAX_CLIENT_ID_BYTES: usize = 128;
+
+impl SessionQuery {
+    pub fn validate(self) -> Result<SessionParams, ParseError> {
+        let (conversation_id, conversation_id_given) = match self.conversation_id {
+            Some(text) => (
+                Uuid::parse_str(&text).map_err(|_| ParseError::BadConversationId(text))?,
+                true,
+            ),
+            None => (Uuid::new_v4(), false),
+        };
+        let codec = match self.codec.as_deref() {
+            None | Some("pcm16") => AudioCodec::Pcm16,
+            Some("opus") => AudioCodec::Opus,
+            Some(other) => return Err(ParseError::BadCodec(other.to_string())),
+        };
+        let sample_rate = self.sample_rate.unwrap_or(16_000);
+        if !SUPPORTED_SAMPLE_RATES.contains(&sample_rate) {
+            return Err(ParseError::UnsupportedSampleRate(sample_rate));
+        }
+        let client_id = match self.client_id {
+            None => format!("anon-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            Some(id) => {
+                let printable = id.chars().all(|c| !c.is_control());
+                if id.is_empty() || id.len() > MAX_CLIENT_ID_BYTES || !printable {
+                    return Err(ParseError::BadClientId);
+                }
+                id
+            }
+        };
+        Ok(SessionParams {
+            conversation_id,
+            conversation_id_given,
+            client_id,
+            codec,
+            sample_rate,
+        })
+    }
+}
+
+/// Client → server text frames.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type")]
+pub enum ClientEvent {
+    /// End of speech from the client's side: flush the current segment.
+    #[serde(rename = "audio.end")]
+    AudioEnd,
+    /// Stop the current reply (barge-in by button).
+    #[serde(rename = "response.cancel")]
+    ResponseCancel,
+    /// Change session settings, e.g. `{"llm":{"system_prompt":"..."}}`.
+    #[serde(rename = "session.update")]
+    SessionUpdate {
+        #[serde(default)]
+        llm: Option<LlmUpdate>,
+    },
+    /// Keep-alive; answered with `pong`.
+    #[serde(rename = "ping")]
+    Ping,
+    /// Make a child actor fail; honoured only with `debug.fault_injection = true`.
+    #[serde(rename = "debug.fail_child")]
+    DebugFailChild { role: String, mode: FailureMode },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlmUpdate {
+    pub system_prompt: Option<String>,
+}
+
+/// How an injected child failure happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// The child reports a recoverable error; the conversation may restart it.
+    Error,
+    /// The child panics inside a handler.
+    Panic,
+}
+
+impl ClientEvent {
+    /// Parse one text frame, telling malformed JSON apart from an unknown event type.
+    pub fn parse(text: &str) -> Result<ClientEvent, (ErrorCode, String)> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| (ErrorCode::MalformedJson, format!("not JSON: {e}")))?;
+        let kind = value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or((
+                ErrorCode::MalformedJson,
+                "missing string field `type`".into(),
+            ))?;
+        serde_json::from_value(value).map_err(|e| {
+            if KNOWN_CLIENT_EVENTS.contains(&kind.as_str()) {
+                (ErrorCode::MalformedJson, format!("bad `{kind}` event: {e}"))
+            } else {
+                (
+                    ErrorCode::UnknownEvent,
+                    format!("unknown event type `{kind}`"),
+                )
+            }
+        })
+    }
+}
+
+const KNOWN_CLIENT_EVENTS: [&str; 5] = [
+    "audio.end",
+    "response.cancel",
+    "session.update",
+    "ping",
+    "debug.fail_child",
+];
+
+/// Machine-readable `error.code` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    UnknownEvent,
+    BadAudio,
+    /// Text arrived where the protocol expects binary audio, or vice versa.
+    UnexpectedFrame,
+    Overloaded,
+    Unsupported,
+}
+
+/// Server → client text frames.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum ServerEvent {
+    #[serde(rename = "session.started")]
+    SessionStarted {
+        conversation_id: Uuid,
+        resumed: bool,
+        codec: AudioCodec,
+        sample_rate: u32,
+    },
+    #[serde(rename = "vad.speech_started")]
+    SpeechStarted { audio_ms: u64 },
+    #[serde(rename = "vad.speech_stopped")]
+    SpeechStopped { audio_ms: u64 },
+    #[serde(rename = "transcript.final")]
+    TranscriptFinal {
+        text: String,
+        audio_ms: u64,
+        stt_ms: u64,
+    },
+    #[serde(rename = "pong")]
+    Pong,
+    #[serde(rename = "error")]
+    Error { code: ErrorCode, message: String },
+}
+
+impl ServerEvent {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerEvent {
+        ServerEvent::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising these plain enums cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_defaults_and_rejections() {
+        let params = SessionQuery::default().validate().unwrap();
+        assert_eq!(params.codec, AudioCodec::Pcm16);
+        assert_eq!(params.sample_rate, 16_000);
+        assert!(!params.conversation_id_given);
+
+        let bad_rate = SessionQuery {
+            sample_rate: Some(44_100),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad_rate.validate().unwrap_err(),
+            ParseError::UnsupportedSampleRate(44_100)
+        );
+        let bad_id = SessionQuery {
+            conversation_id: Some("nope".into()),
+            ..Default::default()
+        };
+        assert!(bad_id.validate().is_err());
+    }
+
+    #[test]
+    fn client_events_parse_and_errors_are_classified() {
+        assert_eq!(
+            ClientEvent::parse(r#"{"type":"audio.end"}"#),
+            Ok(ClientEvent::AudioEnd)
+        );
+        assert_eq!(
+            ClientEvent::parse("{not json").unwrap_err().0,
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(
+            ClientEvent::parse(r#"{"type":"teleport"}"#).unwrap_err().0,
+            ErrorCode::UnknownEvent
+        );
+        assert_eq!(
+            ClientEvent::parse(r#"{"type":"debug.fail_child"}"#)
+                .unwrap_err()
+                .0,
+            ErrorCode::MalformedJson
+        );
+    }
+
+    #[test]
+    fn server_events_carry_their_wire_type() {
+        let json = ServerEvent::SpeechStarted { audio_ms: 120 }.to_json();
+        assert_eq!(json, r#"{"type":"vad.speech_started","audio_ms":120}"#);
+    }
+}

@@ -1,0 +1,154 @@
+//! Building, running and stopping one hearken server.
+//!
+//! [`Server::start`] binds, starts the registry, worker pools and HTTP workers, and
+//! returns a handle. Shutdown is one routine with one deadline: stop accepting, mark
+//! not-ready, end every conversation with `server_shutdown`, wait (bounded by
+//! `server.shutdown_drain_ms`) until the registry is empty, stop the HTTP server, then
+//! drop the pools (joining their threads). The binary calls it on SIGTERM/SIGINT;
+//! tests and embedders call it directly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::http::{events, ops, ws, AppState, ServerStatus};
+use crate::metrics::Metrics;
+use crate::registry::{DrainAll, Registry};
+use crate::services::Services;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start worker threads: {0}")]
+    Workers(#[source] std::io::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every conversation tore down within the deadline.
+    Clean,
+    /// The deadline passed with conversations still registered.
+    DeadlineExceeded,
+}
+
+/// A running server. Must be used from inside an actix system (`actix_rt`).
+pub struct Server {
+    addr: SocketAddr,
+    services: Arc<Services>,
+    status: Arc<ServerStatus>,
+    http: actix_web::dev::ServerHandle,
+    running: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let config = Arc::new(config);
+        let metrics = Metrics::new();
+        let registry = Registry::start_new(Arc::clone(&metrics));
+        let services =
+            Services::new(Arc::clone(&config), metrics, registry).map_err(ServerError::Workers)?;
+        let admission = Admission::new(
+            config.server.max_sessions,
+            config.server.max_sessions_per_ip,
+        );
+        let status = ServerStatus::new();
+        let state = web::Data::new(AppState {
+            services: Arc::clone(&services),
+            admission,
+            status: Arc::clone(&status),
+        });
+        let bind_addr = format!("{}:{}", config.server.host, config.server.port);
+        let mut http = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/v1/ws", web::get().to(ws::upgrade))
+                .route("/v1/events", web::get().to(events::events))
+                .route("/v1/conversations", web::get().to(ops::conversations))
+                .route("/health", web::get().to(ops::health))
+                .route("/ready", web::get().to(ops::ready))
+                .route("/metrics", web::get().to(ops::metrics))
+        })
+        .disable_signals()
+        .shutdown_timeout(1)
+        .backlog(4096)
+        .max_connections(config.server.max_sessions + 1024);
+        if config.server.workers > 0 {
+            http = http.workers(config.server.workers);
+        }
+        let http = http.bind(&bind_addr).map_err(|source| ServerError::Bind {
+            addr: bind_addr.clone(),
+            source,
+        })?;
+        let addr = http
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| ServerError::Bind {
+                addr: bind_addr,
+                source: std::io::Error::other("no address bound"),
+            })?;
+        let http = http.run();
+        let handle = http.handle();
+        let running = tokio::task::spawn_local(http);
+        status.set_ready(true);
+        tracing::info!(%addr, "hearken listening");
+        Ok(Server {
+            addr,
+            services,
+            status,
+            http: handle,
+            running,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The registry, e.g. to subscribe to lifecycle events in-process.
+    pub fn registry(&self) -> crate::registry::RegistryHandle {
+        self.services.registry.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.services.metrics)
+    }
+
+    /// The one shutdown routine (see the module docs).
+    pub async fn shutdown(self) -> Result<DrainOutcome, ServerError> {
+        let deadline = Duration::from_millis(self.services.config.server.shutdown_drain_ms);
+        tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining");
+        self.status.begin_drain();
+        self.http.pause().await;
+        let drained = self.services.registry.addr.send(DrainAll);
+        let outcome = match tokio::time::timeout(deadline, drained).await {
+            Ok(_) => DrainOutcome::Clean,
+            Err(_) => {
+                tracing::error!("drain deadline passed with conversations still live");
+                DrainOutcome::DeadlineExceeded
+            }
+        };
+        self.http.stop(true).await;
+        let finished = self.running.await;
+        drop(self.services);
+        match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(ServerError::Http(error)),
+            Err(join) => return Err(ServerError::Http(std::io::Error::other(join.to_string()))),
+        }
+        tracing::info!(?outcome, "stopped");
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,8 @@
+//! Dedicated worker threads for everything that must not run on an actix arbiter:
+//! Opus decoding, resampling and VAD batches, file I/O, and (later) model inference.
+
+pub mod cancel;
+pub mod pool;
+
+pub use cancel::CancelToken;
+pub use pool::{JobError, WorkerPool};

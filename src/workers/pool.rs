@@ -1,0 +1,234 @@
+//! A fixed pool of named OS threads fed by one bounded queue.
+//!
+//! Submitting never blocks: a full queue is an explicit `Overloaded` that the caller
+//! reports. Each job holds an in-flight gauge guard and its conversation's cancel token;
+//! a cancelled job is dropped unrun (and counted), and a panicking job is caught so the
+//! thread lives on and the caller sees `JobError::Panicked`. Dropping the pool closes the
+//! queue and joins every thread: no thread outlives its pool.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::cancel::CancelToken;
+use crate::metrics::{GaugeGuard, Metrics};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("the {pool} pool is overloaded")]
+    Overloaded { pool: &'static str },
+    #[error("the job's conversation ended before it ran")]
+    Cancelled,
+    #[error("the job panicked: {0}")]
+    Panicked(String),
+    #[error("the {pool} pool has shut down")]
+    PoolClosed { pool: &'static str },
+}
+
+type Task = Box<dyn FnOnce() + Send + 'static>;
+
+pub struct WorkerPool {
+    name: &'static str,
+    queue: Option<SyncSender<Task>>,
+    threads: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+impl WorkerPool {
+    pub fn new(
+        name: &'static str,
+        threads: usize,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (queue, jobs) = sync_channel::<Task>(queue_depth);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let threads = (0..threads)
+            .map(|i| {
+                let jobs = Arc::clone(&jobs);
+                std::thread::Builder::new()
+                    .name(format!("hearken-{name}-{i}"))
+                    .spawn(move || run_worker(&jobs))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(WorkerPool {
+            name,
+            queue: Some(queue),
+            threads,
+            metrics,
+        })
+    }
+
+    /// Queue `work` for `token`'s conversation; the answer arrives on the returned channel.
+    ///
+    /// `hold` is dropped last, after the answer was delivered (or dropped, if nobody
+    /// listens any more) and the in-flight gauge fell: a supervisor waiting on it knows
+    /// the job is completely gone.
+    pub fn submit<T, F, H>(
+        &self,
+        token: &CancelToken,
+        hold: H,
+        work: F,
+    ) -> Result<oneshot::Receiver<Result<T, JobError>>, JobError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+        H: Send + 'static,
+    {
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or(JobError::PoolClosed { pool: self.name })?;
+        let (reply, answer) = oneshot::channel();
+        let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
+        let metrics = Arc::clone(&self.metrics);
+        let token = token.clone();
+        let task: Task = Box::new(move || {
+            let outcome = if token.is_cancelled() || reply.is_closed() {
+                metrics.jobs_skipped.inc();
+                drop(work);
+                Err(JobError::Cancelled)
+            } else {
+                catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(%message, "worker job panicked");
+                    JobError::Panicked(message)
+                })
+            };
+            let _ = reply.send(outcome);
+            drop(inflight);
+            drop(hold);
+        });
+        queue.try_send(task).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                self.metrics.overloaded.inc();
+                JobError::Overloaded { pool: self.name }
+            }
+            TrySendError::Disconnected(_) => JobError::PoolClosed { pool: self.name },
+        })?;
+        Ok(answer)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+fn run_worker(jobs: &Mutex<Receiver<Task>>) {
+    loop {
+        // Hold the lock only to take one job, never while running it.
+        let next = match jobs.lock() {
+            Ok(queue) => queue.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        match next {
+            Ok(task) => task(),
+            Err(_) => return, // The pool was dropped: queue closed.
+        }
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.queue = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(depth: usize) -> (WorkerPool, Arc<Metrics>) {
+        let metrics = Metrics::new();
+        let pool = WorkerPool::new("test", 1, depth, Arc::clone(&metrics)).unwrap();
+        (pool, metrics)
+    }
+
+    #[test]
+    fn runs_jobs_and_returns_results() {
+        let (pool, metrics) = pool(4);
+        let answer = pool.submit(&CancelToken::new(), (), || 6 * 7).unwrap();
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(42));
+        drop(pool);
+        assert_eq!(metrics.inflight_jobs.get(), 0);
+    }
+
+    #[test]
+    fn cancelled_jobs_are_skipped_and_counted() {
+        let (pool, metrics) = pool(4);
+        let token = CancelToken::new();
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let hold = Arc::clone(&gate);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let first = pool
+            .submit(&CancelToken::new(), (), move || {
+                let _ = started_tx.send(());
+                hold.wait();
+            })
+            .unwrap();
+        started.recv().unwrap(); // the only worker is now busy
+        let second = pool.submit(&token, (), || "should not run").unwrap();
+        token.cancel();
+        gate.wait();
+        assert!(first.blocking_recv().unwrap().is_ok());
+        assert_eq!(second.blocking_recv().unwrap(), Err(JobError::Cancelled));
+        assert_eq!(metrics.jobs_skipped.get(), 1);
+    }
+
+    #[test]
+    fn full_queue_is_overloaded_not_blocking() {
+        let (pool, metrics) = pool(1);
+        let token = CancelToken::new();
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let hold = Arc::clone(&gate);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let _running = pool
+            .submit(&token, (), move || {
+                let _ = started_tx.send(());
+                hold.wait();
+            })
+            .unwrap();
+        started.recv().unwrap();
+        // One job fits in the queue; the next is refused.
+        let mut refused = None;
+        let mut queued = Vec::new();
+        for _ in 0..3 {
+            match pool.submit(&token, (), || ()) {
+                Ok(rx) => queued.push(rx),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        assert_eq!(refused, Some(JobError::Overloaded { pool: "test" }));
+        assert_eq!(metrics.overloaded.get(), 1);
+        gate.wait();
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_the_worker_alive() {
+        let (pool, _) = pool(4);
+        let token = CancelToken::new();
+        let bad = pool.submit(&token, (), || panic!("boom")).unwrap();
+        assert!(matches!(bad.blocking_recv().unwrap(), Err(JobError::Panicked(m)) if m == "boom"));
+        let good = pool.submit(&token, (), || 1).unwrap();
+        assert_eq!(good.blocking_recv().unwrap(), Ok(1));
+    }
+}
