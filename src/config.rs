@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub shutdown_drain_ms: u64,
     /// Peers whose `X-Forwarded-For` header is believed (a reverse proxy such as nginx).
     pub trusted_proxies: Vec<String>,
+    /// Interval of keep-alive comments on `/v1/events`; also how soon a vanished
+    /// subscriber is noticed.
+    pub events_keepalive_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             max_sessions_per_ip: 200,
             shutdown_drain_ms: 5000,
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+            events_keepalive_ms: 10_000,
         }
     }
 }
@@ -220,6 +224,15 @@ impl Config {
         }
         if self.server.max_sessions_per_ip == 0 {
             return invalid("server.max_sessions_per_ip", "must be at least 1");
+        }
+        if self.server.events_keepalive_ms < 10 {
+            return invalid("server.events_keepalive_ms", "must be at least 10");
+        }
+        if self.workers.queue_depth < self.server.max_sessions {
+            return invalid(
+                "workers.queue_depth",
+                "must be at least server.max_sessions (one job per conversation per pool)",
+            );
         }
         if self.session.idle_timeout_ms < 100 {
             return invalid("session.idle_timeout_ms", "must be at least 100");

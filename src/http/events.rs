@@ -1,6 +1,8 @@
 //! `GET /v1/events`: the registry's lifecycle events as server-sent events, one JSON
 //! object per event. Each stream holds a subscriber gauge guard and ends when the client
-//! goes away or the server starts draining.
+//! goes away or the server starts draining. A gone client is only noticed on a write, so
+//! a keep-alive comment goes out every `server.events_keepalive_ms`: without it, an idle
+//! stream whose client vanished would be held forever.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -26,9 +28,10 @@ pub async fn events(
     let guard = GaugeGuard::new(services.metrics.event_subscribers.clone());
     let opening = Bytes::from_static(b": hearken lifecycle events\n\n");
     let initial = (subscription, shutdown, guard, Some(opening));
+    let keepalive = std::time::Duration::from_millis(services.config.server.events_keepalive_ms);
     let body = stream::unfold(
         initial,
-        |(mut events, mut shutdown, guard, opening)| async move {
+        move |(mut events, mut shutdown, guard, opening)| async move {
             if let Some(opening) = opening {
                 return Some((
                     Ok::<_, actix_web::Error>(opening),
@@ -39,6 +42,7 @@ pub async fn events(
                 return None;
             }
             let chunk = tokio::select! {
+            _ = tokio::time::sleep(keepalive) => Bytes::from_static(b": keepalive\n\n"),
                 received = events.recv() => match received {
                     Ok(event) => {
                         let json = serde_json::to_string(&*event).unwrap_or_default();

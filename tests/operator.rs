@@ -1,0 +1,151 @@
+//! Operator surfaces: `/v1/events` (server-sent events), `/v1/conversations`, `/metrics`,
+//! `/health`, `/ready`, and the real binary draining on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+use futures_util::StreamExt;
+
+#[tokio::test]
+async fn events_stream_shows_start_and_disconnect() {
+    let mut config = test_config();
+    config.server.events_keepalive_ms = 100;
+    let server = TestServer::start(config);
+    let response = reqwest::get(server.http("/v1/events")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    assert!(eventually(|| server.metrics.event_subscribers.get() == 1).await);
+
+    let (mut ws, started) = start_session(&server.url("client_id=ops")).await;
+    let id = conversation_id(&started);
+    send_close(&mut ws).await;
+
+    let mut seen = String::new();
+    while !seen.contains("connection_disconnected") {
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let events: Vec<serde_json::Value> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "connection_started");
+    assert_eq!(events[0]["client_id"], "ops");
+    let disconnected = &events[1];
+    assert_eq!(disconnected["type"], "connection_disconnected");
+    assert_eq!(disconnected["conversation_id"], id.as_str());
+    assert_eq!(disconnected["reason"], "client_disconnect");
+    // The seed format: exactly these four fields.
+    assert_eq!(disconnected.as_object().unwrap().len(), 4);
+    assert!(disconnected["timestamp_ms"].as_u64().is_some());
+
+    drop(body);
+    assert!(eventually(|| server.metrics.event_subscribers.get() == 0).await);
+}
+
+#[tokio::test]
+async fn conversations_metrics_health_and_ready() {
+    let mut config = test_config();
+    config.auth.tokens = vec!["ops-token".into()];
+    let server = TestServer::start(config);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        reqwest::get(server.http("/health")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(server.http("/ready")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(server.http("/v1/conversations"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let (_ws, started) = start_session(&server.url("token=ops-token&client_id=kiosk")).await;
+    let list: serde_json::Value = client
+        .get(server.http("/v1/conversations"))
+        .bearer_auth("ops-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &list["conversations"][0];
+    assert_eq!(row["conversation_id"], started["conversation_id"]);
+    assert_eq!(row["client_id"], "kiosk");
+    assert_eq!(row["tts_active"], false);
+
+    let text = reqwest::get(server.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "hearken_live_actors{kind=\"conversation\"} 1",
+        "hearken_live_actors{kind=\"vad\"} 1",
+        "hearken_conversations 1",
+        "hearken_open_files 0",
+        "hearken_teardown_seconds_bucket",
+        "hearken_disconnects_total{reason=\"client_disconnect\"} 0",
+    ] {
+        assert!(text.contains(line), "/metrics lacks {line}");
+    }
+}
+
+#[tokio::test]
+async fn the_binary_drains_and_exits_zero_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearken"))
+        .args([
+            "serve",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+        ])
+        .env("HEARKEN__SERVER__PORT", "0")
+        .env("HEARKEN__SERVER__WORKERS", "1")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("binary logs its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let url = format!("ws://{addr}/v1/ws");
+    let (mut a, _) = start_session(&url).await;
+    let (mut b, _) = start_session(&url).await;
+
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(close_code(&mut a).await, Some(1001));
+    assert_eq!(close_code(&mut b).await, Some(1001));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let log: Vec<String> = lines.map_while(Result::ok).collect();
+    let shutdowns = log
+        .iter()
+        .filter(|l| l.contains("reason=server_shutdown"))
+        .count();
+    assert_eq!(shutdowns, 2, "{log:#?}");
+}
