@@ -28,6 +28,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub auth: AuthConfig,
     pub vad: VadConfig,
+    pub stt: SttConfig,
     pub recorder: RecorderConfig,
     pub workers: WorkersConfig,
     pub models: ModelsConfig,
@@ -100,6 +101,9 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VadEngine {
+    /// Silero VAD v6 through ONNX Runtime, batched across conversations.
+    Silero,
+    /// libfvad (webrtc-vad): no model file, cheaper, less accurate.
     Webrtc,
 }
 
@@ -109,6 +113,14 @@ pub struct VadConfig {
     pub engine: VadEngine,
     /// webrtc-vad aggressiveness, 0 (quality) to 3 (very aggressive).
     pub webrtc_mode: u8,
+    /// Speech probability above which speech starts.
+    pub start_threshold: f32,
+    /// Speech probability below which silence is counted towards the end.
+    pub end_threshold: f32,
+    /// Threads running Silero (each owns one model session).
+    pub silero_threads: usize,
+    /// Most conversations scored in one Silero call.
+    pub max_batch: usize,
     /// Voiced audio needed before `vad.speech_started`.
     pub min_speech_ms: u32,
     /// Unvoiced audio needed before `vad.speech_stopped`.
@@ -120,11 +132,33 @@ pub struct VadConfig {
 impl Default for VadConfig {
     fn default() -> Self {
         VadConfig {
-            engine: VadEngine::Webrtc,
+            engine: VadEngine::Silero,
             webrtc_mode: 2,
+            start_threshold: 0.5,
+            end_threshold: 0.35,
+            silero_threads: 2,
+            max_batch: 64,
             min_speech_ms: 100,
             min_silence_ms: 400,
             pad_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SttConfig {
+    /// Transcribe speech segments (Moonshine base-en).
+    pub enabled: bool,
+    /// Threads running Moonshine (each owns its encoder and decoder sessions).
+    pub threads: usize,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        SttConfig {
+            enabled: true,
+            threads: 1,
         }
     }
 }
@@ -245,6 +279,21 @@ impl Config {
         }
         if self.vad.webrtc_mode > 3 {
             return invalid("vad.webrtc_mode", "must be 0, 1, 2 or 3");
+        }
+        if !(0.0..=1.0).contains(&self.vad.start_threshold)
+            || !(0.0..=1.0).contains(&self.vad.end_threshold)
+            || self.vad.end_threshold > self.vad.start_threshold
+        {
+            return invalid(
+                "vad.end_threshold",
+                "thresholds must lie in 0..=1 with end_threshold <= start_threshold",
+            );
+        }
+        if self.vad.silero_threads == 0 || self.vad.max_batch == 0 {
+            return invalid("vad.silero_threads", "Silero needs a thread and a batch of at least 1");
+        }
+        if self.stt.threads == 0 {
+            return invalid("stt.threads", "must be at least 1");
         }
         if self.workers.dsp_threads == 0 || self.workers.io_threads == 0 {
             return invalid("workers.dsp_threads", "pools need at least one thread");

@@ -22,6 +22,7 @@ pub mod config;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod models;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -101,6 +101,10 @@ pub struct Metrics {
     pub overloaded: IntCounter,
     pub child_restarts: IntCounter,
     pub duplicate_disconnects: IntCounter,
+    /// Windows per Silero model call: how well batching across conversations works.
+    pub vad_batch_windows: Histogram,
+    pub transcripts: IntCounter,
+    pub stt_seconds: Histogram,
 }
 
 impl Metrics {
@@ -176,6 +180,23 @@ impl Metrics {
                 "hearken_duplicate_disconnects_total",
                 "Disconnects ignored as duplicate or for unknown conversations",
             ),
+            vad_batch_windows: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hearken_vad_batch_windows",
+                    "Windows scored per Silero model call",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )
+            .expect("static metric definition"),
+            transcripts: counter("hearken_transcripts_total", "Final transcripts produced"),
+            stt_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hearken_stt_seconds",
+                    "Recogniser time per speech segment",
+                )
+                .buckets(vec![0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]),
+            )
+            .expect("static metric definition"),
             registry,
         };
         metrics.register_all();
@@ -198,6 +219,9 @@ impl Metrics {
             Box::new(self.overloaded.clone()),
             Box::new(self.child_restarts.clone()),
             Box::new(self.duplicate_disconnects.clone()),
+            Box::new(self.vad_batch_windows.clone()),
+            Box::new(self.transcripts.clone()),
+            Box::new(self.stt_seconds.clone()),
         ];
         for collector in collectors {
             // Names are static and unique, so registration cannot collide.

@@ -28,8 +28,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start worker threads: {0}")]
-    Workers(#[source] std::io::Error),
+    #[error(transparent)]
+    Services(#[from] crate::services::ServicesError),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -58,12 +58,12 @@ impl Server {
         let metrics = Metrics::new();
         let registry = Registry::start_new(Arc::clone(&metrics));
         let services =
-            Services::new(Arc::clone(&config), metrics, registry).map_err(ServerError::Workers)?;
+            Services::new(Arc::clone(&config), metrics, registry)?;
         let admission = Admission::new(
             config.server.max_sessions,
             config.server.max_sessions_per_ip,
         );
-        let status = ServerStatus::new();
+        let status = ServerStatus::new(Arc::clone(&services.readiness));
         let state = web::Data::new(AppState {
             services: Arc::clone(&services),
             admission,
@@ -120,6 +120,11 @@ impl Server {
     /// The registry, e.g. to subscribe to lifecycle events in-process.
     pub fn registry(&self) -> crate::registry::RegistryHandle {
         self.services.registry.clone()
+    }
+
+    /// True once every model thread has loaded its model.
+    pub fn models_loaded(&self) -> bool {
+        self.services.readiness.models_loaded()
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {

@@ -1,21 +1,69 @@
 //! The server-wide things every conversation shares: configuration, metrics, the
-//! registry and the worker pools. Built once per server and handed to each session.
+//! registry, the worker pools and the loaded models. Built once per server and handed
+//! to each session.
+//!
+//! Model files are checked before anything starts (a missing or unloadable file fails
+//! the start with one message naming it and the command that fetches it); each model
+//! thread then loads its own session in the background, and [`Readiness`] says when all
+//! have, which is what `GET /ready` reports.
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, VadEngine};
 use crate::metrics::Metrics;
+use crate::models::{self, Moonshine, ModelError, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE};
 use crate::registry::RegistryHandle;
+use crate::workers::pool::StateInit;
+use crate::workers::silero_batcher::SileroBatcher;
 use crate::workers::WorkerPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot start worker threads: {0}")]
+    Threads(#[from] std::io::Error),
+}
+
+/// Counts model threads still loading; ready once none are and none failed.
+#[derive(Default)]
+pub struct Readiness {
+    loading: AtomicUsize,
+    failed: AtomicBool,
+}
+
+impl Readiness {
+    fn expect(&self, threads: usize) {
+        self.loading.fetch_add(threads, Ordering::AcqRel);
+    }
+
+    fn report(&self, outcome: Result<(), String>) {
+        if outcome.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        self.loading.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn models_loaded(&self) -> bool {
+        self.loading.load(Ordering::Acquire) == 0 && !self.failed.load(Ordering::Acquire)
+    }
+}
 
 pub struct Services {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub registry: RegistryHandle,
-    /// Opus decoding, resampling and VAD batches.
+    /// Opus decoding, resampling and webrtc-vad batches.
     pub dsp: WorkerPool,
     /// File I/O (recordings).
     pub io: WorkerPool,
+    /// Silero VAD, when `vad.engine = "silero"`.
+    pub silero: Option<SileroBatcher>,
+    /// Moonshine speech-to-text, when `stt.enabled`.
+    pub stt: Option<WorkerPool<Moonshine>>,
+    pub readiness: Arc<Readiness>,
 }
 
 impl Services {
@@ -23,26 +71,82 @@ impl Services {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         registry: RegistryHandle,
-    ) -> std::io::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, ServicesError> {
         let workers = &config.workers;
-        let dsp = WorkerPool::new(
-            "dsp",
-            workers.dsp_threads,
-            workers.queue_depth,
-            Arc::clone(&metrics),
-        )?;
-        let io = WorkerPool::new(
-            "io",
-            workers.io_threads,
-            workers.queue_depth,
-            Arc::clone(&metrics),
-        )?;
+        let depth = workers.queue_depth;
+        let dsp = WorkerPool::new("dsp", workers.dsp_threads, depth, Arc::clone(&metrics))?;
+        let io = WorkerPool::new("io", workers.io_threads, depth, Arc::clone(&metrics))?;
+        let readiness = Arc::new(Readiness::default());
+
+        let dir = config.models.dir.clone();
+        let needs_runtime = config.vad.engine == VadEngine::Silero || config.stt.enabled;
+        if needs_runtime {
+            models::init_runtime(&dir.join(ORT_DYLIB_FILE))?;
+        }
+
+        let silero = match config.vad.engine {
+            VadEngine::Webrtc => None,
+            VadEngine::Silero => {
+                let path = dir.join(SILERO_FILE);
+                // Fail the start now, with the file's name, rather than in a thread.
+                SileroVad::load(&path)?;
+                let threads = config.vad.silero_threads;
+                readiness.expect(threads);
+                let ready = Arc::clone(&readiness);
+                Some(SileroBatcher::new(
+                    path,
+                    threads,
+                    depth,
+                    config.vad.max_batch,
+                    Arc::clone(&metrics),
+                    move |outcome| ready.report(outcome),
+                )?)
+            }
+        };
+
+        let stt = if config.stt.enabled {
+            let moonshine_dir = dir.join(MOONSHINE_DIR);
+            check_moonshine_files(&moonshine_dir)?;
+            let threads = config.stt.threads;
+            readiness.expect(threads);
+            let ready = Arc::clone(&readiness);
+            let init: StateInit<Moonshine> =
+                Arc::new(move || Moonshine::load(&moonshine_dir).map_err(|e| e.to_string()));
+            Some(WorkerPool::with_state(
+                "stt",
+                threads,
+                depth,
+                Arc::clone(&metrics),
+                init,
+                move |outcome| ready.report(outcome),
+            )?)
+        } else {
+            None
+        };
+
         Ok(Arc::new(Services {
             config,
             metrics,
             registry,
             dsp,
             io,
+            silero,
+            stt,
+            readiness,
         }))
     }
+}
+
+/// Every Moonshine file must be present before the threads try to load them.
+fn check_moonshine_files(dir: &Path) -> Result<(), ModelError> {
+    for file in models::moonshine::FILES {
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err(ModelError::ModelFileMissing {
+                model: "moonshine",
+                path,
+            });
+        }
+    }
+    Ok(())
 }

@@ -377,6 +377,15 @@ impl Handler<ChildEvent> for ConversationActor {
                     }
                 }
             }
+            ChildEvent::Transcript {
+                text,
+                audio_ms,
+                stt_ms,
+            } => self.to_client(ServerEvent::TranscriptFinal {
+                text,
+                audio_ms,
+                stt_ms,
+            }),
             ChildEvent::ClientError { code, message } => {
                 self.to_client(ServerEvent::error(code, message))
             }

@@ -84,6 +84,12 @@ pub enum ChildEvent {
     Segment { segment: SpeechSegment },
     /// Decoded input audio.
     Decoded { samples: Arc<[i16]> },
+    /// A final transcript of one speech segment; `audio_ms` is where the segment ended.
+    Transcript {
+        text: String,
+        audio_ms: u64,
+        stt_ms: u64,
+    },
     /// Something the client should hear about; the session keeps going.
     ClientError { code: ErrorCode, message: String },
     /// The child hit an error it cannot continue from; the supervisor decides.

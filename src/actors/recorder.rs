@@ -116,7 +116,7 @@ impl RecorderActor {
             .env
             .services
             .io
-            .submit(&self.writes, self.link.hold(), move || {
+            .submit(&self.writes, self.link.hold(), move |_| {
                 file.write(sink, &samples)
             });
         let answer = match job {
@@ -160,7 +160,7 @@ impl Actor for RecorderActor {
         };
         let samples = std::mem::take(&mut self.pending);
         let file = self.file.clone();
-        let finish = move || -> Result<u64, String> {
+        let finish = move |_: &mut ()| -> Result<u64, String> {
             let sink = file.write(sink, &samples)?;
             sink.finish().map_err(|e| e.to_string())
         };

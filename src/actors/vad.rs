@@ -1,11 +1,14 @@
 //! `VadActor`: decodes the client's audio, resamples it to 16 kHz and finds speech.
 //!
-//! The work runs on the DSP pool, never on the arbiter. The actor's [`Ingest`] state
+//! The work runs on the Silero batcher (or, for webrtc-vad, the DSP pool), never on
+//! the arbiter. The actor's [`Ingest`] state
 //! (decoder, resampler, VAD, segmenter) travels with each job together with every frame
 //! that arrived since the last one, so under load frames batch up naturally and one
 //! conversation's state is only ever touched by one thread. The mailbox and the pending
 //! list are bounded; frames beyond them are dropped and counted.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -13,10 +16,12 @@ use bytes::Bytes;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
 use super::messages::{AudioFrame, ChildEvent, FlushSpeech};
-use crate::audio::ingest::{Ingest, IngestError, IngestOutput};
+use crate::audio::ingest::{Ingest, IngestError, IngestOutput, VadEngine, WebrtcVadConfig};
 use crate::audio::segmenter::SegmenterConfig;
+use crate::config;
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::ErrorCode;
+use crate::workers::silero_batcher::VadReply;
 use crate::workers::JobError;
 
 /// Longest segment handed to the recogniser, in ms (Moonshine wants under ~30 s).
@@ -39,21 +44,22 @@ impl VadActor {
     pub fn new(env: ChildEnv, link: ChildLink) -> Result<Self, IngestError> {
         let config = &env.services.config;
         let segmenter = SegmenterConfig {
-            start_threshold: 0.5,
-            end_threshold: 0.5,
+            start_threshold: config.vad.start_threshold,
+            end_threshold: config.vad.end_threshold,
             min_speech_ms: config.vad.min_speech_ms,
             min_silence_ms: config.vad.min_silence_ms,
             pad_ms: config.vad.pad_ms,
             max_segment_ms: MAX_SEGMENT_MS,
             // Segments are only kept when a recogniser will read them.
-            collect_audio: false,
+            collect_audio: config.stt.enabled,
         };
-        let ingest = Ingest::new(
-            env.params.codec,
-            env.params.sample_rate,
-            config.vad.webrtc_mode,
-            segmenter,
-        )?;
+        let engine = match config.vad.engine {
+            config::VadEngine::Silero => VadEngine::Silero,
+            config::VadEngine::Webrtc => VadEngine::Webrtc(WebrtcVadConfig {
+                mode: config.vad.webrtc_mode,
+            }),
+        };
+        let ingest = Ingest::new(env.params.codec, env.params.sample_rate, engine, segmenter)?;
         Ok(VadActor {
             parent: env.parent.clone(),
             max_pending: config.session.audio_queue_frames,
@@ -77,36 +83,37 @@ impl VadActor {
         };
         let frames = std::mem::take(&mut self.pending);
         let flush = std::mem::take(&mut self.flush_pending);
-        let job = self
-            .env
-            .services
-            .dsp
-            .submit(&self.env.cancel, self.link.hold(), move || {
-                let mut out = IngestOutput::default();
-                ingest.process(&frames, &mut out);
-                if flush {
-                    ingest.flush(&mut out);
-                }
-                (ingest, out)
-            });
-        let answer = match job {
-            Ok(answer) => answer,
-            Err(error) => return self.fail(error.to_string()),
-        };
-        ctx.spawn(
-            answer
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(Ok((ingest, out))) => {
-                        act.ingest = Some(ingest);
-                        act.deliver(out);
-                        act.dispatch(ctx);
+        let (services, token, hold) = (&self.env.services, &self.env.cancel, self.link.hold());
+        let dropped = || Err(JobError::PoolClosed { pool: "vad" });
+        let answer: Pin<Box<dyn Future<Output = VadReply>>> = match services.silero.as_ref() {
+            Some(silero) => match silero.submit(token, hold, ingest, frames, flush) {
+                Ok(rx) => Box::pin(async move { rx.await.unwrap_or_else(|_| dropped()) }),
+                Err(error) => return self.fail(error.to_string()),
+            },
+            None => {
+                let job = services.dsp.submit(token, hold, move |_| {
+                    let mut out = IngestOutput::default();
+                    ingest.process(&frames, &mut out);
+                    if flush {
+                        ingest.flush(&mut out);
                     }
-                    Ok(Err(JobError::Cancelled)) => {}
-                    Ok(Err(error)) => act.fail(error.to_string()),
-                    Err(_) => act.fail("the DSP pool dropped the job".into()),
-                }),
-        );
+                    (ingest, out)
+                });
+                match job {
+                    Ok(rx) => Box::pin(async move { rx.await.unwrap_or_else(|_| dropped()) }),
+                    Err(error) => return self.fail(error.to_string()),
+                }
+            }
+        };
+        ctx.spawn(answer.into_actor(self).map(|result, act, ctx| match result {
+            Ok((ingest, out)) => {
+                act.ingest = Some(ingest);
+                act.deliver(out);
+                act.dispatch(ctx);
+            }
+            Err(JobError::Cancelled) => {}
+            Err(error) => act.fail(error.to_string()),
+        }));
     }
 
     fn deliver(&mut self, out: IngestOutput) {

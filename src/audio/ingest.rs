@@ -1,9 +1,14 @@
 //! The per-conversation audio front end: client frames in, speech events and segments out.
 //!
-//! It decodes (PCM16 or Opus), resamples to 16 kHz, runs the VAD on 20 ms frames and feeds
-//! the segmenter. It is plain state with no threads of its own: the VadActor moves it into
-//! a DSP-pool job together with every frame that arrived meanwhile, and gets it back with
+//! It decodes (PCM16 or Opus), resamples to 16 kHz, scores speech and feeds the
+//! segmenter. It is plain state with no threads of its own: the VadActor moves it into a
+//! worker job together with every frame that arrived meanwhile, and gets it back with
 //! the results, so one conversation's state is touched by one thread at a time.
+//!
+//! With webrtc-vad, [`Ingest::process`] does everything. With Silero, `process` decodes
+//! and cuts 32 ms windows; the Silero batcher then scores the windows of many
+//! conversations in one model call and hands the scores back through
+//! [`Ingest::apply_silero`].
 
 use bytes::Bytes;
 
@@ -12,10 +17,11 @@ use super::pcm::{decode_pcm16, f32_to_i16, i16_to_f32};
 use super::resample::StreamResampler;
 use super::segmenter::{Segmenter, SegmenterConfig, SegmenterOutput};
 use super::MODEL_RATE;
+use crate::models::{SileroState, WINDOW_SAMPLES};
 use crate::protocol::AudioCodec;
 
 /// webrtc-vad frame: 20 ms at 16 kHz.
-const VAD_FRAME: usize = 320;
+const WEBRTC_FRAME: usize = 320;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -35,14 +41,36 @@ struct WebrtcVad(webrtc_vad::Vad);
 // `Ingest` is only ever used by one thread at a time (it moves with its job).
 unsafe impl Send for WebrtcVad {}
 
+/// Which detector scores speech, with its per-conversation state.
+pub enum VadEngine {
+    Webrtc(WebrtcVadConfig),
+    Silero,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WebrtcVadConfig {
+    /// Aggressiveness 0..=3.
+    pub mode: u8,
+}
+
+enum Detector {
+    Webrtc(WebrtcVad),
+    Silero {
+        state: Box<SileroState>,
+        /// Windows cut by `process`, waiting for scores.
+        windows: Vec<[f32; WINDOW_SAMPLES]>,
+    },
+}
+
 pub struct Ingest {
     codec: AudioCodec,
-    sample_rate: u32,
     opus: Option<OpusDecoder>,
     resampler: Option<StreamResampler>,
-    vad: WebrtcVad,
-    /// 16 kHz samples waiting to fill a VAD frame.
+    detector: Detector,
+    /// 16 kHz samples not yet scored (less than one frame or window).
     vad_buf: Vec<i16>,
+    /// The 16 kHz samples of each pending Silero window, for the segmenter.
+    window_pcm: Vec<i16>,
     segmenter: Segmenter,
     scratch_native: Vec<i16>,
     scratch_f32: Vec<f32>,
@@ -62,37 +90,42 @@ impl Ingest {
     pub fn new(
         codec: AudioCodec,
         sample_rate: u32,
-        webrtc_mode: u8,
+        engine: VadEngine,
         segmenter: SegmenterConfig,
     ) -> Result<Self, IngestError> {
+        let setup = |e: &dyn std::fmt::Display| IngestError::Setup(e.to_string());
         let opus = match codec {
-            AudioCodec::Opus => {
-                Some(OpusDecoder::new(sample_rate).map_err(|e| IngestError::Setup(e.to_string()))?)
-            }
+            AudioCodec::Opus => Some(OpusDecoder::new(sample_rate).map_err(|e| setup(&e))?),
             AudioCodec::Pcm16 => None,
         };
         let resampler = if sample_rate == MODEL_RATE {
             None
         } else {
-            Some(
-                StreamResampler::new(sample_rate, MODEL_RATE)
-                    .map_err(|e| IngestError::Setup(e.to_string()))?,
-            )
+            Some(StreamResampler::new(sample_rate, MODEL_RATE).map_err(|e| setup(&e))?)
         };
-        let mode = match webrtc_mode {
-            0 => webrtc_vad::VadMode::Quality,
-            1 => webrtc_vad::VadMode::LowBitrate,
-            2 => webrtc_vad::VadMode::Aggressive,
-            _ => webrtc_vad::VadMode::VeryAggressive,
+        let detector = match engine {
+            VadEngine::Webrtc(config) => {
+                let mode = match config.mode {
+                    0 => webrtc_vad::VadMode::Quality,
+                    1 => webrtc_vad::VadMode::LowBitrate,
+                    2 => webrtc_vad::VadMode::Aggressive,
+                    _ => webrtc_vad::VadMode::VeryAggressive,
+                };
+                let rate = webrtc_vad::SampleRate::Rate16kHz;
+                Detector::Webrtc(WebrtcVad(webrtc_vad::Vad::new_with_rate_and_mode(rate, mode)))
+            }
+            VadEngine::Silero => Detector::Silero {
+                state: Box::default(),
+                windows: Vec::new(),
+            },
         };
-        let vad = webrtc_vad::Vad::new_with_rate_and_mode(webrtc_vad::SampleRate::Rate16kHz, mode);
         Ok(Ingest {
             codec,
-            sample_rate,
             opus,
             resampler,
-            vad: WebrtcVad(vad),
-            vad_buf: Vec::with_capacity(VAD_FRAME * 2),
+            detector,
+            vad_buf: Vec::with_capacity(WINDOW_SAMPLES * 2),
+            window_pcm: Vec::new(),
             segmenter: Segmenter::new(segmenter),
             scratch_native: Vec::new(),
             scratch_f32: Vec::new(),
@@ -100,47 +133,76 @@ impl Ingest {
         })
     }
 
-    pub fn sample_rate(&self) -> u32 {
-        self.sample_rate
-    }
-
-    /// Process frames in arrival order. A bad frame is reported and skipped; the rest
-    /// of the batch still runs.
+    /// Decode frames in arrival order and score what can be scored here. A bad frame is
+    /// reported and skipped; the rest of the batch still runs.
     pub fn process(&mut self, frames: &[Bytes], out: &mut IngestOutput) {
         for frame in frames {
-            self.scratch_native.clear();
-            let decoded = match self.codec {
-                AudioCodec::Pcm16 => match decode_pcm16(frame) {
-                    Some(samples) => {
-                        self.scratch_native = samples;
-                        Ok(())
-                    }
-                    None => Err(IngestError::OddLengthPcm(frame.len())),
-                },
-                AudioCodec::Opus => match self.opus.as_mut() {
-                    Some(opus) => opus
-                        .decode_into(frame, &mut self.scratch_native)
-                        .map(|_| ())
-                        .map_err(|e| IngestError::BadOpus(e.to_string())),
-                    None => Err(IngestError::Setup("no Opus decoder".into())),
-                },
-            };
-            if let Err(e) = decoded {
-                out.errors.push(e);
+            if let Err(error) = self.decode(frame) {
+                out.errors.push(error);
                 continue;
             }
             out.native.extend_from_slice(&self.scratch_native);
-            if let Err(e) = self.resample_to_model_rate() {
-                out.errors.push(e);
+            if let Err(error) = self.resample_to_model_rate() {
+                out.errors.push(error);
                 continue;
             }
-            self.run_vad(&mut out.speech);
+            self.score_available(&mut out.speech);
         }
     }
 
-    /// The client says speech is over: close any open segment.
+    /// The client says speech is over: close any open segment. (With Silero, call it
+    /// after [`Ingest::apply_silero`].)
     pub fn flush(&mut self, out: &mut IngestOutput) {
         self.segmenter.flush(&mut out.speech);
+    }
+
+    /// Silero's pending windows and the state they advance (empty for webrtc).
+    pub fn silero_work(&mut self) -> (Option<&mut SileroState>, &[[f32; WINDOW_SAMPLES]]) {
+        match &mut self.detector {
+            Detector::Silero { state, windows } => (Some(state), windows),
+            Detector::Webrtc(_) => (None, &[]),
+        }
+    }
+
+    /// Number of Silero windows waiting for a score.
+    pub fn pending_windows(&self) -> usize {
+        match &self.detector {
+            Detector::Silero { windows, .. } => windows.len(),
+            Detector::Webrtc(_) => 0,
+        }
+    }
+
+    /// Feed the scores of the pending windows (in order) to the segmenter.
+    pub fn apply_silero(&mut self, scores: &[f32], out: &mut IngestOutput) {
+        if let Detector::Silero { windows, .. } = &mut self.detector {
+            windows.clear();
+        }
+        let pcm = std::mem::take(&mut self.window_pcm);
+        for (window, &score) in pcm.chunks_exact(WINDOW_SAMPLES).zip(scores) {
+            self.segmenter.push(window, score, &mut out.speech);
+        }
+        self.window_pcm = pcm;
+        self.window_pcm.clear();
+    }
+
+    fn decode(&mut self, frame: &Bytes) -> Result<(), IngestError> {
+        self.scratch_native.clear();
+        match self.codec {
+            AudioCodec::Pcm16 => {
+                self.scratch_native =
+                    decode_pcm16(frame).ok_or(IngestError::OddLengthPcm(frame.len()))?;
+                Ok(())
+            }
+            AudioCodec::Opus => {
+                let opus = self
+                    .opus
+                    .as_mut()
+                    .ok_or_else(|| IngestError::Setup("no Opus decoder".into()))?;
+                opus.decode_into(frame, &mut self.scratch_native)
+                    .map(|_| ())
+                    .map_err(|e| IngestError::BadOpus(e.to_string()))
+            }
+        }
     }
 
     /// Convert `scratch_native` to 16 kHz and append it to the VAD buffer.
@@ -162,14 +224,30 @@ impl Ingest {
         Ok(())
     }
 
-    fn run_vad(&mut self, out: &mut SegmenterOutput) {
-        let whole = self.vad_buf.len() / VAD_FRAME * VAD_FRAME;
-        for frame in self.vad_buf[..whole].chunks_exact(VAD_FRAME) {
-            // 320 samples at 16 kHz is a valid webrtc-vad frame, so this cannot fail;
-            // treat a failure as silence rather than trusting that forever.
-            let voiced = self.vad.0.is_voice_segment(frame).unwrap_or(false);
-            self.segmenter
-                .push(frame, if voiced { 1.0 } else { 0.0 }, out);
+    /// Score (webrtc) or cut into windows (Silero) every whole frame in the buffer.
+    fn score_available(&mut self, out: &mut SegmenterOutput) {
+        let step = match self.detector {
+            Detector::Webrtc(_) => WEBRTC_FRAME,
+            Detector::Silero { .. } => WINDOW_SAMPLES,
+        };
+        let whole = self.vad_buf.len() / step * step;
+        for frame in self.vad_buf[..whole].chunks_exact(step) {
+            match &mut self.detector {
+                Detector::Webrtc(vad) => {
+                    // 320 samples at 16 kHz is a valid webrtc-vad frame, so this cannot
+                    // fail; treat a failure as silence rather than trusting that forever.
+                    let voiced = vad.0.is_voice_segment(frame).unwrap_or(false);
+                    self.segmenter.push(frame, if voiced { 1.0 } else { 0.0 }, out);
+                }
+                Detector::Silero { windows, .. } => {
+                    let mut window = [0.0f32; WINDOW_SAMPLES];
+                    for (w, &s) in window.iter_mut().zip(frame) {
+                        *w = i16_to_f32(s);
+                    }
+                    windows.push(window);
+                    self.window_pcm.extend_from_slice(frame);
+                }
+            }
         }
         self.vad_buf.drain(..whole);
     }
@@ -191,15 +269,17 @@ mod tests {
         }
     }
 
+    fn webrtc() -> VadEngine {
+        VadEngine::Webrtc(WebrtcVadConfig { mode: 2 })
+    }
+
     #[test]
     fn silence_gives_no_events_and_bad_frames_are_reported() {
-        let mut ingest = Ingest::new(AudioCodec::Pcm16, 16_000, 2, segmenter()).unwrap();
+        let mut ingest = Ingest::new(AudioCodec::Pcm16, 16_000, webrtc(), segmenter()).unwrap();
         let mut out = IngestOutput::default();
         let silence = Bytes::from(vec![0u8; 640]);
-        ingest.process(
-            &[silence.clone(), Bytes::from_static(&[1, 2, 3]), silence],
-            &mut out,
-        );
+        let frames = [silence.clone(), Bytes::from_static(&[1, 2, 3]), silence];
+        ingest.process(&frames, &mut out);
         assert_eq!(out.native.len(), 640);
         assert!(out.speech.events.is_empty());
         assert!(matches!(out.errors[..], [IngestError::OddLengthPcm(3)]));
@@ -207,9 +287,23 @@ mod tests {
 
     #[test]
     fn garbage_opus_is_reported() {
-        let mut ingest = Ingest::new(AudioCodec::Opus, 48_000, 2, segmenter()).unwrap();
+        let mut ingest = Ingest::new(AudioCodec::Opus, 48_000, webrtc(), segmenter()).unwrap();
         let mut out = IngestOutput::default();
         ingest.process(&[Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])], &mut out);
         assert!(matches!(out.errors[..], [IngestError::BadOpus(_)]));
+    }
+
+    #[test]
+    fn silero_engine_cuts_whole_windows_and_keeps_the_rest() {
+        let mut ingest =
+            Ingest::new(AudioCodec::Pcm16, 16_000, VadEngine::Silero, segmenter()).unwrap();
+        let mut out = IngestOutput::default();
+        // 1300 samples: two whole windows, 276 samples left over.
+        ingest.process(&[Bytes::from(vec![0u8; 2600])], &mut out);
+        assert_eq!(ingest.pending_windows(), 2);
+        ingest.apply_silero(&[0.1, 0.2], &mut out);
+        assert_eq!(ingest.pending_windows(), 0);
+        ingest.process(&[Bytes::from(vec![0u8; 2 * 236])], &mut out);
+        assert_eq!(ingest.pending_windows(), 1);
     }
 }

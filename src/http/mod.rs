@@ -23,15 +23,17 @@ pub struct AppState {
 /// Server-wide readiness and shutdown flags.
 pub struct ServerStatus {
     ready: AtomicBool,
+    models: Arc<crate::services::Readiness>,
     draining: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
 impl ServerStatus {
-    pub fn new() -> Arc<Self> {
+    pub fn new(models: Arc<crate::services::Readiness>) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(ServerStatus {
             ready: AtomicBool::new(false),
+            models,
             draining: AtomicBool::new(false),
             shutdown,
         })
@@ -41,8 +43,9 @@ impl ServerStatus {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Listening, every model loaded, and not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
+        self.ready.load(Ordering::Acquire) && self.models.models_loaded() && !self.is_draining()
     }
 
     pub fn is_draining(&self) -> bool {

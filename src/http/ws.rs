@@ -35,6 +35,14 @@ pub async fn upgrade(
             "the server is shutting down".into(),
         ));
     }
+    if !state.status.is_ready() {
+        metrics.count_rejected("not_ready");
+        return Ok(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "models are still loading".into(),
+        ));
+    }
     let query = match web::Query::<SessionQuery>::from_query(req.query_string()) {
         Ok(query) => query.into_inner(),
         Err(error) => {

@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod pool;
+pub mod silero_batcher;
 
 pub use cancel::CancelToken;
 pub use pool::{JobError, WorkerPool};

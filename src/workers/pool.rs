@@ -1,5 +1,9 @@
 //! A fixed pool of named OS threads fed by one bounded queue.
 //!
+//! Each thread may own a piece of state built on that thread at start (a model session:
+//! ort's `Session::run` takes `&mut self`, so sessions are per thread, never shared);
+//! jobs get `&mut` access to their thread's state. A plain pool has state `()`.
+//!
 //! Submitting never blocks: a full queue is an explicit `Overloaded` that the caller
 //! reports. Each job holds an in-flight gauge guard and its conversation's cancel token;
 //! a cancelled job is dropped unrun (and counted), and a panicking job is caught so the
@@ -24,34 +28,68 @@ pub enum JobError {
     Cancelled,
     #[error("the job panicked: {0}")]
     Panicked(String),
+    #[error("model inference failed: {0}")]
+    Model(String),
     #[error("the {pool} pool has shut down")]
     PoolClosed { pool: &'static str },
 }
 
-type Task = Box<dyn FnOnce() + Send + 'static>;
+type Task<S> = Box<dyn FnOnce(&mut S) + Send + 'static>;
 
-pub struct WorkerPool {
+/// Builds one thread's state, on that thread.
+pub type StateInit<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
+
+pub struct WorkerPool<S: 'static = ()> {
     name: &'static str,
-    queue: Option<SyncSender<Task>>,
+    queue: Option<SyncSender<Task<S>>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
 }
 
-impl WorkerPool {
+impl WorkerPool<()> {
     pub fn new(
         name: &'static str,
         threads: usize,
         queue_depth: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let (queue, jobs) = sync_channel::<Task>(queue_depth);
+        let init: StateInit<()> = Arc::new(|| Ok(()));
+        Self::with_state(name, threads, queue_depth, metrics, init, |_| {})
+    }
+}
+
+impl<S: 'static> WorkerPool<S> {
+    /// A pool whose threads each build their state with `init`; `on_ready(Ok|Err)` is
+    /// called on each thread once its state is built (or failed to build, in which case
+    /// the thread exits and the pool has one thread fewer).
+    pub fn with_state(
+        name: &'static str,
+        threads: usize,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+        init: StateInit<S>,
+        on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let (queue, jobs) = sync_channel::<Task<S>>(queue_depth);
         let jobs = Arc::new(Mutex::new(jobs));
+        let on_ready = Arc::new(on_ready);
         let threads = (0..threads)
             .map(|i| {
                 let jobs = Arc::clone(&jobs);
+                let init = Arc::clone(&init);
+                let on_ready = Arc::clone(&on_ready);
                 std::thread::Builder::new()
                     .name(format!("hearken-{name}-{i}"))
-                    .spawn(move || run_worker(&jobs))
+                    .spawn(move || match init() {
+                        Ok(mut state) => {
+                            on_ready(Ok(()));
+                            run_worker(&jobs, &mut state);
+                        }
+                        Err(error) => {
+                            tracing::error!(pool = name, %error, "worker could not start");
+                            on_ready(Err(error));
+                        }
+                    })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(WorkerPool {
@@ -75,7 +113,7 @@ impl WorkerPool {
     ) -> Result<oneshot::Receiver<Result<T, JobError>>, JobError>
     where
         T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
+        F: FnOnce(&mut S) -> T + Send + 'static,
         H: Send + 'static,
     {
         let queue = self
@@ -86,13 +124,13 @@ impl WorkerPool {
         let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
         let metrics = Arc::clone(&self.metrics);
         let token = token.clone();
-        let task: Task = Box::new(move || {
+        let task: Task<S> = Box::new(move |state: &mut S| {
             let outcome = if token.is_cancelled() || reply.is_closed() {
                 metrics.jobs_skipped.inc();
                 drop(work);
                 Err(JobError::Cancelled)
             } else {
-                catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
+                catch_unwind(AssertUnwindSafe(|| work(state))).map_err(|panic| {
                     let message = panic_message(panic.as_ref());
                     tracing::error!(%message, "worker job panicked");
                     JobError::Panicked(message)
@@ -117,7 +155,7 @@ impl WorkerPool {
     }
 }
 
-fn run_worker(jobs: &Mutex<Receiver<Task>>) {
+fn run_worker<S>(jobs: &Mutex<Receiver<Task<S>>>, state: &mut S) {
     loop {
         // Hold the lock only to take one job, never while running it.
         let next = match jobs.lock() {
@@ -125,7 +163,7 @@ fn run_worker(jobs: &Mutex<Receiver<Task>>) {
             Err(poisoned) => poisoned.into_inner().recv(),
         };
         match next {
-            Ok(task) => task(),
+            Ok(task) => task(state),
             Err(_) => return, // The pool was dropped: queue closed.
         }
     }
@@ -141,7 +179,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-impl Drop for WorkerPool {
+impl<S: 'static> Drop for WorkerPool<S> {
     fn drop(&mut self) {
         self.queue = None;
         for thread in self.threads.drain(..) {
@@ -163,7 +201,7 @@ mod tests {
     #[test]
     fn runs_jobs_and_returns_results() {
         let (pool, metrics) = pool(4);
-        let answer = pool.submit(&CancelToken::new(), (), || 6 * 7).unwrap();
+        let answer = pool.submit(&CancelToken::new(), (), |_| 6 * 7).unwrap();
         assert_eq!(answer.blocking_recv().unwrap(), Ok(42));
         drop(pool);
         assert_eq!(metrics.inflight_jobs.get(), 0);
@@ -177,13 +215,13 @@ mod tests {
         let hold = Arc::clone(&gate);
         let (started_tx, started) = std::sync::mpsc::channel();
         let first = pool
-            .submit(&CancelToken::new(), (), move || {
+            .submit(&CancelToken::new(), (), move |_| {
                 let _ = started_tx.send(());
                 hold.wait();
             })
             .unwrap();
         started.recv().unwrap(); // the only worker is now busy
-        let second = pool.submit(&token, (), || "should not run").unwrap();
+        let second = pool.submit(&token, (), |_| "should not run").unwrap();
         token.cancel();
         gate.wait();
         assert!(first.blocking_recv().unwrap().is_ok());
@@ -199,7 +237,7 @@ mod tests {
         let hold = Arc::clone(&gate);
         let (started_tx, started) = std::sync::mpsc::channel();
         let _running = pool
-            .submit(&token, (), move || {
+            .submit(&token, (), move |_| {
                 let _ = started_tx.send(());
                 hold.wait();
             })
@@ -209,7 +247,7 @@ mod tests {
         let mut refused = None;
         let mut queued = Vec::new();
         for _ in 0..3 {
-            match pool.submit(&token, (), || ()) {
+            match pool.submit(&token, (), |_| ()) {
                 Ok(rx) => queued.push(rx),
                 Err(e) => {
                     refused = Some(e);
@@ -226,9 +264,9 @@ mod tests {
     fn a_panicking_job_leaves_the_worker_alive() {
         let (pool, _) = pool(4);
         let token = CancelToken::new();
-        let bad = pool.submit(&token, (), || panic!("boom")).unwrap();
+        let bad = pool.submit(&token, (), |_| panic!("boom")).unwrap();
         assert!(matches!(bad.blocking_recv().unwrap(), Err(JobError::Panicked(m)) if m == "boom"));
-        let good = pool.submit(&token, (), || 1).unwrap();
+        let good = pool.submit(&token, (), |_| 1).unwrap();
         assert_eq!(good.blocking_recv().unwrap(), Ok(1));
     }
 }

@@ -31,6 +31,15 @@ pub fn test_config() -> Config {
     config.server.port = 0;
     config.server.workers = 2;
     config.server.shutdown_drain_ms = 5000;
+    config.models.dir = format!("{}/models", env!("CARGO_MANIFEST_DIR")).into();
+    config
+}
+
+/// The same with webrtc-vad and no recogniser: lifecycle tests that need no models.
+pub fn light_config() -> Config {
+    let mut config = test_config();
+    config.vad.engine = hearken::config::VadEngine::Webrtc;
+    config.stt.enabled = false;
     config
 }
 
@@ -49,6 +58,10 @@ impl TestServer {
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let server = Server::start(config).await.expect("server starts");
+                let deadline = std::time::Instant::now() + WAIT;
+                while !server.models_loaded() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let _ = ready_tx.send((server.local_addr(), server.metrics(), server.registry()));
                 let _ = stopped.await;
                 server.shutdown().await.ok()

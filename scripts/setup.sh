@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install what hearken needs on a Debian machine, when it is missing, and fetch the
+# model files. Safe to run again: every step checks before it acts.
+#
+#   scripts/setup.sh            system packages + models into $HEARKEN_MODELS_DIR (default: models)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$here/.."
+models_dir="${HEARKEN_MODELS_DIR:-$root/models}"
+
+# Debian packages: cmake builds libopus (opus crate); espeak-ng and sox make speech
+# (TTS phonemes, fixtures); nginx runs the reverse-proxy test; pip fetches models.
+packages=(cmake pkg-config gcc g++ make espeak-ng sox nginx python3 python3-pip ca-certificates)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# python3-pip may be absent as a package while pip works (e.g. a pyenv python).
+if [[ " ${missing[*]} " == *" python3-pip "* ]] && python3 -m pip --version >/dev/null 2>&1; then
+    missing=("${missing[@]/python3-pip}")
+fi
+if [[ " ${missing[*]} " == *" python3 "* ]] && command -v python3 >/dev/null 2>&1; then
+    missing=("${missing[@]/python3}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "setup: installing ${missing[*]}" >&2
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: Rust is missing. Install it with rustup (https://rustup.rs), e.g." >&2
+    echo "       apt-get install rustup && rustup default stable   (Debian 13+)" >&2
+    exit 1
+fi
+
+"$here/fetch-models.sh" "$models_dir"

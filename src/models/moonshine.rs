@@ -1,0 +1,299 @@
+//! Moonshine base-en speech-to-text (MIT, ORT format): 16 kHz mono samples in,
+//! English text out. The encoder turns the raw waveform (no mel, no
+//! normalisation) into hidden states; the merged decoder then runs greedily,
+//! one token per step, with a key/value cache: step 0 takes
+//! `use_cache_branch = false` and empty `[0, 8, 1, 52]` caches, its
+//! `present.*.encoder.*` outputs are kept for the rest of the piece, and every
+//! step's `present.*.decoder.*` replaces the decoder cache. Decoding stops at
+//! `</s>` or after about 6 tokens per second of audio, which also ends the
+//! repetition loops Moonshine falls into on silence.
+//!
+//! Feed it VAD-cut speech (padded by ~0.2 s): long silences make it return
+//! nothing. Input over 30 s is split into equal pieces of at most 30 s and the
+//! texts joined. A [`Moonshine`] owns two sessions and is meant for one
+//! inference worker thread; [`Moonshine::transcribe_with`] checks a
+//! cancellation flag between decoder steps so a hung-up conversation stops
+//! costing CPU.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::path::Path;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorRef};
+
+use super::runtime::load_session;
+use super::tokenizer::Tokenizer;
+use super::ModelError;
+
+/// Folder inside the models directory written by `scripts/fetch-models.sh`.
+pub const MOONSHINE_DIR: &str = "moonshine-base-en";
+
+const ENCODER_FILE: &str = "encoder_model.ort";
+const DECODER_FILE: &str = "decoder_model_merged.ort";
+const TOKENIZER_FILE: &str = "tokenizer.bin";
+/// Every file `Moonshine::load` reads from its directory.
+pub const FILES: [&str; 3] = [ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE];
+
+/// Input sample rate in Hz.
+const SAMPLE_RATE: usize = 16_000;
+
+/// Longest piece given to the encoder at once: Moonshine was trained on
+/// clips of up to 30 s and degrades past that.
+const MAX_PIECE_SAMPLES: usize = 30 * SAMPLE_RATE;
+
+/// Pieces shorter than this (0.1 s) are too short for the encoder's
+/// convolutions to produce a frame; they transcribe as nothing.
+const MIN_PIECE_SAMPLES: usize = SAMPLE_RATE / 10;
+
+/// Token cap per second of audio. English speech runs at ~3-4 tokens/s, so
+/// this leaves headroom while bounding the cost of a runaway decode.
+const MAX_TOKENS_PER_SECOND: f64 = 6.0;
+
+const START_TOKEN: i64 = 1;
+const END_TOKEN: i64 = 2;
+
+/// Attention heads and head width of the caches, used when the model does
+/// not state them in its input shapes.
+const DEFAULT_HEADS: i64 = 8;
+const DEFAULT_HEAD_DIM: i64 = 52;
+
+const ENCODER: &str = "moonshine-encoder";
+const DECODER: &str = "moonshine-decoder";
+
+/// One `past_key_values.*` input of the decoder and the output that feeds it.
+struct CacheSlot {
+    input: String,
+    output: String,
+    /// Cross-attention cache: computed at step 0, then kept.
+    encoder: bool,
+}
+
+/// The loaded model: encoder, merged decoder, tokenizer.
+pub struct Moonshine {
+    encoder: Session,
+    decoder: Session,
+    tokenizer: Tokenizer,
+    slots: Vec<CacheSlot>,
+    /// The empty `[0, heads, 1, head_dim]` tensor fed to every cache at step 0.
+    empty_cache: Tensor<f32>,
+}
+
+impl Moonshine {
+    /// Loads `encoder_model.ort`, `decoder_model_merged.ort` and
+    /// `tokenizer.bin` from `dir`, each session with one intra-op thread.
+    /// [`init_runtime`](super::init_runtime) must have run.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let encoder = load_session(ENCODER, &dir.join(ENCODER_FILE), 1)?;
+        let decoder = load_session(DECODER, &dir.join(DECODER_FILE), 1)?;
+        let tokenizer = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
+
+        let mut slots = Vec::new();
+        let (mut heads, mut head_dim) = (DEFAULT_HEADS, DEFAULT_HEAD_DIM);
+        for input in decoder.inputs() {
+            let Some(rest) = input.name().strip_prefix("past_key_values.") else {
+                continue;
+            };
+            if let Some(shape) = input.dtype().tensor_shape() {
+                if shape.len() == 4 && shape[1] > 0 && shape[3] > 0 {
+                    (heads, head_dim) = (shape[1], shape[3]);
+                }
+            }
+            slots.push(CacheSlot {
+                input: input.name().to_string(),
+                output: format!("present.{rest}"),
+                encoder: rest.contains(".encoder."),
+            });
+        }
+        if slots.is_empty() {
+            return Err(ModelError::bad_output(
+                DECODER,
+                "decoder has no past_key_values.* inputs; not a merged decoder",
+            ));
+        }
+        let empty_cache = Tensor::from_array(([0, heads, 1, head_dim], Vec::<f32>::new()))
+            .map_err(ModelError::inference(DECODER))?;
+        Ok(Self {
+            encoder,
+            decoder,
+            tokenizer,
+            slots,
+            empty_cache,
+        })
+    }
+
+    /// Transcribes 16 kHz mono samples in `[-1, 1]`.
+    pub fn transcribe(&mut self, samples_16k: &[f32]) -> Result<String, ModelError> {
+        Ok(self
+            .transcribe_with(samples_16k, &|| false)?
+            .unwrap_or_default())
+    }
+
+    /// Like [`transcribe`](Self::transcribe), but calls `should_stop` before
+    /// the encoder and between decoder steps, and returns `Ok(None)` as soon
+    /// as it says true.
+    pub fn transcribe_with(
+        &mut self,
+        samples_16k: &[f32],
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Option<String>, ModelError> {
+        let mut texts = Vec::new();
+        for range in piece_ranges(samples_16k.len(), MAX_PIECE_SAMPLES) {
+            let Some(tokens) = self.decode_piece(&samples_16k[range], should_stop)? else {
+                return Ok(None);
+            };
+            let text = self.tokenizer.decode(&tokens);
+            if !text.is_empty() {
+                texts.push(text);
+            }
+        }
+        Ok(Some(texts.join(" ")))
+    }
+
+    /// Encoder, then greedy decoding of one piece of at most 30 s.
+    fn decode_piece(
+        &mut self,
+        samples: &[f32],
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<i64>>, ModelError> {
+        if should_stop() {
+            return Ok(None);
+        }
+        if samples.len() < MIN_PIECE_SAMPLES {
+            return Ok(Some(Vec::new()));
+        }
+        let hidden = self.encode(samples)?;
+        let seconds = samples.len() as f64 / SAMPLE_RATE as f64;
+        let max_tokens = (seconds * MAX_TOKENS_PER_SECOND).ceil() as usize;
+
+        let Self {
+            decoder,
+            slots,
+            empty_cache,
+            ..
+        } = self;
+        let err = ModelError::inference::<()>;
+        let mut caches: Vec<DynValue> = Vec::with_capacity(slots.len());
+        let mut tokens = Vec::with_capacity(max_tokens);
+        let mut last = START_TOKEN;
+        for step in 0..max_tokens {
+            if should_stop() {
+                return Ok(None);
+            }
+            let ids = [last];
+            let use_cache = [step > 0];
+            let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+                Vec::with_capacity(3 + slots.len());
+            inputs.push((
+                "input_ids".into(),
+                TensorRef::from_array_view(([1usize, 1], &ids[..]))
+                    .map_err(err(DECODER))?
+                    .into(),
+            ));
+            inputs.push(("encoder_hidden_states".into(), (&hidden).into()));
+            inputs.push((
+                "use_cache_branch".into(),
+                TensorRef::from_array_view(([1usize], &use_cache[..]))
+                    .map_err(err(DECODER))?
+                    .into(),
+            ));
+            for (i, slot) in slots.iter().enumerate() {
+                let value: SessionInputValue<'_> = match caches.get(i) {
+                    Some(cache) => cache.into(),
+                    None => (&*empty_cache).into(),
+                };
+                inputs.push((slot.input.as_str().into(), value));
+            }
+            let mut outputs = decoder.run(inputs).map_err(err(DECODER))?;
+
+            let (shape, logits) = outputs["logits"]
+                .try_extract_tensor::<f32>()
+                .map_err(err(DECODER))?;
+            let vocab = shape.last().map_or(0, |&v| usize::try_from(v).unwrap_or(0));
+            last = argmax_last_row(logits, vocab)
+                .ok_or_else(|| ModelError::bad_output(DECODER, "empty logits"))?;
+            if last == END_TOKEN {
+                break;
+            }
+            tokens.push(last);
+
+            for (i, slot) in slots.iter().enumerate() {
+                if slot.encoder && step > 0 {
+                    continue;
+                }
+                let value = outputs.remove(&slot.output).ok_or_else(|| {
+                    ModelError::bad_output(DECODER, format!("missing output {}", slot.output))
+                })?;
+                if i < caches.len() {
+                    caches[i] = value;
+                } else {
+                    caches.push(value);
+                }
+            }
+        }
+        Ok(Some(tokens))
+    }
+
+    /// Runs the encoder; returns `last_hidden_state` `[1, T, 416]`.
+    fn encode(&mut self, samples: &[f32]) -> Result<DynValue, ModelError> {
+        let err = ModelError::inference::<()>;
+        let input =
+            TensorRef::from_array_view(([1usize, samples.len()], samples)).map_err(err(ENCODER))?;
+        let mut outputs = self
+            .encoder
+            .run(ort::inputs!["input_values" => input])
+            .map_err(err(ENCODER))?;
+        outputs
+            .remove("last_hidden_state")
+            .ok_or_else(|| ModelError::bad_output(ENCODER, "missing output last_hidden_state"))
+    }
+}
+
+/// Index of the largest value in the last `width` values of `logits`
+/// (the last position's scores; the decoder returns one position per step).
+fn argmax_last_row(logits: &[f32], width: usize) -> Option<i64> {
+    if width == 0 {
+        return None;
+    }
+    let row = logits.get(logits.len().checked_sub(width)?..)?;
+    let (index, _) = row
+        .iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((i, v)),
+        })?;
+    i64::try_from(index).ok()
+}
+
+/// Splits `len` samples into the fewest equal pieces of at most `max`.
+fn piece_ranges(len: usize, max: usize) -> Vec<Range<usize>> {
+    let pieces = len.div_ceil(max.max(1)).max(1);
+    let size = len.div_ceil(pieces);
+    (0..pieces)
+        .map(|p| (p * size).min(len)..((p + 1) * size).min(len))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_input_and_respect_max() {
+        assert_eq!(piece_ranges(0, 10), vec![0..0]);
+        assert_eq!(piece_ranges(10, 10), vec![0..10]);
+        assert_eq!(piece_ranges(11, 10), vec![0..6, 6..11]);
+        let ranges = piece_ranges(61 * SAMPLE_RATE, MAX_PIECE_SAMPLES);
+        assert_eq!(ranges.len(), 3);
+        assert!(ranges.iter().all(|r| r.len() <= MAX_PIECE_SAMPLES));
+        assert_eq!(ranges.last().map(|r| r.end), Some(61 * SAMPLE_RATE));
+    }
+
+    #[test]
+    fn argmax_uses_the_last_row() {
+        assert_eq!(argmax_last_row(&[9.0, 0.0, 1.0, 3.0, 2.0], 3), Some(1));
+        assert_eq!(argmax_last_row(&[], 3), None);
+        assert_eq!(argmax_last_row(&[1.0], 3), None);
+    }
+}

@@ -1,0 +1,116 @@
+//! The one ONNX Runtime environment of the process, and the session builder
+//! every model uses. `ort` allows a single environment per process (a second
+//! `build()` fails), so [`init_runtime`] creates it once, keeps it alive in a
+//! `OnceLock` for the life of the process, and is safe to call again, from any
+//! thread or test: later calls return `Ok(())` without reloading. Model
+//! modules get sessions through [`load_session`], which checks the model file
+//! first so a missing download reads as such rather than as an ort error.
+
+use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+use super::ModelError;
+
+/// File name of the ONNX Runtime library inside the models directory, as
+/// written by `scripts/fetch-models.sh` (PyPI `onnxruntime==1.31.1`; the
+/// `api-31` feature of ort needs 1.31 or newer).
+pub const ORT_DYLIB_FILE: &str = "libonnxruntime.so.1.31.1";
+
+/// Name the environment reports in ONNX Runtime's logs.
+const ENVIRONMENT_NAME: &str = "hearken";
+
+/// The environment. Sessions keep their own handle to it too, but ort only
+/// holds a weak reference globally, so this is what keeps it alive.
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+
+/// Serialises the slow path of [`init_runtime`], so two threads racing to
+/// initialise do not both call `build()` (the second would fail). A failed
+/// attempt leaves [`ENVIRONMENT`] empty and a later call may retry.
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Loads ONNX Runtime from `dylib_path` and creates the process environment.
+///
+/// Idempotent: once it has succeeded, further calls (with any path) return
+/// `Ok(())` and the first library stays loaded.
+pub fn init_runtime(dylib_path: &Path) -> Result<(), ModelError> {
+    if !dylib_path.is_file() {
+        return Err(ModelError::RuntimeLibraryMissing {
+            path: dylib_path.to_path_buf(),
+        });
+    }
+    if ENVIRONMENT.get().is_some() {
+        return Ok(());
+    }
+    // Poisoning carries no meaning here: the lock guards no data.
+    let _guard = INIT_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    if ENVIRONMENT.get().is_some() {
+        return Ok(());
+    }
+    let init_error = |cause: String| ModelError::RuntimeInit {
+        path: dylib_path.to_path_buf(),
+        cause,
+    };
+    let environment = ort::init_from(dylib_path)
+        .map_err(|e| init_error(e.to_string()))?
+        .with_name(ENVIRONMENT_NAME)
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| init_error(e.to_string()))?;
+    // Cannot fail: we hold the lock and checked that the cell was empty.
+    let _ = ENVIRONMENT.set(environment);
+    Ok(())
+}
+
+/// Whether [`init_runtime`] has succeeded in this process.
+pub fn runtime_ready() -> bool {
+    ENVIRONMENT.get().is_some()
+}
+
+/// Builds a CPU session for `model` from `path` with `intra_threads` threads
+/// for one operator and one thread across operators.
+pub(crate) fn load_session(
+    model: &'static str,
+    path: &Path,
+    intra_threads: usize,
+) -> Result<Session, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::ModelFileMissing {
+            model,
+            path: path.to_path_buf(),
+        });
+    }
+    let environment = ENVIRONMENT.get().ok_or(ModelError::RuntimeNotInitialized)?;
+    build_session(environment, path, intra_threads).map_err(|e| ModelError::SessionLoad {
+        model,
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    })
+}
+
+/// The builder chain, in a function of its own so that `?` turns
+/// `ort::Error<SessionBuilder>` (not `Send`) into the plain `ort::Error`.
+fn build_session(environment: &Environment, path: &Path, intra: usize) -> ort::Result<Session> {
+    Session::builder(environment)?
+        .with_intra_threads(intra)?
+        .with_inter_threads(1)?
+        .commit_from_file(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_library_is_a_clear_error() {
+        let path = Path::new("/nonexistent/libonnxruntime.so");
+        let Err(e) = init_runtime(path) else {
+            panic!("a missing library must not initialise the runtime");
+        };
+        let text = e.to_string();
+        assert!(text.contains("/nonexistent/libonnxruntime.so"), "{text}");
+        assert!(text.contains("scripts/fetch-models.sh"), "{text}");
+    }
+}
