@@ -74,7 +74,7 @@ impl Default for ServerConfig {
 pub struct SessionConfig {
     pub idle_timeout_ms: u64,
     pub max_frame_bytes: usize,
-    /// Audio frames a conversation may hold unprocessed before it drops (and counts) them.
+    /// Audio frames a conversation queues before its session pauses reading the socket.
     pub audio_queue_frames: usize,
     /// How long a conversation waits for its children to confirm they stopped.
     pub teardown_timeout_ms: u64,
@@ -140,7 +140,8 @@ impl Default for VadConfig {
             max_batch: 64,
             min_speech_ms: 100,
             min_silence_ms: 400,
-            pad_ms: 200,
+            // 300 rather than 200: Moonshine misheard 8 kHz speech cut with 200 ms.
+            pad_ms: 300,
         }
     }
 }
@@ -290,7 +291,10 @@ impl Config {
             );
         }
         if self.vad.silero_threads == 0 || self.vad.max_batch == 0 {
-            return invalid("vad.silero_threads", "Silero needs a thread and a batch of at least 1");
+            return invalid(
+                "vad.silero_threads",
+                "Silero needs a thread and a batch of at least 1",
+            );
         }
         if self.stt.threads == 0 {
             return invalid("stt.threads", "must be at least 1");

@@ -97,6 +97,7 @@ pub struct Metrics {
     bad_input: IntCounterVec,
     rejected: IntCounterVec,
     pub audio_frames_dropped: IntCounter,
+    pub audio_backpressure: IntCounter,
     pub jobs_skipped: IntCounter,
     pub overloaded: IntCounter,
     pub child_restarts: IntCounter,
@@ -164,6 +165,10 @@ impl Metrics {
                 "hearken_audio_frames_dropped_total",
                 "Audio frames dropped because a conversation was behind",
             ),
+            audio_backpressure: counter(
+                "hearken_audio_backpressure_total",
+                "Times a session paused reading because its conversation was behind",
+            ),
             jobs_skipped: counter(
                 "hearken_jobs_skipped_total",
                 "Queued jobs skipped because their conversation had ended",
@@ -190,11 +195,8 @@ impl Metrics {
             .expect("static metric definition"),
             transcripts: counter("hearken_transcripts_total", "Final transcripts produced"),
             stt_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "hearken_stt_seconds",
-                    "Recogniser time per speech segment",
-                )
-                .buckets(vec![0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]),
+                HistogramOpts::new("hearken_stt_seconds", "Recogniser time per speech segment")
+                    .buckets(vec![0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]),
             )
             .expect("static metric definition"),
             registry,
@@ -215,6 +217,7 @@ impl Metrics {
             Box::new(self.bad_input.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.audio_frames_dropped.clone()),
+            Box::new(self.audio_backpressure.clone()),
             Box::new(self.jobs_skipped.clone()),
             Box::new(self.overloaded.clone()),
             Box::new(self.child_restarts.clone()),

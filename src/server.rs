@@ -57,8 +57,7 @@ impl Server {
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let registry = Registry::start_new(Arc::clone(&metrics));
-        let services =
-            Services::new(Arc::clone(&config), metrics, registry)?;
+        let services = Services::new(Arc::clone(&config), metrics, registry)?;
         let admission = Admission::new(
             config.server.max_sessions,
             config.server.max_sessions_per_ip,

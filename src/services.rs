@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, VadEngine};
 use crate::metrics::Metrics;
-use crate::models::{self, Moonshine, ModelError, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE};
+use crate::models::{
+    self, ModelError, Moonshine, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE,
+};
 use crate::registry::RegistryHandle;
 use crate::workers::pool::StateInit;
 use crate::workers::silero_batcher::SileroBatcher;

@@ -108,11 +108,18 @@ async fn churn_leaves_nothing_behind() {
     let metrics = &server.metrics;
     let reconnects = CYCLES / 4;
     let expected_events = (1 + CYCLES + reconnects) as u64;
-    let published = || ExitReason::ALL.iter().map(|r| metrics.disconnects(*r)).sum::<u64>();
+    let published = || {
+        ExitReason::ALL
+            .iter()
+            .map(|r| metrics.disconnects(*r))
+            .sum::<u64>()
+    };
     // Gauges fall just before the registry counts the event: wait for the last count.
     assert!(eventually(|| published() >= expected_events).await);
-    let by_reason: Vec<(ExitReason, u64)> =
-        ExitReason::ALL.iter().map(|r| (*r, metrics.disconnects(*r))).collect();
+    let by_reason: Vec<(ExitReason, u64)> = ExitReason::ALL
+        .iter()
+        .map(|r| (*r, metrics.disconnects(*r)))
+        .collect();
     println!("disconnects by reason: {by_reason:?}");
     assert_eq!(
         metrics.disconnects(ExitReason::Superseded),

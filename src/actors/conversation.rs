@@ -325,12 +325,15 @@ impl Actor for ConversationActor {
 impl Handler<AudioFrame> for ConversationActor {
     type Result = ();
 
-    fn handle(&mut self, frame: AudioFrame, _: &mut Context<Self>) {
+    fn handle(&mut self, frame: AudioFrame, ctx: &mut Context<Self>) {
         let Some(vad) = self.children.vad.as_ref() else {
             return;
         };
-        if vad.try_send(frame).is_err() {
-            self.report_overload();
+        if let Err(SendError::Full(frame)) = vad.try_send(frame) {
+            // Backpressure: hold this mailbox (and so the session's reads) until the
+            // VAD has room. A dead VAD answers at once and is handled by supervision.
+            self.services.metrics.audio_backpressure.inc();
+            ctx.wait(vad.send(frame).into_actor(self).map(|_, _, _| ()));
         }
     }
 }

@@ -16,7 +16,6 @@ use bytes::Bytes;
 
 use super::conversation::{ConversationActor, SessionHandle};
 use super::messages::{AudioFrame, ClientCommand, Outbound, SessionEnded};
-use super::throttle::NoticeThrottle;
 use crate::admission::Permit;
 use crate::lifecycle::{close_code, ExitReason};
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
@@ -32,7 +31,6 @@ pub struct SessionActor {
     link: Option<ConversationLink>,
     last_heard: Instant,
     exit: Option<ExitReason>,
-    overload_notice: NoticeThrottle,
     _permit: Permit,
     _live: GaugeGuard,
 }
@@ -47,7 +45,6 @@ impl SessionActor {
             link: None,
             last_heard: Instant::now(),
             exit: None,
-            overload_notice: NoticeThrottle::default(),
             _permit: permit,
             _live: live,
         }
@@ -107,18 +104,20 @@ impl SessionActor {
         };
         match conversation.try_send(AudioFrame { data }) {
             Ok(()) => {}
-            Err(SendError::Full(_)) => self.report_overload(ctx),
+            Err(SendError::Full(frame)) => {
+                // Backpressure, not loss: stop reading the socket until the
+                // conversation has room. TCP then slows the client down.
+                self.services.metrics.audio_backpressure.inc();
+                let accepted = conversation.send(frame).into_actor(self);
+                ctx.wait(accepted.map(|result, act, ctx| {
+                    if result.is_err() {
+                        act.end(ExitReason::ServerError, close_code::SERVER_ERROR, ctx);
+                    }
+                }));
+            }
             Err(SendError::Closed(_)) => {
                 self.end(ExitReason::ServerError, close_code::SERVER_ERROR, ctx)
             }
-        }
-    }
-
-    fn report_overload(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        self.services.metrics.audio_frames_dropped.inc();
-        if self.overload_notice.due() {
-            let message = "audio is arriving faster than it is processed; frames dropped";
-            self.client_error(ErrorCode::Overloaded, message.into(), ctx);
         }
     }
 

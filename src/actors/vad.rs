@@ -24,6 +24,10 @@ use crate::protocol::ErrorCode;
 use crate::workers::silero_batcher::VadReply;
 use crate::workers::JobError;
 
+/// Frames held while a job is out. Senders wait when this actor's mailbox is full, so
+/// this only fills if a job takes seconds; beyond it the oldest audio is shed (counted).
+const MAX_PENDING_FRAMES: usize = 500;
+
 /// Longest segment handed to the recogniser, in ms (Moonshine wants under ~30 s).
 const MAX_SEGMENT_MS: u32 = 30_000;
 
@@ -62,7 +66,7 @@ impl VadActor {
         let ingest = Ingest::new(env.params.codec, env.params.sample_rate, engine, segmenter)?;
         Ok(VadActor {
             parent: env.parent.clone(),
-            max_pending: config.session.audio_queue_frames,
+            max_pending: MAX_PENDING_FRAMES,
             forward_decoded: config.recorder.enabled,
             ingest: Some(Box::new(ingest)),
             pending: Vec::new(),
@@ -105,15 +109,19 @@ impl VadActor {
                 }
             }
         };
-        ctx.spawn(answer.into_actor(self).map(|result, act, ctx| match result {
-            Ok((ingest, out)) => {
-                act.ingest = Some(ingest);
-                act.deliver(out);
-                act.dispatch(ctx);
-            }
-            Err(JobError::Cancelled) => {}
-            Err(error) => act.fail(error.to_string()),
-        }));
+        ctx.spawn(
+            answer
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok((ingest, out)) => {
+                        act.ingest = Some(ingest);
+                        act.deliver(out);
+                        act.dispatch(ctx);
+                    }
+                    Err(JobError::Cancelled) => {}
+                    Err(error) => act.fail(error.to_string()),
+                }),
+        );
     }
 
     fn deliver(&mut self, out: IngestOutput) {

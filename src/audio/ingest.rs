@@ -112,7 +112,9 @@ impl Ingest {
                     _ => webrtc_vad::VadMode::VeryAggressive,
                 };
                 let rate = webrtc_vad::SampleRate::Rate16kHz;
-                Detector::Webrtc(WebrtcVad(webrtc_vad::Vad::new_with_rate_and_mode(rate, mode)))
+                Detector::Webrtc(WebrtcVad(webrtc_vad::Vad::new_with_rate_and_mode(
+                    rate, mode,
+                )))
             }
             VadEngine::Silero => Detector::Silero {
                 state: Box::default(),
@@ -237,7 +239,8 @@ impl Ingest {
                     // 320 samples at 16 kHz is a valid webrtc-vad frame, so this cannot
                     // fail; treat a failure as silence rather than trusting that forever.
                     let voiced = vad.0.is_voice_segment(frame).unwrap_or(false);
-                    self.segmenter.push(frame, if voiced { 1.0 } else { 0.0 }, out);
+                    self.segmenter
+                        .push(frame, if voiced { 1.0 } else { 0.0 }, out);
                 }
                 Detector::Silero { windows, .. } => {
                     let mut window = [0.0f32; WINDOW_SAMPLES];

@@ -2,6 +2,9 @@
 
 use crate::audio::pcm::{f32_to_i16, i16_to_f32};
 
+/// Encoder bitrate in bit/s.
+const OPUS_BITRATE: i32 = 32_000;
+
 /// Largest Opus frame: 120 ms at 48 kHz.
 const MAX_FRAME_SAMPLES: usize = 5760;
 
@@ -42,12 +45,12 @@ pub struct OpusEncoder {
 
 impl OpusEncoder {
     pub fn new(sample_rate: u32) -> Result<Self, OpusError> {
+        let mut encoder =
+            opus::Encoder::new(sample_rate, opus::Channels::Mono, opus::Application::Voip)?;
+        // Speech at 32 kbit/s keeps consonants a recogniser can tell apart.
+        encoder.set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))?;
         Ok(OpusEncoder {
-            encoder: opus::Encoder::new(
-                sample_rate,
-                opus::Channels::Mono,
-                opus::Application::Voip,
-            )?,
+            encoder,
             frame_samples: sample_rate as usize / 50,
             pending: Vec::new(),
         })

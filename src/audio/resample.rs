@@ -24,7 +24,9 @@ pub struct StreamResampler {
 
 impl StreamResampler {
     pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
-        let chunk = from as usize / 50;
+        // 64 ms chunks: shorter FFTs filter too little (8 kHz speech came out garbled
+        // with 20 ms chunks); this adds at most 64 ms of latency before VAD.
+        let chunk = from as usize * 64 / 1000;
         let inner = Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)
             .map_err(|e| ResampleError::Setup {
                 from,

@@ -75,7 +75,8 @@ impl SileroBatcher {
         let on_ready = Arc::new(on_ready);
         let threads = (0..threads)
             .map(|i| {
-                let (jobs, on_ready, model) = (Arc::clone(&jobs), Arc::clone(&on_ready), model.clone());
+                let (jobs, on_ready, model) =
+                    (Arc::clone(&jobs), Arc::clone(&on_ready), model.clone());
                 let metrics = Arc::clone(&metrics);
                 std::thread::Builder::new()
                     .name(format!("hearken-silero-{i}"))
@@ -174,7 +175,9 @@ fn run_batch(vad: &mut SileroVad, batch: Vec<VadJob>, metrics: &Metrics) {
             continue;
         }
         let mut out = IngestOutput::default();
-        let decoded = catch_unwind(AssertUnwindSafe(|| job.ingest.process(&job.frames, &mut out)));
+        let decoded = catch_unwind(AssertUnwindSafe(|| {
+            job.ingest.process(&job.frames, &mut out)
+        }));
         match decoded {
             Ok(()) => live.push(Live {
                 job,
@@ -189,7 +192,11 @@ fn run_batch(vad: &mut SileroVad, batch: Vec<VadJob>, metrics: &Metrics) {
         }
     }
 
-    let rounds = live.iter().map(|l| l.job.ingest.pending_windows()).max().unwrap_or(0);
+    let rounds = live
+        .iter()
+        .map(|l| l.job.ingest.pending_windows())
+        .max()
+        .unwrap_or(0);
     for round in 0..rounds {
         let mut members = Vec::new();
         let mut windows = Vec::new();
