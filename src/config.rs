@@ -29,6 +29,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub vad: VadConfig,
     pub stt: SttConfig,
+    pub llm: LlmConfig,
     pub recorder: RecorderConfig,
     pub workers: WorkersConfig,
     pub models: ModelsConfig,
@@ -164,6 +165,67 @@ impl Default for SttConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackendKind {
+    /// SmolLM2-135M-Instruct in-process (candle), offline.
+    Embedded,
+    /// Any OpenAI-compatible `/v1/chat/completions` server.
+    Openai,
+    /// No replies: transcripts only.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    pub backend: LlmBackendKind,
+    /// OpenAI-compatible base URL (ending in `/v1`).
+    pub base_url: String,
+    pub model: String,
+    /// Bearer key for the OpenAI backend; prefer `HEARKEN__LLM__API_KEY` to a file.
+    pub api_key: String,
+    pub system_prompt: String,
+    /// Longest reply, in tokens.
+    pub max_tokens: u32,
+    /// Threads running the embedded model (each holds its own copy, ~100 MB).
+    pub threads: usize,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the next streamed chunk.
+    pub read_timeout_ms: u64,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe may pass.
+    pub breaker_cooldown_ms: u64,
+    /// Conversation history is kept this long after its last use.
+    pub history_ttl_ms: u64,
+    /// Messages kept per conversation (oldest dropped first).
+    pub history_max_messages: usize,
+    /// Conversations kept (least recently used dropped first).
+    pub history_max_conversations: usize,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            backend: LlmBackendKind::Embedded,
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            model: String::new(),
+            api_key: String::new(),
+            system_prompt: "You are a helpful voice assistant. Answer briefly.".into(),
+            max_tokens: 128,
+            threads: 1,
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 15_000,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 10_000,
+            history_ttl_ms: 30 * 60 * 1000,
+            history_max_messages: 40,
+            history_max_conversations: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RecorderConfig {
@@ -295,6 +357,18 @@ impl Config {
                 "vad.silero_threads",
                 "Silero needs a thread and a batch of at least 1",
             );
+        }
+        if self.llm.threads == 0 || self.llm.max_tokens == 0 {
+            return invalid("llm.threads", "threads and max_tokens must be at least 1");
+        }
+        if self.llm.history_max_messages == 0 || self.llm.history_max_conversations == 0 {
+            return invalid(
+                "llm.history_max_messages",
+                "history bounds must be at least 1",
+            );
+        }
+        if self.llm.backend == LlmBackendKind::Openai && !self.llm.base_url.starts_with("http") {
+            return invalid("llm.base_url", "must be an http(s) URL");
         }
         if self.stt.threads == 0 {
             return invalid("stt.threads", "must be at least 1");

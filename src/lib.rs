@@ -18,9 +18,12 @@
 pub mod actors;
 pub mod admission;
 pub mod audio;
+#[cfg(feature = "bench-client")]
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod lifecycle;
+pub mod llm;
 pub mod metrics;
 pub mod models;
 pub mod protocol;

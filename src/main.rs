@@ -26,6 +26,7 @@ enum Command {
 const DEFAULT_CONFIG: &str = "config/default.toml";
 
 fn main() -> anyhow::Result<()> {
+    hearken::llm::embedded::pin_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

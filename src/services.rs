@@ -10,8 +10,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{Config, VadEngine};
+use crate::config::{Config, LlmBackendKind, VadEngine};
+use crate::llm::backend::{EmbeddedBackend, LlmBackend};
+use crate::llm::breaker::CircuitBreaker;
+use crate::llm::history::ConversationStore;
+use crate::llm::openai::{OpenAiBackend, OpenAiConfig};
+use crate::llm::{EmbeddedModel, GenerationParams, SMOLLM_FILE};
 use crate::metrics::Metrics;
 use crate::models::{
     self, ModelError, Moonshine, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE,
@@ -27,6 +33,8 @@ pub enum ServicesError {
     Model(#[from] ModelError),
     #[error("cannot start worker threads: {0}")]
     Threads(#[from] std::io::Error),
+    #[error("LLM backend: {0}")]
+    Llm(String),
 }
 
 /// Counts model threads still loading; ready once none are and none failed.
@@ -65,6 +73,10 @@ pub struct Services {
     pub silero: Option<SileroBatcher>,
     /// Moonshine speech-to-text, when `stt.enabled`.
     pub stt: Option<WorkerPool<Moonshine>>,
+    /// The reply backend, unless `llm.backend = "none"`.
+    pub llm: Option<Arc<dyn LlmBackend>>,
+    /// Conversation histories; they outlive sessions.
+    pub conversations: Arc<ConversationStore>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -126,6 +138,14 @@ impl Services {
             None
         };
 
+        let llm = llm_backend(&config, &metrics, &readiness)?;
+        let history = &config.llm;
+        let conversations = Arc::new(ConversationStore::new(
+            Duration::from_millis(history.history_ttl_ms),
+            history.history_max_messages,
+            history.history_max_conversations,
+        ));
+
         Ok(Arc::new(Services {
             config,
             metrics,
@@ -134,8 +154,65 @@ impl Services {
             io,
             silero,
             stt,
+            llm,
+            conversations,
             readiness,
         }))
+    }
+}
+
+fn llm_backend(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
+) -> Result<Option<Arc<dyn LlmBackend>>, ServicesError> {
+    let llm = &config.llm;
+    match llm.backend {
+        LlmBackendKind::None => Ok(None),
+        LlmBackendKind::Openai => {
+            let openai = OpenAiConfig {
+                base_url: llm.base_url.clone(),
+                model: llm.model.clone(),
+                api_key: (!llm.api_key.is_empty()).then(|| llm.api_key.clone()),
+                connect_timeout: Duration::from_millis(llm.connect_timeout_ms),
+                read_timeout: Duration::from_millis(llm.read_timeout_ms),
+                max_tokens: llm.max_tokens,
+            };
+            let breaker = CircuitBreaker::new(
+                llm.breaker_failures,
+                Duration::from_millis(llm.breaker_cooldown_ms),
+            );
+            let backend = OpenAiBackend::new(openai, breaker)
+                .map_err(|e| ServicesError::Llm(e.to_string()))?;
+            Ok(Some(backend))
+        }
+        LlmBackendKind::Embedded => {
+            let path = config.models.dir.join(SMOLLM_FILE);
+            if !path.is_file() {
+                return Err(ModelError::ModelFileMissing {
+                    model: "smollm2",
+                    path,
+                }
+                .into());
+            }
+            readiness.expect(llm.threads);
+            let ready = Arc::clone(readiness);
+            let init: StateInit<EmbeddedModel> =
+                Arc::new(move || EmbeddedModel::load(&path).map_err(|e| e.to_string()));
+            let pool = WorkerPool::with_state(
+                "llm",
+                llm.threads,
+                config.workers.queue_depth,
+                Arc::clone(metrics),
+                init,
+                move |outcome| ready.report(outcome),
+            )?;
+            let params = GenerationParams {
+                max_tokens: llm.max_tokens as usize,
+                ..GenerationParams::default()
+            };
+            Ok(Some(EmbeddedBackend::new(pool, params)))
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use actix::prelude::*;
 use super::child::{child_link, ChildEnv, ChildOutcome, ChildRole, ChildWatch};
 use super::llm::LlmActor;
 use super::messages::{
-    AudioFrame, ChildEvent, ClientCommand, FlushSpeech, InjectFailure, Outbound, Record,
-    SessionEnded, StopChild, Transcribe,
+    AudioFrame, CancelResponse, ChildEvent, ClientCommand, FlushSpeech, InjectFailure, Outbound,
+    Record, Respond, SessionEnded, StopChild, Transcribe,
 };
 use super::recorder::RecorderActor;
 use super::stt::SttActor;
@@ -256,6 +256,12 @@ impl ConversationActor {
         }
     }
 
+    fn cancel_reply(&self) {
+        if let Some(llm) = self.children.llm.as_ref() {
+            llm.do_send(CancelResponse);
+        }
+    }
+
     fn inject_failure(&mut self, role: &str, mode: crate::protocol::native::FailureMode) {
         let failure = InjectFailure { mode };
         let sent = match ChildRole::parse(role) {
@@ -349,9 +355,13 @@ impl Handler<ClientCommand> for ConversationActor {
                 }
             }
             ClientEvent::DebugFailChild { role, mode } => self.inject_failure(&role, mode),
-            // Replies arrive with the LLM and TTS children; until then there is
-            // nothing to cancel or configure, and saying so would be noise.
-            ClientEvent::ResponseCancel | ClientEvent::SessionUpdate { .. } => {}
+            ClientEvent::ResponseCancel => self.cancel_reply(),
+            ClientEvent::SessionUpdate { llm } => {
+                if let Some(prompt) = llm.and_then(|l| l.system_prompt) {
+                    let id = self.params.conversation_id;
+                    self.services.conversations.set_system_prompt(id, prompt);
+                }
+            }
             ClientEvent::Ping => self.to_client(ServerEvent::Pong),
         }
     }
@@ -363,7 +373,11 @@ impl Handler<ChildEvent> for ConversationActor {
     fn handle(&mut self, event: ChildEvent, ctx: &mut Context<Self>) {
         match event {
             ChildEvent::Speech { event } => self.to_client(match event {
-                SpeechEvent::Started { audio_ms } => ServerEvent::SpeechStarted { audio_ms },
+                SpeechEvent::Started { audio_ms } => {
+                    // Barge-in: the user talks over the reply.
+                    self.cancel_reply();
+                    ServerEvent::SpeechStarted { audio_ms }
+                }
                 SpeechEvent::Stopped { audio_ms } => ServerEvent::SpeechStopped { audio_ms },
             }),
             ChildEvent::Segment { segment } => {
@@ -384,10 +398,25 @@ impl Handler<ChildEvent> for ConversationActor {
                 text,
                 audio_ms,
                 stt_ms,
-            } => self.to_client(ServerEvent::TranscriptFinal {
-                text,
-                audio_ms,
-                stt_ms,
+            } => {
+                if let Some(llm) = self.children.llm.as_ref() {
+                    llm.do_send(Respond { text: text.clone() });
+                }
+                self.to_client(ServerEvent::TranscriptFinal {
+                    text,
+                    audio_ms,
+                    stt_ms,
+                })
+            }
+            ChildEvent::ResponseDelta { response_id, text } => {
+                self.to_client(ServerEvent::ResponseTextDelta { response_id, text })
+            }
+            ChildEvent::ResponseDone {
+                response_id,
+                cancelled,
+            } => self.to_client(ServerEvent::ResponseDone {
+                response_id,
+                cancelled,
             }),
             ChildEvent::ClientError { code, message } => {
                 self.to_client(ServerEvent::error(code, message))

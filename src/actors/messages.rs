@@ -67,6 +67,18 @@ pub struct Transcribe {
     pub segment: SpeechSegment,
 }
 
+/// Answer what the user said.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Respond {
+    pub text: String,
+}
+
+/// Stop the reply being generated (barge-in or `response.cancel`).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct CancelResponse;
+
 /// Decoded input audio at the session's rate, for the recorder.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -89,6 +101,16 @@ pub enum ChildEvent {
         text: String,
         audio_ms: u64,
         stt_ms: u64,
+    },
+    /// A piece of the reply being generated.
+    ResponseDelta {
+        response_id: uuid::Uuid,
+        text: String,
+    },
+    /// The reply is complete, or was cancelled.
+    ResponseDone {
+        response_id: uuid::Uuid,
+        cancelled: bool,
     },
     /// Something the client should hear about; the session keeps going.
     ClientError { code: ErrorCode, message: String },

@@ -166,7 +166,12 @@ impl SessionActor {
         lease: crate::registry::Lease,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let resumed = lease.resumed();
+        // Resumed: it took over a live session, or its history is still kept.
+        let resumed = lease.resumed()
+            || self
+                .services
+                .conversations
+                .contains(self.params.conversation_id);
         let session = SessionHandle {
             outbound: ctx.address().recipient(),
             end: ctx.address().recipient(),

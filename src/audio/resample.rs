@@ -109,8 +109,9 @@ mod tests {
         for frame in tone.chunks(700) {
             resampler.push(frame, &mut out).unwrap();
         }
-        // The filter delay holds back a few samples; none are invented or lost beyond it.
-        assert!((15_600..=16_000).contains(&out.len()), "{}", out.len());
+        // The filter delay holds back a few samples, and a partial chunk waits.
+        // Audio still short of a whole 64 ms chunk waits for more input.
+        assert!((14_500..=16_000).contains(&out.len()), "{}", out.len());
     }
 
     #[test]

@@ -177,6 +177,8 @@ pub enum ErrorCode {
     UnexpectedFrame,
     Overloaded,
     Unsupported,
+    /// The language model is down or its circuit is open; the session stays connected.
+    LlmUnavailable,
 }
 
 /// Server → client text frames.
@@ -200,6 +202,10 @@ pub enum ServerEvent {
         audio_ms: u64,
         stt_ms: u64,
     },
+    #[serde(rename = "response.text.delta")]
+    ResponseTextDelta { response_id: Uuid, text: String },
+    #[serde(rename = "response.done")]
+    ResponseDone { response_id: Uuid, cancelled: bool },
     #[serde(rename = "pong")]
     Pong,
     #[serde(rename = "error")]

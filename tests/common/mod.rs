@@ -32,6 +32,8 @@ pub fn test_config() -> Config {
     config.server.workers = 2;
     config.server.shutdown_drain_ms = 5000;
     config.models.dir = format!("{}/models", env!("CARGO_MANIFEST_DIR")).into();
+    // Replies are tested on their own (tests/llm*.rs); elsewhere they would only add load.
+    config.llm.backend = hearken::config::LlmBackendKind::None;
     config
 }
 
@@ -53,6 +55,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(config: Config) -> TestServer {
+        hearken::llm::embedded::pin_candle_threads();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -177,6 +180,17 @@ pub async fn next_event_of(ws: &mut Ws, kind: &str) -> Value {
             Incoming::Event(event) if event["type"] == kind => return event,
             Incoming::Event(_) | Incoming::Audio(_) => continue,
             Incoming::Closed(code) => panic!("closed ({code:?}) while waiting for {kind}"),
+        }
+    }
+}
+
+/// The next JSON event of any of the given types.
+pub async fn next_event_of_any(ws: &mut Ws, kinds: &[&str]) -> Value {
+    loop {
+        match next_incoming(ws).await {
+            Incoming::Event(event) if kinds.iter().any(|k| event["type"] == *k) => return event,
+            Incoming::Event(_) | Incoming::Audio(_) => continue,
+            Incoming::Closed(code) => panic!("closed ({code:?}) while waiting for {kinds:?}"),
         }
     }
 }

@@ -1,0 +1,131 @@
+//! The LLM backends behind one trait, and the handle of a running generation.
+//!
+//! A [`Generation`] streams [`LlmEvent`]s and is owned by the LLM actor. Dropping it
+//! is how a reply is cancelled: its stop token is set (the embedded decoder checks it
+//! between tokens) and its task, if any, is aborted (the OpenAI backend's HTTP request
+//! is dropped and its connection closed). Every generation also carries its child's
+//! link hold, so a conversation's teardown waits until the generation is truly gone.
+
+use std::any::Any;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::chat::ChatMessage;
+use super::embedded::EmbeddedModel;
+use super::generation::GenerationParams;
+use crate::workers::{CancelToken, JobError, WorkerPool};
+
+/// Deltas buffered between a generator and its actor before the generator waits.
+const EVENT_BUFFER: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmEvent {
+    Delta(String),
+    Finished,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend is down or its circuit is open; try again later.
+    #[error("the language model is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the language model is at capacity")]
+    Overloaded,
+}
+
+/// What a backend needs to start a reply.
+pub struct GenerationRequest {
+    pub messages: Vec<ChatMessage>,
+    /// The conversation's token: its end stops the generation too.
+    pub conversation: CancelToken,
+    /// Released when the generation is completely gone.
+    pub hold: Box<dyn Any + Send>,
+}
+
+pub struct Generation {
+    pub events: mpsc::Receiver<LlmEvent>,
+    stop: CancelToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Generation {
+    /// A generation driven by a task on the current arbiter (aborted on drop).
+    pub fn with_task(
+        events: mpsc::Receiver<LlmEvent>,
+        stop: CancelToken,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        Generation {
+            events,
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub trait LlmBackend: Send + Sync {
+    fn start(&self, request: GenerationRequest) -> Result<Generation, BackendError>;
+}
+
+/// SmolLM2 in-process: generation runs on the `llm` worker pool, one model per thread.
+pub struct EmbeddedBackend {
+    pool: WorkerPool<EmbeddedModel>,
+    params: GenerationParams,
+}
+
+impl EmbeddedBackend {
+    pub fn new(pool: WorkerPool<EmbeddedModel>, params: GenerationParams) -> Arc<Self> {
+        Arc::new(EmbeddedBackend { pool, params })
+    }
+}
+
+impl LlmBackend for EmbeddedBackend {
+    fn start(&self, request: GenerationRequest) -> Result<Generation, BackendError> {
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let stop = CancelToken::new();
+        let (params, messages) = (self.params.clone(), request.messages);
+        let (stopped, conversation) = (stop.clone(), request.conversation.clone());
+        let job = self
+            .pool
+            .submit(&request.conversation, request.hold, move |model| {
+                let mut on_token = |piece: &str| {
+                    let cancelled = stopped.is_cancelled() || conversation.is_cancelled();
+                    if cancelled
+                        || events
+                            .blocking_send(LlmEvent::Delta(piece.to_string()))
+                            .is_err()
+                    {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                };
+                let last = match model.generate(&messages, &params, &mut on_token) {
+                    Ok(_) => LlmEvent::Finished,
+                    Err(error) => LlmEvent::Failed(error.to_string()),
+                };
+                let _ = events.blocking_send(last);
+            });
+        match job {
+            Ok(_answer) => Ok(Generation {
+                events: receiver,
+                stop,
+                task: None,
+            }),
+            Err(JobError::Overloaded { .. }) => Err(BackendError::Overloaded),
+            Err(error) => Err(BackendError::Unavailable(error.to_string())),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Replies end to end: speech → transcript → LLM → `response.text.delta`/`response.done`,
+//! against a real local HTTP server speaking the OpenAI streaming protocol (started by
+//! the test), so request contents, cancellation and failures can be observed upstream.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use hearken::config::LlmBackendKind;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How the fake upstream answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Upstream {
+    /// Stream "Hello" and " there", then `[DONE]`.
+    Quick,
+    /// One delta every 100 ms until the client goes away.
+    Endless,
+    /// HTTP 500.
+    Broken,
+}
+
+struct FakeLlm {
+    base_url: String,
+    /// Request bodies, in order.
+    requests: Arc<Mutex<Vec<Value>>>,
+    mode: Arc<Mutex<Upstream>>,
+    /// One message per connection the client closed while we were streaming.
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+async fn fake_llm(mode: Upstream) -> FakeLlm {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let mode = Arc::new(Mutex::new(mode));
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let (seen, current) = (Arc::clone(&requests), Arc::clone(&mode));
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, current, closed_tx) =
+                (Arc::clone(&seen), Arc::clone(&current), closed_tx.clone());
+            tokio::spawn(async move { serve(socket, seen, current, closed_tx).await });
+        }
+    });
+    FakeLlm {
+        base_url,
+        requests,
+        mode,
+        closed,
+    }
+}
+
+async fn serve(
+    mut socket: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<Value>>>,
+    mode: Arc<Mutex<Upstream>>,
+    closed: mpsc::UnboundedSender<()>,
+) {
+    loop {
+        // Read one request: headers, then Content-Length bytes of JSON.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < header_end + length {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Value = serde_json::from_slice(&buf[header_end..header_end + length]).unwrap();
+        seen.lock().unwrap().push(body);
+        let mode = *mode.lock().unwrap();
+        if mode == Upstream::Broken {
+            let reply = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
+            if socket.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        if socket.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let delta = |text: &str| {
+            let line = format!(
+                "data: {}\n\n",
+                json!({"choices":[{"delta":{"content": text}}]})
+            );
+            format!("{:x}\r\n{line}\r\n", line.len())
+        };
+        if mode == Upstream::Quick {
+            let mut out = delta("Hello") + &delta(" there");
+            let done = "data: [DONE]\n\n";
+            out += &format!("{:x}\r\n{done}\r\n0\r\n\r\n", done.len());
+            if socket.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Endless: stream until the client hangs up.
+        loop {
+            if socket.write_all(delta("la ").as_bytes()).await.is_err() {
+                let _ = closed.send(());
+                return;
+            }
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(100), socket.read(&mut probe)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    let _ = closed.send(());
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn openai_config(base_url: &str) -> hearken::Config {
+    let mut config = test_config();
+    config.llm.backend = LlmBackendKind::Openai;
+    config.llm.base_url = base_url.to_string();
+    config.llm.model = "fake".into();
+    config.llm.breaker_failures = 2;
+    // Longer than streaming an utterance, so the breaker stays open between them.
+    config.llm.breaker_cooldown_ms = 3000;
+    config
+}
+
+async fn say(ws: &mut Ws, fixture_name: &str) {
+    let (speech, rate) = fixture(fixture_name);
+    stream_pcm(ws, &speech, rate, false).await;
+}
+
+#[tokio::test]
+async fn replies_stream_and_history_survives_a_reconnect() {
+    let upstream = fake_llm(Upstream::Quick).await;
+    let server = TestServer::start(openai_config(&upstream.base_url));
+    let (mut ws, started) = start_session(&server.url("")).await;
+    let id = conversation_id(&started);
+    send_json(
+        &mut ws,
+        json!({"type":"session.update","llm":{"system_prompt":"Talk like a pirate."}}),
+    )
+    .await;
+    say(&mut ws, "fox_16k.wav").await;
+
+    let transcript = next_event_of(&mut ws, "transcript.final").await;
+    let first = next_event_of(&mut ws, "response.text.delta").await;
+    assert_eq!(first["text"], "Hello");
+    let done = next_event_of(&mut ws, "response.done").await;
+    assert_eq!(done["cancelled"], false);
+    assert_eq!(done["response_id"], first["response_id"]);
+    send_close(&mut ws).await;
+    close_code(&mut ws).await;
+
+    // Reconnect: the conversation resumes and the model sees the earlier turns.
+    let (mut again, resumed) = start_session(&server.url(&format!("conversation_id={id}"))).await;
+    assert_eq!(resumed["resumed"], true);
+    say(&mut again, "weather_8k.wav").await; // 8 kHz audio in a 16 kHz session: still speech
+    next_event_of(&mut again, "response.done").await;
+
+    let requests = upstream.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    let messages = requests[1]["messages"].as_array().unwrap();
+    assert_eq!(
+        messages[0],
+        json!({"role":"system","content":"Talk like a pirate."})
+    );
+    assert_eq!(messages[1]["role"], "user");
+    assert_eq!(messages[1]["content"], transcript["text"]);
+    assert_eq!(
+        messages[2],
+        json!({"role":"assistant","content":"Hello there"})
+    );
+    assert_eq!(messages[3]["role"], "user");
+    assert_eq!(requests[1]["stream"], true);
+    assert_eq!(requests[1]["model"], "fake");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_reply_and_closes_the_upstream_connection() {
+    let mut upstream = fake_llm(Upstream::Endless).await;
+    let server = TestServer::start(openai_config(&upstream.base_url));
+    let (mut ws, _) = start_session(&server.url("")).await;
+    say(&mut ws, "fox_16k.wav").await;
+    next_event_of(&mut ws, "response.text.delta").await;
+    assert_eq!(server.metrics.llm_inflight.get(), 1);
+
+    send_json(&mut ws, json!({"type":"response.cancel"})).await;
+    let done = next_event_of(&mut ws, "response.done").await;
+    assert_eq!(done["cancelled"], true);
+    tokio::time::timeout(WAIT, upstream.closed.recv())
+        .await
+        .expect("upstream saw the hang-up");
+    assert!(eventually(|| server.metrics.llm_inflight.get() == 0).await);
+}
+
+#[tokio::test]
+async fn speaking_over_a_reply_cancels_it() {
+    let mut upstream = fake_llm(Upstream::Endless).await;
+    let server = TestServer::start(openai_config(&upstream.base_url));
+    let (mut ws, _) = start_session(&server.url("")).await;
+    say(&mut ws, "fox_16k.wav").await;
+    next_event_of(&mut ws, "response.text.delta").await;
+    say(&mut ws, "fox_16k.wav").await; // barge-in
+    next_event_of(&mut ws, "vad.speech_started").await;
+    let done = next_event_of(&mut ws, "response.done").await;
+    assert_eq!(done["cancelled"], true);
+    tokio::time::timeout(WAIT, upstream.closed.recv())
+        .await
+        .expect("upstream saw the hang-up");
+}
+
+#[tokio::test]
+async fn a_disconnect_mid_reply_leaves_nothing_running() {
+    let mut upstream = fake_llm(Upstream::Endless).await;
+    let server = TestServer::start(openai_config(&upstream.base_url));
+    let before = server.gauges();
+    let mut events = server.events();
+    let (mut ws, started) = start_session(&server.url("")).await;
+    say(&mut ws, "fox_16k.wav").await;
+    next_event_of(&mut ws, "response.text.delta").await;
+    drop(ws);
+
+    let (reason, _) = disconnect_of(&mut events, &conversation_id(&started)).await;
+    assert_eq!(reason, "client_disconnect");
+    assert_eq!(
+        server.metrics.llm_inflight.get(),
+        0,
+        "generation gone before the event"
+    );
+    assert_eq!(server.gauges(), before);
+    tokio::time::timeout(WAIT, upstream.closed.recv())
+        .await
+        .expect("upstream saw the hang-up");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_failures_and_recovers() {
+    let upstream = fake_llm(Upstream::Broken).await;
+    let server = TestServer::start(openai_config(&upstream.base_url));
+    let (mut ws, _) = start_session(&server.url("")).await;
+    // Failures until the breaker opens (each utterance may hold more than one segment).
+    let mut refused = None;
+    for _ in 0..4 {
+        say(&mut ws, "fox_16k.wav").await;
+        let error = next_event_of(&mut ws, "error").await;
+        assert_eq!(error["code"], "llm_unavailable");
+        if error["message"].as_str().unwrap().contains("circuit open") {
+            refused = Some(error);
+            break;
+        }
+    }
+    assert!(refused.is_some(), "the breaker never opened");
+    // The refused request never reached upstream: every request there failed before.
+    let reached = upstream.requests.lock().unwrap().len();
+    assert!(reached >= 2);
+
+    // Healthy again, and past the cool-down: the probe succeeds and closes the breaker.
+    *upstream.mode.lock().unwrap() = Upstream::Quick;
+    assert_eq!(
+        upstream.requests.lock().unwrap().len(),
+        reached,
+        "refused while open"
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    say(&mut ws, "fox_16k.wav").await;
+    let done = next_event_of(&mut ws, "response.done").await;
+    assert_eq!(done["cancelled"], false);
+}
+
+#[tokio::test]
+async fn the_embedded_model_answers_a_spoken_question() {
+    let mut config = test_config();
+    config.llm.backend = LlmBackendKind::Embedded;
+    config.llm.max_tokens = 24;
+    let server = TestServer::start(config);
+    let before = server.gauges();
+    let mut events = server.events();
+    let (mut ws, started) = start_session(&server.url("")).await;
+    say(&mut ws, "fox_16k.wav").await;
+    next_event_of(&mut ws, "transcript.final").await;
+    let mut reply = String::new();
+    let done = loop {
+        let event = next_event_of_any(&mut ws, &["response.text.delta", "response.done"]).await;
+        if event["type"] == "response.done" {
+            break event;
+        }
+        reply.push_str(event["text"].as_str().unwrap());
+    };
+    assert_eq!(done["cancelled"], false);
+    assert!(!reply.trim().is_empty(), "an actual reply");
+    send_close(&mut ws).await;
+    let (reason, _) = disconnect_of(&mut events, &conversation_id(&started)).await;
+    assert_eq!(reason, "client_disconnect");
+    assert_eq!(server.gauges(), before);
+}

@@ -1,0 +1,208 @@
+//! End-to-end tests of the embedded LLM on the real SmolLM2-135M-Instruct GGUF
+//! (`models/SmolLM2-135M-Instruct.Q4_1.gguf`, fetched by scripts/setup.sh, or
+//! `HEARKEN_LLM_MODEL`). About 5 s in release. The model loads once and the tests share
+//! it behind a mutex.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use hearken::llm::chat::{build_prompt, encode_prompt, ChatMlIds};
+use hearken::llm::{
+    ChatMessage, EmbeddedModel, FinishReason, GenerationOutcome, GenerationParams, LlmError,
+};
+
+fn model() -> MutexGuard<'static, EmbeddedModel> {
+    static MODEL: OnceLock<Mutex<EmbeddedModel>> = OnceLock::new();
+    let path = std::env::var_os("HEARKEN_LLM_MODEL").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        PathBuf::from,
+    );
+    let model = MODEL.get_or_init(|| match EmbeddedModel::load(&path) {
+        Ok(m) => Mutex::new(m),
+        Err(e) => panic!("{e}: {:?}", std::error::Error::source(&e)),
+    });
+    model
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn ask(
+    model: &mut EmbeddedModel,
+    question: &str,
+    params: &GenerationParams,
+) -> (String, GenerationOutcome) {
+    let messages = [ChatMessage::user(question)];
+    let mut reply = String::new();
+    let outcome = model
+        .generate(&messages, params, &mut |piece| {
+            reply.push_str(piece);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (reply, outcome)
+}
+
+fn params(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        ..GenerationParams::default()
+    }
+}
+
+#[test]
+fn answers_capital_of_france() {
+    let mut model = model();
+    let (reply, outcome) = ask(&mut model, "What is the capital of France?", &params(48));
+    assert!(reply.contains("Paris"), "reply: {reply:?}");
+    assert!(outcome.first_token_ms.is_some());
+    assert!(!outcome.cancelled);
+    eprintln!("{reply:?} {outcome:?}");
+}
+
+#[test]
+fn cancelling_after_three_tokens_delivers_exactly_three() {
+    let mut model = model();
+    let messages = [ChatMessage::user("Tell me a long story about a dragon.")];
+    let mut pieces = Vec::new();
+    let outcome = model
+        .generate(&messages, &params(64), &mut |piece| {
+            pieces.push(piece.to_string());
+            if pieces.len() == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(pieces.len(), 3, "{pieces:?}");
+    assert_eq!(outcome.tokens, 3);
+    assert!(outcome.cancelled);
+    assert_eq!(outcome.finish_reason, FinishReason::Cancelled);
+}
+
+#[test]
+fn consecutive_calls_start_from_a_clean_cache() {
+    let mut model = model();
+    let question = "What is the capital of France?";
+    let (first, a) = ask(&mut model, question, &params(24));
+    // A different, longer conversation in between: a stale cache would shift positions.
+    let (other, _) = ask(
+        &mut model,
+        "Name three colours of the rainbow.",
+        &params(24),
+    );
+    let (again, b) = ask(&mut model, question, &params(24));
+    assert!(!other.is_empty());
+    assert_eq!(
+        first, again,
+        "greedy decoding of the same prompt must repeat exactly"
+    );
+    assert_eq!((a.tokens, a.prompt_tokens), (b.tokens, b.prompt_tokens));
+}
+
+/// `(VmRSS, VmHWM)` of this process in MB: resident now, and the peak so far.
+fn memory_mb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn memory_does_not_grow_across_calls() {
+    let mut model = model();
+    let poem = "Write a short poem about the sea.";
+    ask(&mut model, poem, &params(48)); // warm-up: allocator pools
+    let (rss_before, peak_before) = memory_mb();
+    // Prompts of different lengths: candle caches one attention mask per prompt length.
+    for n in 1..=6 {
+        let prompt = format!("{poem}{}", " Please.".repeat(n * 7));
+        ask(&mut model, &prompt, &params(48));
+    }
+    // A clone shares the weights instead of copying ~300 MB.
+    let twin = model.clone();
+    let (rss_after, peak_after) = memory_mb();
+    drop(twin);
+    eprintln!("RSS {rss_before} -> {rss_after} MB, peak {peak_before} -> {peak_after} MB");
+    assert!(
+        rss_after <= rss_before + 16,
+        "RSS grew {rss_before} -> {rss_after} MB"
+    );
+    // Each call clones the weights handle: a deep copy would raise the peak.
+    assert!(
+        peak_after <= peak_before.max(rss_before) + 16,
+        "peak grew to {peak_after} MB"
+    );
+}
+
+#[test]
+fn stops_at_max_tokens_and_rejects_overlong_prompts() {
+    let mut model = model();
+    let (_, outcome) = ask(
+        &mut model,
+        "Count from one to one hundred in words.",
+        &params(5),
+    );
+    assert_eq!(outcome.tokens, 5);
+    assert_eq!(outcome.finish_reason, FinishReason::Length);
+
+    let huge = "word ".repeat(model.context_limit());
+    let result = model.generate(&[ChatMessage::user(huge)], &params(5), &mut |_| {
+        ControlFlow::Continue(())
+    });
+    assert!(
+        matches!(result, Err(LlmError::PromptTooLong { .. })),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn tokenizer_matches_hugging_face_on_the_real_vocabulary() {
+    let model = model();
+    let tok = model.tokenizer();
+    // Expected ids from HF `tokenizers` 0.23 built from the same GGUF vocabulary.
+    let cases: [(&str, &[u32]); 3] = [
+        (
+            "What is the capital of France?",
+            &[1780, 314, 260, 3575, 282, 4649, 47],
+        ),
+        (
+            "I'd've thought it's 3.14159, isn't it? DON'T SHOUT",
+            &[
+                57, 6737, 3543, 2275, 357, 506, 216, 35, 30, 33, 36, 33, 37, 41, 28, 3247, 982,
+                357, 47, 422, 2154, 23, 68, 334, 21953,
+            ],
+        ),
+        (
+            "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
+            &[1, 4093, 198, 26843, 665, 2, 198, 1, 520, 9531, 198],
+        ),
+    ];
+    for (text, ids) in cases {
+        assert_eq!(tok.encode_with_specials(text), ids, "{text:?}");
+        assert_eq!(
+            tok.decode(ids),
+            text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+        );
+    }
+    assert_eq!(tok.special_id("<|im_start|>"), Some(1));
+    assert_eq!(tok.special_id("<|im_end|>"), Some(2));
+    let text = "naïve café — “quotes” 😀👍🏽 日本語のテキスト\n\ttabs  ";
+    assert_eq!(tok.decode(&tok.encode(text)), text);
+
+    let ids = ChatMlIds::find(tok).unwrap();
+    let messages = [
+        ChatMessage::system("Be brief."),
+        ChatMessage::user("Hi there"),
+    ];
+    assert_eq!(
+        encode_prompt(tok, ids, &messages),
+        tok.encode_with_specials(&build_prompt(&messages))
+    );
+}
