@@ -1,0 +1,158 @@
+//! Starting streaming sessions for `streams` and `ramp`: the options they share, the
+//! state every session of a run writes into, the launcher that spreads session starts
+//! over time and over the audio loop, and the live status line.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+
+use super::audio_src::{AudioLoop, Codec, FRAME_MS};
+use super::session::{self, Hysteresis, StreamPlan};
+use super::stats::Window;
+
+/// Options every streaming command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamOpts {
+    /// WebSocket endpoint of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
+    pub url: String,
+    /// WAV files each session loops, back to back.
+    #[arg(long, num_args = 1.., required = true)]
+    pub audio: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Codec::Pcm16)]
+    pub codec: Codec,
+    /// Session sample rate (Hz); the files are resampled to it.
+    #[arg(long, default_value_t = 16_000)]
+    pub sample_rate: u32,
+    /// Audio seconds sent per wall-clock second.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// The server's `vad.min_speech_ms` (to compute the decision lag).
+    #[arg(long, default_value_t = 100)]
+    pub vad_min_speech_ms: u64,
+    /// The server's `vad.min_silence_ms`.
+    #[arg(long, default_value_t = 400)]
+    pub vad_min_silence_ms: u64,
+    /// Seconds a session waits for its last transcript after `audio.end`.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+}
+
+/// What every session of a run shares.
+pub struct Shared {
+    pub window: Mutex<Window>,
+    pub live: AtomicU64,
+    pub run_start: Instant,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            window: Mutex::new(Window::default()),
+            live: AtomicU64::new(0),
+            run_start: Instant::now(),
+        })
+    }
+
+    pub fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
+        f(&mut self.window.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Starts sessions, each with a fresh conversation and its own place in the audio loop.
+pub struct Launcher {
+    opts: StreamOpts,
+    audio: Arc<AudioLoop>,
+    pub shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    pub started: usize,
+}
+
+impl Launcher {
+    pub fn new(
+        opts: &StreamOpts,
+        shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Launcher> {
+        anyhow::ensure!(opts.speed > 0.0, "--speed must be positive");
+        let audio = AudioLoop::load(&opts.audio, opts.codec, opts.sample_rate)?;
+        Ok(Launcher {
+            opts: opts.clone(),
+            audio: Arc::new(audio),
+            shared,
+            stop,
+            started: 0,
+        })
+    }
+
+    /// Start `count` more sessions, spread evenly over `spread`.
+    pub async fn launch(
+        &mut self,
+        set: &mut JoinSet<()>,
+        count: usize,
+        spread: Duration,
+    ) -> anyhow::Result<()> {
+        let begin = Instant::now();
+        for i in 0..count {
+            sleep_until(begin + spread.mul_f64(i as f64 / count.max(1) as f64)).await;
+            let index = self.started;
+            self.started += 1;
+            let url = super::session_url(
+                &self.opts.url,
+                &[
+                    ("codec", self.opts.codec.as_str().to_string()),
+                    ("sample_rate", self.opts.sample_rate.to_string()),
+                    ("conversation_id", uuid::Uuid::new_v4().to_string()),
+                    ("client_id", format!("bench-{index}")),
+                ],
+            )?;
+            // Golden-ratio offsets: sessions are spread over the loop, not in lockstep.
+            let frames = self.audio.frames.len();
+            let offset = ((index as f64 * 0.618_034).fract() * frames as f64) as usize;
+            set.spawn(session::run(StreamPlan {
+                url,
+                audio: Arc::clone(&self.audio),
+                offset,
+                period: Duration::from_millis(FRAME_MS).div_f64(self.opts.speed),
+                hysteresis: Hysteresis {
+                    min_speech_ms: self.opts.vad_min_speech_ms,
+                    min_silence_ms: self.opts.vad_min_silence_ms,
+                },
+                drain: Duration::from_secs_f64(self.opts.drain),
+                shared: Arc::clone(&self.shared),
+                stop: self.stop.clone(),
+            }));
+        }
+        Ok(())
+    }
+
+    pub fn loop_ms(&self) -> u64 {
+        self.audio.duration_ms()
+    }
+}
+
+/// One line of live status for a streaming run.
+pub fn status_line(shared: &Shared) -> String {
+    let live = shared.live.load(Ordering::Relaxed);
+    shared.with_window(|w| {
+        format!(
+            "live {live}, started {}, failed {}, VAD events {}, p95 decision lag {:.0} ms, p95 send slip {:.0} ms",
+            w.sessions_started,
+            w.sessions_failed,
+            w.vad_events(),
+            w.lag_decision.summary().p95_ms,
+            w.send_slip.summary().p95_ms
+        )
+    })
+}
+
+/// Wait (bounded) for every session task to finish its drain and close.
+pub async fn join_all(set: &mut JoinSet<()>, bound: Duration) {
+    let _ = tokio::time::timeout(bound, async { while set.join_next().await.is_some() {} }).await;
+    set.abort_all();
+}

@@ -1,0 +1,75 @@
+//! The bundled load-test client: `hearken bench <streams|ramp|churn|idle> ...`.
+//!
+//! It talks to a running server only through its public surface (the native WebSocket
+//! protocol of DESIGN.md §3, `GET /metrics`) and, when given the server's pid, through
+//! `/proc`. Each subcommand lives in its own file:
+//! - [`streams`]: N sessions streaming WAV audio in real time; VAD-event lag and
+//!   end-of-speech → transcript latency, with an explicit "falling behind" verdict.
+//! - [`ramp`]: streams at growing session counts until the server falls behind.
+//! - [`idle`]: N idle sessions; memory per session and mass-teardown time.
+//! - [`churn`]: connect / stream / leave cycles in every leaving style; leak deltas.
+//!
+//! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
+//! clients), [`stats`] (latency histograms), [`metrics_scrape`] (Prometheus text and
+//! `/proc`), [`progress`] (the live line on stderr), [`wsconn`] (open, close, stop
+//! signal). `anyhow` is allowed here (STYLE.md rule 12).
+
+mod audio_src;
+mod churn;
+mod idle;
+mod launcher;
+mod metrics_scrape;
+mod progress;
+mod ramp;
+mod session;
+mod stats;
+mod streams;
+mod wsconn;
+
+pub use churn::ChurnArgs;
+pub use idle::IdleArgs;
+pub use ramp::RampArgs;
+pub use streams::StreamsArgs;
+
+use anyhow::Context as _;
+
+/// The load tests; see each argument struct for its options.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// N concurrent sessions streaming WAV audio in real time: VAD lag, transcript latency.
+    Streams(StreamsArgs),
+    /// Connect / stream ~300 ms / leave cycles in every leaving style; gauge and FD deltas.
+    Churn(ChurnArgs),
+    /// Streams at growing session counts: the most sessions the server keeps up with.
+    Ramp(RampArgs),
+    /// N idle sessions: server memory per session and teardown time of closing them all.
+    Idle(IdleArgs),
+}
+
+/// Run one bench command on its own multi-thread tokio runtime.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the bench runtime")?;
+    runtime.block_on(async move {
+        match cmd {
+            BenchCommand::Streams(args) => streams::run(args).await,
+            BenchCommand::Churn(args) => churn::run(args).await,
+            BenchCommand::Ramp(args) => ramp::run(args).await,
+            BenchCommand::Idle(args) => idle::run(args).await,
+        }
+    })
+}
+
+/// `base` (e.g. `ws://127.0.0.1:8080/v1/ws`) with the given query parameters appended.
+fn session_url(base: &str, params: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut url = reqwest::Url::parse(base).with_context(|| format!("bad --url {base}"))?;
+    {
+        let mut query = url.query_pairs_mut();
+        for (key, value) in params {
+            query.append_pair(key, value);
+        }
+    }
+    Ok(url.into())
+}

@@ -1,0 +1,287 @@
+//! One streaming bench session: connect, wait for `session.started`, send the shared audio
+//! loop on a fixed real-time schedule, and time every server event against the moment the
+//! audio it names was sent. The writer and the reader run as two halves of one task, so a
+//! send held up by backpressure never delays the timestamp of an arriving event.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::audio_src::{AudioLoop, FRAME_MS};
+use super::launcher::Shared;
+use super::stats::{Hist, Window};
+use super::wsconn::{self, stopped};
+
+/// Frames of send times kept per session: 60 s, far beyond any VAD or STT delay.
+const SEND_LOG_FRAMES: usize = 3_000;
+/// Frames between two merges of a session's send-slip histogram into the shared window.
+const SLIP_FLUSH_FRAMES: u64 = 50;
+/// Speech stops remembered while waiting for their transcripts.
+const MAX_PENDING_STOPS: usize = 16;
+/// Bound on waiting for the server's Close echo.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server-side VAD hysteresis (ms), to tell the server's delay from the wait it must do.
+#[derive(Debug, Clone, Copy)]
+pub struct Hysteresis {
+    pub min_speech_ms: u64,
+    pub min_silence_ms: u64,
+}
+
+/// One session's orders.
+pub struct StreamPlan {
+    pub url: String,
+    pub audio: Arc<AudioLoop>,
+    /// First frame of the loop this session sends (sessions start at different words).
+    pub offset: usize,
+    /// Time between two frames: 20 ms divided by the speed factor.
+    pub period: Duration,
+    pub hysteresis: Hysteresis,
+    /// How long to wait for trailing transcripts after `audio.end`.
+    pub drain: Duration,
+    pub shared: Arc<Shared>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// State the writer and reader halves share.
+#[derive(Default)]
+struct State {
+    /// Index of the first frame in `sent`.
+    first_frame: u64,
+    sent: VecDeque<Instant>,
+    streaming: bool,
+    /// Arrival time and `audio_ms` of `vad.speech_stopped` events awaiting a transcript.
+    pending_stops: VecDeque<(Instant, u64)>,
+    closed_by_server: bool,
+    close_deadline: Option<Instant>,
+}
+
+impl State {
+    /// When the frame holding the audio at `audio_ms` was sent; the last frame sent when
+    /// the position lies beyond it (an event can only name audio already sent).
+    fn sent_at(&self, audio_ms: u64) -> Option<Instant> {
+        let frame = audio_ms / FRAME_MS;
+        let last = self.first_frame + self.sent.len() as u64;
+        if frame < self.first_frame || self.sent.is_empty() {
+            return None;
+        }
+        let index = frame.min(last - 1) - self.first_frame;
+        self.sent.get(index as usize).copied()
+    }
+}
+
+/// Run one session to its end, recording into the shared window.
+pub async fn run(plan: StreamPlan) {
+    let shared = Arc::clone(&plan.shared);
+    let ws = match wsconn::open(&plan.url).await {
+        Ok(ws) => ws,
+        Err(reason) => return shared.with_window(|w| w.fail(reason)),
+    };
+    shared.with_window(|w| w.sessions_started += 1);
+    shared.live.fetch_add(1, Ordering::Relaxed);
+    let (sink, stream) = ws.split();
+    let state = Mutex::new(State {
+        streaming: true,
+        ..State::default()
+    });
+    let wake = Notify::new();
+    tokio::join!(
+        write_half(&plan, sink, &state, &wake),
+        read_half(&plan, stream, &state, &wake)
+    );
+    shared.live.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn write_half<S>(plan: &StreamPlan, mut sink: S, state: &Mutex<State>, wake: &Notify)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let mut stop = plan.stop.clone();
+    let frames = &plan.audio.frames;
+    let start = Instant::now();
+    let mut ticker = interval_at(start, plan.period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut slip = Hist::default();
+    let mut sent: u64 = 0;
+    let flush = |slip: &mut Hist, frames: u64| {
+        plan.shared.with_window(|w| {
+            w.send_slip.merge(slip);
+            w.frames_sent += frames;
+        });
+        slip.clear();
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            _ = ticker.tick() => {}
+        }
+        if lock(state).closed_by_server {
+            break;
+        }
+        let frame = frames[(plan.offset + sent as usize) % frames.len()].clone();
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            result = sink.send(Message::Binary(frame)) => if result.is_err() { break },
+        }
+        let now = Instant::now();
+        slip.record(now.saturating_duration_since(start + plan.period * sent as u32));
+        sent += 1;
+        {
+            let mut st = lock(state);
+            st.sent.push_back(now);
+            if st.sent.len() > SEND_LOG_FRAMES {
+                st.sent.pop_front();
+                st.first_frame += 1;
+            }
+        }
+        if sent % SLIP_FLUSH_FRAMES == 0 {
+            flush(&mut slip, SLIP_FLUSH_FRAMES);
+        }
+    }
+    flush(&mut slip, sent % SLIP_FLUSH_FRAMES);
+    lock(state).streaming = false;
+    if !lock(state).closed_by_server {
+        // Flush the last segment, give its transcript a bounded time, then leave politely.
+        let end = Message::text(json!({ "type": "audio.end" }).to_string());
+        if sink.send(end).await.is_ok() {
+            let deadline = Instant::now() + plan.drain;
+            while Instant::now() < deadline && !lock(state).pending_stops.is_empty() {
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = timeout(CLOSE_TIMEOUT, wsconn::send_close(&mut sink, "bench done")).await;
+    }
+    lock(state).close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    wake.notify_one();
+}
+
+async fn read_half<S>(plan: &StreamPlan, mut stream: S, state: &Mutex<State>, wake: &Notify)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let shared = &plan.shared;
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let close_code = loop {
+        let deadline = lock(state).close_deadline.unwrap_or(far);
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = wake.notified() => continue,
+            _ = sleep_until(deadline) => break "no close echo".to_string(),
+        };
+        let now = Instant::now();
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                let event: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                on_event(plan, &event, now, state);
+            }
+            Some(Ok(Message::Binary(_))) => {
+                shared.with_window(|w| Window::count(&mut w.events, "binary audio"));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                break wsconn::code_of(frame);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break "none (no close frame)".to_string(),
+        }
+    };
+    let early = {
+        let mut st = lock(state);
+        let early = st.streaming;
+        st.closed_by_server = true;
+        early
+    };
+    shared.with_window(|w| {
+        Window::count(&mut w.close_codes, close_code.clone());
+        if early {
+            w.fail(format!("closed early: {close_code}"));
+        }
+    });
+    wake.notify_one();
+}
+
+/// Time one server event and count it.
+fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>) {
+    let kind = event["type"].as_str().unwrap_or("unknown").to_string();
+    let audio_ms = event["audio_ms"].as_u64().unwrap_or(0);
+    let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+    let mut st = lock(state);
+    let (raw, decision) = match kind.as_str() {
+        "vad.speech_started" | "vad.speech_stopped" => {
+            let hysteresis = if kind == "vad.speech_started" {
+                plan.hysteresis.min_speech_ms
+            } else {
+                st.pending_stops.push_back((now, audio_ms));
+                if st.pending_stops.len() > MAX_PENDING_STOPS {
+                    // No recogniser is answering (STT disabled): keep the queue bounded.
+                    st.pending_stops.pop_front();
+                }
+                plan.hysteresis.min_silence_ms
+            };
+            if st.streaming {
+                (
+                    since(st.sent_at(audio_ms)),
+                    since(st.sent_at(audio_ms + hysteresis)),
+                )
+            } else {
+                (None, None)
+            }
+        }
+        _ => (None, None),
+    };
+    let transcript = if kind == "transcript.final" {
+        let stop = st.pending_stops.pop_front();
+        let voice_end = stop.map_or(audio_ms, |(_, ms)| ms);
+        Some((
+            stop.map(|(arrived, _)| now.saturating_duration_since(arrived)),
+            since(st.sent_at(voice_end)),
+        ))
+    } else {
+        None
+    };
+    let streaming = st.streaming;
+    drop(st);
+    let elapsed = now
+        .saturating_duration_since(plan.shared.run_start)
+        .as_secs_f64();
+    plan.shared.with_window(|w| {
+        match (&raw, &decision) {
+            (Some(raw), Some(decision)) => {
+                if kind == "vad.speech_started" {
+                    w.lag_started.record(*raw);
+                } else {
+                    w.lag_stopped.record(*raw);
+                }
+                w.lag_decision.record(*decision);
+                w.timeline.push((elapsed, decision.as_micros() as u64));
+            }
+            _ if streaming && kind.starts_with("vad.") => w.stale_events += 1,
+            _ => {}
+        }
+        if let Some((after_stop, after_voice)) = transcript {
+            if let Some(d) = after_stop {
+                w.transcript_after_stop.record(d);
+            }
+            if let Some(d) = after_voice {
+                w.transcript_after_voice.record(d);
+            }
+        }
+        if kind == "error" {
+            let code = event["code"].as_str().unwrap_or("unknown");
+            Window::count(&mut w.errors, code);
+        }
+        Window::count(&mut w.events, kind);
+    });
+}

@@ -1,0 +1,252 @@
+//! Latency statistics for the bench: HDR histograms in microseconds, the per-window record
+//! every streaming session writes into, and the "falling behind" verdict.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Longest latency a histogram resolves: 10 minutes, in microseconds.
+const MAX_US: u64 = 600_000_000;
+
+/// p95 VAD decision lag above which the server is falling behind real time (ms): a
+/// listener notices turn-taking delays beyond ~200 ms.
+pub const BEHIND_P95_MS: f64 = 200.0;
+/// Growth of the median decision lag from the first to the last third of a run that
+/// counts as "lag grows over the run" (ms).
+pub const BEHIND_GROWTH_MS: f64 = 100.0;
+/// Width of one timeline bucket in the JSON report (s).
+const TIMELINE_BUCKET_S: f64 = 5.0;
+
+/// A latency histogram in microseconds.
+#[derive(Clone)]
+pub struct Hist(Histogram<u64>);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist(Histogram::new_with_bounds(1, MAX_US, 3).expect("static histogram bounds"))
+    }
+}
+
+impl Hist {
+    pub fn record(&mut self, latency: Duration) {
+        self.record_us(latency.as_micros() as u64);
+    }
+
+    pub fn record_us(&mut self, us: u64) {
+        self.0.saturating_record(us.clamp(1, MAX_US));
+    }
+
+    pub fn merge(&mut self, other: &Hist) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    pub fn clear(&mut self) {
+        self.0.reset();
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn summary(&self) -> Summary {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if self.0.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: self.0.len(),
+            p50_ms: ms(self.0.value_at_quantile(0.50)),
+            p95_ms: ms(self.0.value_at_quantile(0.95)),
+            p99_ms: ms(self.0.value_at_quantile(0.99)),
+            max_ms: ms(self.0.max()),
+        }
+    }
+}
+
+/// Quantiles of one histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// What all streaming sessions recorded during one window: a whole `streams` run, or one
+/// `ramp` step. Sessions write into it under a mutex: a few events per second each.
+#[derive(Default)]
+pub struct Window {
+    pub sessions_started: u64,
+    pub sessions_failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// Arrival of `vad.speech_started` minus the send time of the audio at its `audio_ms`.
+    pub lag_started: Hist,
+    /// The same for `vad.speech_stopped`.
+    pub lag_stopped: Hist,
+    /// Both kinds, measured from the send time of the audio that completed the decision
+    /// (`audio_ms` + min_speech_ms, or + min_silence_ms): the server's own delay.
+    pub lag_decision: Hist,
+    /// `transcript.final` arrival minus `vad.speech_stopped` arrival.
+    pub transcript_after_stop: Hist,
+    /// `transcript.final` arrival minus the send time of the last voiced audio.
+    pub transcript_after_voice: Hist,
+    /// Actual send time of each frame minus its real-time schedule (backpressure shows here).
+    pub send_slip: Hist,
+    pub frames_sent: u64,
+    pub events: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub close_codes: BTreeMap<String, u64>,
+    /// VAD events naming audio older than the send log keeps.
+    pub stale_events: u64,
+    /// (seconds since the run started, decision lag in µs) of every VAD event.
+    pub timeline: Vec<(f64, u64)>,
+}
+
+impl Window {
+    pub fn count(map: &mut BTreeMap<String, u64>, key: impl Into<String>) {
+        *map.entry(key.into()).or_default() += 1;
+    }
+
+    pub fn fail(&mut self, reason: impl Into<String>) {
+        self.sessions_failed += 1;
+        Self::count(&mut self.failures, reason);
+    }
+
+    pub fn vad_events(&self) -> u64 {
+        self.lag_decision.len()
+    }
+
+    /// Median decision lag in the first and last third of the timeline (ms), when both
+    /// thirds hold events.
+    pub fn lag_trend(&self) -> Option<(f64, f64)> {
+        let first = self.timeline.first()?.0;
+        let last = self.timeline.last()?.0;
+        let third = (last - first) / 3.0;
+        if third <= 0.0 {
+            return None;
+        }
+        let median_of = |from: f64, to: f64| {
+            let mut hist = Hist::default();
+            for &(_, us) in self.timeline.iter().filter(|(t, _)| *t >= from && *t <= to) {
+                hist.record_us(us);
+            }
+            (hist.len() > 0).then(|| hist.summary().p50_ms)
+        };
+        Some((
+            median_of(first, first + third)?,
+            median_of(last - third, last)?,
+        ))
+    }
+
+    /// Why the server is falling behind real time, if it is.
+    pub fn behind_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let decision = self.lag_decision.summary();
+        if decision.count > 0 && decision.p95_ms > BEHIND_P95_MS {
+            reasons.push(format!(
+                "p95 VAD decision lag {:.0} ms > {BEHIND_P95_MS:.0} ms",
+                decision.p95_ms
+            ));
+        }
+        let slip = self.send_slip.summary();
+        if slip.count > 0 && slip.p95_ms > BEHIND_P95_MS {
+            reasons.push(format!(
+                "p95 send slip {:.0} ms > {BEHIND_P95_MS:.0} ms (the server stopped reading: backpressure)",
+                slip.p95_ms
+            ));
+        }
+        if let Some((first, last)) = self.lag_trend() {
+            if last - first > BEHIND_GROWTH_MS {
+                reasons.push(format!(
+                    "VAD lag grows over the run: median {first:.0} ms in the first third, {last:.0} ms in the last"
+                ));
+            }
+        }
+        reasons
+    }
+
+    /// Decision-lag quantiles per `TIMELINE_BUCKET_S` of the run.
+    pub fn timeline_buckets(&self) -> Vec<TimelinePoint> {
+        let mut buckets: BTreeMap<u64, Hist> = BTreeMap::new();
+        for &(t, us) in &self.timeline {
+            let bucket = (t / TIMELINE_BUCKET_S) as u64;
+            buckets.entry(bucket).or_default().record_us(us);
+        }
+        buckets
+            .into_iter()
+            .map(|(bucket, hist)| {
+                let s = hist.summary();
+                TimelinePoint {
+                    t_s: bucket as f64 * TIMELINE_BUCKET_S,
+                    events: s.count,
+                    p50_ms: s.p50_ms,
+                    p95_ms: s.p95_ms,
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    pub t_s: f64,
+    pub events: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+}
+
+/// A latency table on stdout.
+pub fn print_table(rows: &[(&str, Summary)]) {
+    println!(
+        "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "p50", "p95", "p99", "max"
+    );
+    for (name, s) in rows {
+        println!(
+            "{:<34} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            name, s.count, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
+        );
+    }
+}
+
+/// `key=value` pairs of a counter map, or "none".
+pub fn format_counts(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growing_lag_is_reported() {
+        let mut window = Window::default();
+        for i in 0..90 {
+            window.timeline.push((i as f64, 20_000 + i * 5_000));
+            window.lag_decision.record_us(20_000);
+        }
+        let reasons = window.behind_reasons();
+        assert!(reasons.iter().any(|r| r.contains("grows")), "{reasons:?}");
+    }
+
+    #[test]
+    fn steady_low_lag_is_fine() {
+        let mut window = Window::default();
+        for i in 0..90 {
+            window.timeline.push((i as f64, 30_000));
+            window.lag_decision.record_us(30_000);
+        }
+        assert!(window.behind_reasons().is_empty());
+        assert_eq!(window.lag_decision.summary().count, 90);
+    }
+}

@@ -1,0 +1,194 @@
+//! `hearken bench streams`: N sessions stream WAV audio in real time for a while; the
+//! report gives VAD-event lag, end-of-speech → transcript latency, errors, close codes and
+//! an explicit verdict on whether the server keeps up with real time.
+//!
+//! Lags are wall-clock arrival of an event minus the send time of the audio it names. A
+//! `vad.speech_started` cannot come before `min_speech_ms` of voice after its `audio_ms`,
+//! nor a `vad.speech_stopped` before `min_silence_ms` of silence, so the verdict uses the
+//! *decision lag*, measured from the audio that completed the decision.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::progress::Progress;
+use super::stats::{format_counts, print_table, Summary, TimelinePoint, Window};
+
+#[derive(Debug, clap::Args)]
+pub struct StreamsArgs {
+    #[command(flatten)]
+    pub stream: StreamOpts,
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 10)]
+    pub sessions: usize,
+    /// Seconds of streaming after the last session has started.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Seconds over which session starts are spread.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp_up: f64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
+    let shared = Shared::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut launcher = Launcher::new(&args.stream, Arc::clone(&shared), stop_rx)?;
+    let progress = Progress::start("streams", {
+        let shared = Arc::clone(&shared);
+        move || status_line(&shared)
+    });
+    let mut set = JoinSet::new();
+    launcher
+        .launch(
+            &mut set,
+            args.sessions,
+            Duration::from_secs_f64(args.ramp_up),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    let _ = stop_tx.send(true);
+    join_all(
+        &mut set,
+        Duration::from_secs_f64(args.stream.drain) + Duration::from_secs(15),
+    )
+    .await;
+    progress.finish();
+
+    let report = shared.with_window(|w| StreamsReport::new(&args, launcher.loop_ms(), w));
+    report.print();
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The `streams` report, printed as a table and written as JSON.
+#[derive(Debug, Serialize)]
+pub struct StreamsReport {
+    pub sessions_requested: usize,
+    pub sessions_started: u64,
+    pub sessions_failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub codec: &'static str,
+    pub sample_rate: u32,
+    pub speed: f64,
+    pub duration_s: f64,
+    pub audio_loop_ms: u64,
+    pub frames_sent: u64,
+    pub vad_lag: Summary,
+    pub vad_lag_started: Summary,
+    pub vad_lag_stopped: Summary,
+    pub vad_decision_lag: Summary,
+    pub transcript_after_speech_stopped: Summary,
+    pub transcript_after_last_voice: Summary,
+    pub send_slip: Summary,
+    pub events: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub close_codes: BTreeMap<String, u64>,
+    pub stale_vad_events: u64,
+    pub falling_behind: bool,
+    pub behind_reasons: Vec<String>,
+    /// Median decision lag in the first and the last third of the run (ms).
+    pub lag_trend_ms: Option<(f64, f64)>,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+impl StreamsReport {
+    fn new(args: &StreamsArgs, audio_loop_ms: u64, w: &Window) -> StreamsReport {
+        let mut both = w.lag_started.clone();
+        both.merge(&w.lag_stopped);
+        let behind_reasons = w.behind_reasons();
+        StreamsReport {
+            sessions_requested: args.sessions,
+            sessions_started: w.sessions_started,
+            sessions_failed: w.sessions_failed,
+            failures: w.failures.clone(),
+            codec: args.stream.codec.as_str(),
+            sample_rate: args.stream.sample_rate,
+            speed: args.stream.speed,
+            duration_s: args.duration,
+            audio_loop_ms,
+            frames_sent: w.frames_sent,
+            vad_lag: both.summary(),
+            vad_lag_started: w.lag_started.summary(),
+            vad_lag_stopped: w.lag_stopped.summary(),
+            vad_decision_lag: w.lag_decision.summary(),
+            transcript_after_speech_stopped: w.transcript_after_stop.summary(),
+            transcript_after_last_voice: w.transcript_after_voice.summary(),
+            send_slip: w.send_slip.summary(),
+            events: w.events.clone(),
+            errors: w.errors.clone(),
+            close_codes: w.close_codes.clone(),
+            stale_vad_events: w.stale_events,
+            falling_behind: !behind_reasons.is_empty(),
+            behind_reasons,
+            lag_trend_ms: w.lag_trend(),
+            timeline: w.timeline_buckets(),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "sessions: requested {}, started {}, failed {} ({})",
+            self.sessions_requested,
+            self.sessions_started,
+            self.sessions_failed,
+            format_counts(&self.failures)
+        );
+        println!(
+            "audio: {} @ {} Hz, speed {}x, loop {} ms, {} frames sent over {} s",
+            self.codec,
+            self.sample_rate,
+            self.speed,
+            self.audio_loop_ms,
+            self.frames_sent,
+            self.duration_s
+        );
+        print_table(&[
+            ("VAD event lag (raw, both kinds)", self.vad_lag),
+            ("  vad.speech_started (raw)", self.vad_lag_started),
+            ("  vad.speech_stopped (raw)", self.vad_lag_stopped),
+            ("VAD decision lag (past hysteresis)", self.vad_decision_lag),
+            (
+                "transcript after speech_stopped",
+                self.transcript_after_speech_stopped,
+            ),
+            (
+                "transcript after last voiced audio",
+                self.transcript_after_last_voice,
+            ),
+            ("send slip vs real-time schedule", self.send_slip),
+        ]);
+        println!("events: {}", format_counts(&self.events));
+        println!("errors: {}", format_counts(&self.errors));
+        println!("close codes: {}", format_counts(&self.close_codes));
+        if self.stale_vad_events > 0 {
+            println!(
+                "VAD events naming audio older than the send log: {}",
+                self.stale_vad_events
+            );
+        }
+        if let Some((first, last)) = self.lag_trend_ms {
+            println!("median decision lag: first third {first:.1} ms, last third {last:.1} ms");
+        }
+        if self.falling_behind {
+            println!("FALLING BEHIND: {}", self.behind_reasons.join("; "));
+        } else if self.vad_decision_lag.count == 0 {
+            println!("verdict: no VAD events arrived; cannot judge real-time behaviour");
+        } else {
+            println!("verdict: keeping up with real time");
+        }
+    }
+}
