@@ -50,6 +50,7 @@ pub struct Server {
     status: Arc<ServerStatus>,
     http: actix_web::dev::ServerHandle,
     running: tokio::task::JoinHandle<std::io::Result<()>>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -101,6 +102,7 @@ impl Server {
         let http = http.run();
         let handle = http.handle();
         let running = tokio::task::spawn_local(http);
+        let sweeper = tokio::task::spawn_local(sweep_histories(Arc::clone(&services)));
         status.set_ready(true);
         tracing::info!(%addr, "hearken listening");
         Ok(Server {
@@ -109,6 +111,7 @@ impl Server {
             status,
             http: handle,
             running,
+            sweeper,
         })
     }
 
@@ -145,6 +148,7 @@ impl Server {
             }
         };
         self.http.stop(true).await;
+        self.sweeper.abort();
         let finished = self.running.await;
         drop(self.services);
         match finished {
@@ -154,5 +158,22 @@ impl Server {
         }
         tracing::info!(?outcome, "stopped");
         Ok(outcome)
+    }
+}
+
+/// Remove expired conversation histories every quarter of their TTL (at most a minute),
+/// and keep the stored-conversations gauge current.
+async fn sweep_histories(services: Arc<Services>) {
+    let ttl = Duration::from_millis(services.config.llm.history_ttl_ms);
+    let period = (ttl / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let removed = services.conversations.sweep();
+        if removed > 0 {
+            tracing::debug!(removed, "expired conversation histories removed");
+        }
+        let kept = services.conversations.len() as i64;
+        services.metrics.stored_conversations.set(kept);
     }
 }

@@ -318,3 +318,24 @@ async fn the_embedded_model_answers_a_spoken_question() {
     assert_eq!(reason, "client_disconnect");
     assert_eq!(server.gauges(), before);
 }
+
+#[tokio::test]
+async fn expired_histories_are_swept_and_do_not_resume() {
+    let upstream = fake_llm(Upstream::Quick).await;
+    let mut config = openai_config(&upstream.base_url);
+    config.llm.history_ttl_ms = 400;
+    let server = TestServer::start(config);
+    let (mut ws, started) = start_session(&server.url("")).await;
+    let id = conversation_id(&started);
+    say(&mut ws, "fox_16k.wav").await;
+    next_event_of(&mut ws, "response.done").await;
+    send_close(&mut ws).await;
+    close_code(&mut ws).await;
+    assert!(eventually(|| server.metrics.stored_conversations.get() == 1).await);
+
+    // The periodic sweep removes it once the TTL has passed...
+    assert!(eventually(|| server.metrics.stored_conversations.get() == 0).await);
+    // ...and a reconnect then starts afresh.
+    let (_ws, again) = start_session(&server.url(&format!("conversation_id={id}"))).await;
+    assert_eq!(again["resumed"], false);
+}
