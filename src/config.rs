@@ -30,6 +30,7 @@ pub struct Config {
     pub vad: VadConfig,
     pub stt: SttConfig,
     pub llm: LlmConfig,
+    pub tts: TtsConfig,
     pub recorder: RecorderConfig,
     pub workers: WorkersConfig,
     pub models: ModelsConfig,
@@ -228,6 +229,31 @@ impl Default for LlmConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct TtsConfig {
+    /// Speak replies (Piper en_US-joe-medium, phonemes from espeak-ng).
+    pub enabled: bool,
+    /// Threads running Piper (each owns a model session and shares the espeak-ng pool).
+    pub threads: usize,
+    /// Sentences of one conversation waiting for synthesis; more are dropped (counted).
+    pub max_queued_sentences: usize,
+    /// How far audio may run ahead of real time on the wire; also how much audio a
+    /// barge-in can leave in the client's buffer.
+    pub lead_ms: u64,
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        TtsConfig {
+            enabled: true,
+            threads: 1,
+            max_queued_sentences: 16,
+            lead_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RecorderConfig {
     pub enabled: bool,
     pub dir: PathBuf,
@@ -369,6 +395,12 @@ impl Config {
         }
         if self.llm.backend == LlmBackendKind::Openai && !self.llm.base_url.starts_with("http") {
             return invalid("llm.base_url", "must be an http(s) URL");
+        }
+        if self.tts.threads == 0 || self.tts.max_queued_sentences == 0 {
+            return invalid(
+                "tts.threads",
+                "threads and max_queued_sentences must be at least 1",
+            );
         }
         if self.stt.threads == 0 {
             return invalid("stt.threads", "must be at least 1");

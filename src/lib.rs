@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod services;
+pub mod tts;
 pub mod workers;
 
 pub use config::Config;

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub open_files: IntGauge,
     pub inflight_jobs: IntGauge,
     pub llm_inflight: IntGauge,
+    pub tts_queue_depth: IntGauge,
+    pub child_processes: IntGauge,
     pub stored_conversations: IntGauge,
     pub event_subscribers: IntGauge,
     disconnects: IntCounterVec,
@@ -141,6 +143,14 @@ impl Metrics {
                 "Worker-pool jobs queued or running",
             ),
             llm_inflight: gauge("hearken_llm_inflight", "Replies being generated"),
+            tts_queue_depth: gauge(
+                "hearken_tts_queue_depth",
+                "Sentences queued or being synthesised",
+            ),
+            child_processes: gauge(
+                "hearken_child_processes",
+                "Helper processes alive (espeak-ng phonemizers)",
+            ),
             stored_conversations: gauge(
                 "hearken_stored_conversations",
                 "Conversations whose history is kept for resumption",
@@ -219,6 +229,8 @@ impl Metrics {
             Box::new(self.open_files.clone()),
             Box::new(self.inflight_jobs.clone()),
             Box::new(self.llm_inflight.clone()),
+            Box::new(self.tts_queue_depth.clone()),
+            Box::new(self.child_processes.clone()),
             Box::new(self.stored_conversations.clone()),
             Box::new(self.event_subscribers.clone()),
             Box::new(self.disconnects.clone()),

@@ -23,6 +23,7 @@ use crate::models::{
     self, ModelError, Moonshine, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE,
 };
 use crate::registry::RegistryHandle;
+use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
 use crate::workers::pool::StateInit;
 use crate::workers::silero_batcher::SileroBatcher;
 use crate::workers::WorkerPool;
@@ -35,6 +36,8 @@ pub enum ServicesError {
     Threads(#[from] std::io::Error),
     #[error("LLM backend: {0}")]
     Llm(String),
+    #[error(transparent)]
+    Tts(#[from] TtsError),
 }
 
 /// Counts model threads still loading; ready once none are and none failed.
@@ -75,6 +78,8 @@ pub struct Services {
     pub stt: Option<WorkerPool<Moonshine>>,
     /// The reply backend, unless `llm.backend = "none"`.
     pub llm: Option<Arc<dyn LlmBackend>>,
+    /// Speech synthesis, when `tts.enabled`.
+    pub tts: Option<TtsService>,
     /// Conversation histories; they outlive sessions.
     pub conversations: Arc<ConversationStore>,
     pub readiness: Arc<Readiness>,
@@ -93,7 +98,8 @@ impl Services {
         let readiness = Arc::new(Readiness::default());
 
         let dir = config.models.dir.clone();
-        let needs_runtime = config.vad.engine == VadEngine::Silero || config.stt.enabled;
+        let needs_runtime =
+            config.vad.engine == VadEngine::Silero || config.stt.enabled || config.tts.enabled;
         if needs_runtime {
             models::init_runtime(&dir.join(ORT_DYLIB_FILE))?;
         }
@@ -139,6 +145,11 @@ impl Services {
         };
 
         let llm = llm_backend(&config, &metrics, &readiness)?;
+        let tts = if config.tts.enabled {
+            Some(TtsService::start(&config, &metrics, &readiness)?)
+        } else {
+            None
+        };
         let history = &config.llm;
         let conversations = Arc::new(ConversationStore::new(
             Duration::from_millis(history.history_ttl_ms),
@@ -155,9 +166,55 @@ impl Services {
             silero,
             stt,
             llm,
+            tts,
             conversations,
             readiness,
         }))
+    }
+}
+
+/// Piper voices (one per thread) and the espeak-ng processes they share.
+pub struct TtsService {
+    pub voices: WorkerPool<PiperVoice>,
+    pub phonemizer: Arc<PhonemizerPool>,
+}
+
+impl TtsService {
+    fn start(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        readiness: &Arc<Readiness>,
+    ) -> Result<Self, ServicesError> {
+        let dir = &config.models.dir;
+        let (model, voice_config) = (dir.join(PIPER_MODEL_FILE), dir.join(PIPER_CONFIG_FILE));
+        for path in [&model, &voice_config] {
+            if !path.is_file() {
+                let path = path.clone();
+                return Err(ModelError::ModelFileMissing {
+                    model: "piper",
+                    path,
+                }
+                .into());
+            }
+        }
+        let threads = config.tts.threads;
+        let phonemizer = Arc::new(PhonemizerPool::new(
+            threads,
+            metrics.child_processes.clone(),
+        )?);
+        readiness.expect(threads);
+        let ready = Arc::clone(readiness);
+        let init: StateInit<PiperVoice> =
+            Arc::new(move || PiperVoice::load(&model, &voice_config).map_err(|e| e.to_string()));
+        let voices = WorkerPool::with_state(
+            "tts",
+            threads,
+            config.workers.queue_depth,
+            Arc::clone(metrics),
+            init,
+            move |outcome| ready.report(outcome),
+        )?;
+        Ok(TtsService { voices, phonemizer })
     }
 }
 

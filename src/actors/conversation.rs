@@ -18,7 +18,7 @@ use super::child::{child_link, ChildEnv, ChildOutcome, ChildRole, ChildWatch};
 use super::llm::LlmActor;
 use super::messages::{
     AudioFrame, CancelResponse, ChildEvent, ClientCommand, FlushSpeech, InjectFailure, Outbound,
-    Record, Respond, SessionEnded, StopChild, Transcribe,
+    Record, Respond, SessionEnded, SpeakDelta, SpeakEnd, StopChild, StopSpeaking, Transcribe,
 };
 use super::recorder::RecorderActor;
 use super::stt::SttActor;
@@ -260,6 +260,9 @@ impl ConversationActor {
         if let Some(llm) = self.children.llm.as_ref() {
             llm.do_send(CancelResponse);
         }
+        if let Some(tts) = self.children.tts.as_ref() {
+            tts.do_send(StopSpeaking);
+        }
     }
 
     fn inject_failure(&mut self, role: &str, mode: crate::protocol::native::FailureMode) {
@@ -409,12 +412,41 @@ impl Handler<ChildEvent> for ConversationActor {
                 })
             }
             ChildEvent::ResponseDelta { response_id, text } => {
+                if let Some(tts) = self.children.tts.as_ref() {
+                    tts.do_send(SpeakDelta {
+                        response_id,
+                        text: text.clone(),
+                    });
+                }
                 self.to_client(ServerEvent::ResponseTextDelta { response_id, text })
             }
             ChildEvent::ResponseDone {
                 response_id,
                 cancelled,
-            } => self.to_client(ServerEvent::ResponseDone {
+            } => {
+                if let Some(tts) = self.children.tts.as_ref() {
+                    tts.do_send(SpeakEnd {
+                        response_id,
+                        cancelled,
+                    });
+                }
+                self.to_client(ServerEvent::ResponseDone {
+                    response_id,
+                    cancelled,
+                })
+            }
+            ChildEvent::AudioStarted { response_id } => {
+                self.to_client(ServerEvent::ResponseAudioStarted { response_id })
+            }
+            ChildEvent::Audio { frame } => {
+                if self.session_alive {
+                    self.session.outbound.do_send(Outbound::Audio(frame));
+                }
+            }
+            ChildEvent::AudioDone {
+                response_id,
+                cancelled,
+            } => self.to_client(ServerEvent::ResponseAudioDone {
                 response_id,
                 cancelled,
             }),

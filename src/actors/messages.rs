@@ -79,6 +79,27 @@ pub struct Respond {
 #[rtype(result = "()")]
 pub struct CancelResponse;
 
+/// More reply text to speak.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SpeakDelta {
+    pub response_id: uuid::Uuid,
+    pub text: String,
+}
+
+/// The reply's text is complete (or was cancelled).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SpeakEnd {
+    pub response_id: uuid::Uuid,
+    pub cancelled: bool,
+}
+
+/// Stop speaking at once and drop everything queued (barge-in).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopSpeaking;
+
 /// Decoded input audio at the session's rate, for the recorder.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -109,6 +130,15 @@ pub enum ChildEvent {
     },
     /// The reply is complete, or was cancelled.
     ResponseDone {
+        response_id: uuid::Uuid,
+        cancelled: bool,
+    },
+    /// A reply's first audio frame is about to go out.
+    AudioStarted { response_id: uuid::Uuid },
+    /// One frame of reply audio, in the session's codec.
+    Audio { frame: bytes::Bytes },
+    /// A reply's audio is finished, or was cut.
+    AudioDone {
         response_id: uuid::Uuid,
         cancelled: bool,
     },

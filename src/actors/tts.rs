@@ -1,18 +1,56 @@
-//! `TtsActor`: speaks replies back, sentence by sentence, in the session's codec.
+//! `TtsActor`: speaks the streamed reply, sentence by sentence, in the session's codec.
 //!
-//! Part of every conversation tree from the start, so its start, stop and supervision
-//! are covered by the lifecycle tests; synthesis (Piper through ort) plugs in behind it.
+//! Reply text is cut into sentences as it arrives, so the first sentence is synthesised
+//! while the model is still writing the rest. One sentence at a time goes to the Piper
+//! pool (phonemes from the shared espeak-ng processes, synthesis, resampling from
+//! 22,050 Hz and encoding all happen on the worker); the frames that come back are sent
+//! at real-time pace, at most `tts.lead_ms` ahead, so a barge-in (`StopSpeaking`)
+//! silences the reply within one frame of being processed and drops everything queued.
+//! The conversation's registry entry shows `tts_active` while audio is going out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use bytes::Bytes;
+use uuid::Uuid;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::ChildEvent;
+use super::messages::{ChildEvent, SpeakDelta, SpeakEnd, StopSpeaking};
+use crate::audio::opus_codec::OpusEncoder;
+use crate::audio::pcm::{encode_pcm16, f32_to_i16};
+use crate::audio::resample::StreamResampler;
 use crate::metrics::{ActorKind, GaugeGuard};
+use crate::protocol::{AudioCodec, ErrorCode};
+use crate::registry::SetTtsActive;
+use crate::tts::SentenceSplitter;
+use crate::workers::JobError;
+
+/// One frame of audio on the wire.
+const FRAME: Duration = Duration::from_millis(20);
+
+/// The reply being spoken.
+struct Speech {
+    response_id: Uuid,
+    splitter: SentenceSplitter,
+    /// Sentences waiting for synthesis, each counted in `hearken_tts_queue_depth`.
+    queue: VecDeque<(String, GaugeGuard)>,
+    synthesizing: bool,
+    text_done: bool,
+    frames: VecDeque<Bytes>,
+    /// When the current run of frames started, and how much of it has been sent.
+    clock: Option<(Instant, Duration)>,
+    audio_started: bool,
+}
 
 pub struct TtsActor {
+    env: ChildEnv,
     parent: Recipient<ChildEvent>,
-    _env: ChildEnv,
-    _link: ChildLink,
+    speech: Option<Speech>,
+    /// Bumped on every stop, so results of abandoned syntheses are ignored.
+    epoch: u64,
+    ticker: Option<SpawnHandle>,
+    link: ChildLink,
     _live: GaugeGuard,
 }
 
@@ -20,15 +58,257 @@ impl TtsActor {
     pub fn new(env: ChildEnv, link: ChildLink) -> Self {
         TtsActor {
             parent: env.parent.clone(),
+            speech: None,
+            epoch: 0,
+            ticker: None,
             _live: env.services.metrics.actor_guard(ActorKind::Tts),
-            _env: env,
-            _link: link,
+            env,
+            link,
+        }
+    }
+
+    fn set_active(&self, active: bool) {
+        self.env.services.registry.addr.do_send(SetTtsActive {
+            conversation_id: self.env.params.conversation_id,
+            active,
+        });
+    }
+
+    /// Cut the current reply off: drop its queue and frames, close its audio.
+    fn stop(&mut self, ctx: &mut Context<Self>) {
+        self.epoch += 1;
+        if let Some(ticker) = self.ticker.take() {
+            ctx.cancel_future(ticker);
+        }
+        if let Some(speech) = self.speech.take() {
+            if speech.audio_started {
+                self.parent.do_send(ChildEvent::AudioDone {
+                    response_id: speech.response_id,
+                    cancelled: true,
+                });
+                self.set_active(false);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, sentences: impl IntoIterator<Item = String>) {
+        let max = self.env.services.config.tts.max_queued_sentences;
+        let metrics = &self.env.services.metrics;
+        let Some(speech) = self.speech.as_mut() else {
+            return;
+        };
+        for sentence in sentences {
+            if speech.queue.len() >= max {
+                metrics.overloaded.inc();
+                continue;
+            }
+            let guard = GaugeGuard::new(metrics.tts_queue_depth.clone());
+            speech.queue.push_back((sentence, guard));
+        }
+    }
+
+    /// Start synthesising the next sentence unless one is in progress.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let Some(tts) = self.env.services.tts.as_ref() else {
+            return;
+        };
+        let Some(speech) = self.speech.as_mut().filter(|s| !s.synthesizing) else {
+            return;
+        };
+        let Some((sentence, queued)) = speech.queue.pop_front() else {
+            return;
+        };
+        speech.synthesizing = true;
+        let phonemizer = std::sync::Arc::clone(&tts.phonemizer);
+        let (codec, rate) = (self.env.params.codec, self.env.params.sample_rate);
+        let job = tts
+            .voices
+            .submit(&self.env.cancel, self.link.hold(), move |voice| {
+                let _queued = queued;
+                let samples = voice
+                    .speak(&phonemizer, &sentence)
+                    .map_err(|e| e.to_string())?;
+                encode(&samples, voice.sample_rate(), rate, codec)
+            });
+        let epoch = self.epoch;
+        let answer = match job {
+            Ok(answer) => answer,
+            Err(error) => return self.report(error.to_string()),
+        };
+        ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
+            if act.epoch != epoch {
+                return; // stopped meanwhile
+            }
+            if let Some(speech) = act.speech.as_mut() {
+                speech.synthesizing = false;
+            }
+            match result {
+                Ok(Ok(Ok(frames))) => {
+                    if let Some(speech) = act.speech.as_mut() {
+                        speech.frames.extend(frames);
+                    }
+                    act.start_ticker(ctx);
+                }
+                Ok(Ok(Err(error))) | Ok(Err(JobError::Panicked(error))) => act.report(error),
+                Ok(Err(JobError::Cancelled)) => return,
+                Ok(Err(error)) => act.report(error.to_string()),
+                Err(_) => act.report("the TTS pool dropped the job".into()),
+            }
+            act.pump(ctx);
+            act.finish_if_done(ctx);
+        }));
+    }
+
+    fn report(&self, error: String) {
+        self.parent.do_send(ChildEvent::ClientError {
+            code: ErrorCode::Unsupported,
+            message: format!("speech synthesis failed: {error}"),
+        });
+    }
+
+    fn start_ticker(&mut self, ctx: &mut Context<Self>) {
+        if self.ticker.is_none() {
+            self.ticker = Some(ctx.run_interval(FRAME, |act, ctx| act.tick(ctx)));
+            self.tick(ctx);
+        }
+    }
+
+    /// Send what real time allows (plus the lead), then see whether the reply is over.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let lead = Duration::from_millis(self.env.services.config.tts.lead_ms);
+        let Some(speech) = self.speech.as_mut() else {
+            return;
+        };
+        if !speech.frames.is_empty() && !speech.audio_started {
+            speech.audio_started = true;
+            let response_id = speech.response_id;
+            self.parent
+                .do_send(ChildEvent::AudioStarted { response_id });
+            self.set_active(true);
+        }
+        let Some(speech) = self.speech.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let (start, sent) = speech.clock.get_or_insert((now, Duration::ZERO));
+        while *sent <= now.duration_since(*start) + lead {
+            let Some(frame) = speech.frames.pop_front() else {
+                // Underrun: restart the clock with the next frames.
+                speech.clock = None;
+                break;
+            };
+            self.parent.do_send(ChildEvent::Audio { frame });
+            *sent += FRAME;
+        }
+        self.finish_if_done(ctx);
+    }
+
+    fn finish_if_done(&mut self, ctx: &mut Context<Self>) {
+        let done = self.speech.as_ref().is_some_and(|s| {
+            s.text_done && s.queue.is_empty() && !s.synthesizing && s.frames.is_empty()
+        });
+        if !done {
+            return;
+        }
+        if let Some(ticker) = self.ticker.take() {
+            ctx.cancel_future(ticker);
+        }
+        if let Some(speech) = self.speech.take() {
+            if speech.audio_started {
+                self.parent.do_send(ChildEvent::AudioDone {
+                    response_id: speech.response_id,
+                    cancelled: false,
+                });
+                self.set_active(false);
+            }
+        }
+    }
+}
+
+/// Resample Piper's output to the session's rate and cut it into 20 ms frames of the
+/// session's codec (the last one padded with silence). Runs on the TTS worker.
+fn encode(samples: &[f32], from: u32, to: u32, codec: AudioCodec) -> Result<Vec<Bytes>, String> {
+    let resampled = StreamResampler::convert_clip(from, to, samples).map_err(|e| e.to_string())?;
+    let mut pcm: Vec<i16> = resampled.into_iter().map(f32_to_i16).collect();
+    let frame = to as usize / 50;
+    pcm.resize(pcm.len().div_ceil(frame) * frame, 0);
+    match codec {
+        AudioCodec::Pcm16 => Ok(pcm
+            .chunks(frame)
+            .map(|c| Bytes::from(encode_pcm16(c)))
+            .collect()),
+        AudioCodec::Opus => {
+            let mut encoder = OpusEncoder::new(to).map_err(|e| e.to_string())?;
+            let packets = encoder.push(&pcm).map_err(|e| e.to_string())?;
+            Ok(packets.into_iter().map(Bytes::from).collect())
         }
     }
 }
 
 impl Actor for TtsActor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        self.stop(ctx);
+    }
+}
+
+impl Handler<SpeakDelta> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SpeakDelta, ctx: &mut Context<Self>) {
+        if self.env.services.tts.is_none() {
+            return;
+        }
+        if self.speech.as_ref().map(|s| s.response_id) != Some(msg.response_id) {
+            self.stop(ctx); // a new reply replaces whatever was being said
+            self.speech = Some(Speech {
+                response_id: msg.response_id,
+                splitter: SentenceSplitter::new(),
+                queue: VecDeque::new(),
+                synthesizing: false,
+                text_done: false,
+                frames: VecDeque::new(),
+                clock: None,
+                audio_started: false,
+            });
+        }
+        let sentences = match self.speech.as_mut() {
+            Some(speech) => speech.splitter.push(&msg.text),
+            None => return,
+        };
+        self.enqueue(sentences);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<SpeakEnd> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SpeakEnd, ctx: &mut Context<Self>) {
+        let current = self.speech.as_ref().map(|s| s.response_id) == Some(msg.response_id);
+        if !current {
+            return;
+        }
+        if msg.cancelled {
+            return self.stop(ctx);
+        }
+        let tail = self.speech.as_mut().and_then(|s| {
+            s.text_done = true;
+            s.splitter.finish()
+        });
+        self.enqueue(tail);
+        self.pump(ctx);
+        self.finish_if_done(ctx);
+    }
+}
+
+impl Handler<StopSpeaking> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopSpeaking, ctx: &mut Context<Self>) {
+        self.stop(ctx);
+    }
 }
 
 child_controls!(TtsActor, ChildRole::Tts);

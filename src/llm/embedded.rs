@@ -225,6 +225,17 @@ fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
+/// candle runs its matrix work on one process-wide rayon pool of busy-waiting threads
+/// behind one lock; with several inference threads (or a busy second core) decode time
+/// swings from 11 to 150 ms per token. One rayon thread makes each inference thread
+/// compute on its own. candle reads the setting once, so call this at process start,
+/// before any other thread exists; an explicit `RAYON_NUM_THREADS` is left alone.
+pub fn pin_candle_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,16 +255,5 @@ mod tests {
             panic!("loading a missing file succeeded");
         };
         assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
-    }
-}
-
-/// candle runs its matrix work on one process-wide rayon pool of busy-waiting threads
-/// behind one lock; with several inference threads (or a busy second core) decode time
-/// swings from 11 to 150 ms per token. One rayon thread makes each inference thread
-/// compute on its own. candle reads the setting once, so call this at process start,
-/// before any other thread exists; an explicit `RAYON_NUM_THREADS` is left alone.
-pub fn pin_candle_threads() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
     }
 }

