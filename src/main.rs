@@ -1,4 +1,5 @@
-//! The `hearken` binary: `hearken serve [--config FILE]`.
+//! The `hearken` binary: `hearken serve [--config FILE]` runs the server;
+//! `hearken bench <streams|churn|ramp|idle> ...` runs the bundled load-test client.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,10 @@ enum Command {
         #[arg(long, env = "HEARKEN_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Load-test a hearken server over its native protocol.
+    #[cfg(feature = "bench-client")]
+    #[command(subcommand)]
+    Bench(hearken::bench::BenchCommand),
 }
 
 const DEFAULT_CONFIG: &str = "config/default.toml";
@@ -35,6 +40,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve { config } => serve(config),
+        #[cfg(feature = "bench-client")]
+        Command::Bench(command) => hearken::bench::run(command),
     }
 }
 

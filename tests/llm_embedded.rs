@@ -13,6 +13,7 @@ use hearken::llm::{
 };
 
 fn model() -> MutexGuard<'static, EmbeddedModel> {
+    hearken::llm::embedded::pin_candle_threads();
     static MODEL: OnceLock<Mutex<EmbeddedModel>> = OnceLock::new();
     let path = std::env::var_os("HEARKEN_LLM_MODEL").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),

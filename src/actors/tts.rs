@@ -77,6 +77,11 @@ impl TtsActor {
     /// Cut the current reply off: drop its queue and frames, close its audio.
     fn stop(&mut self, ctx: &mut Context<Self>) {
         self.epoch += 1;
+        self.close(true, ctx);
+    }
+
+    /// End the current reply: stop the clock, drop what is left, bracket its audio.
+    fn close(&mut self, cancelled: bool, ctx: &mut Context<Self>) {
         if let Some(ticker) = self.ticker.take() {
             ctx.cancel_future(ticker);
         }
@@ -84,7 +89,7 @@ impl TtsActor {
             if speech.audio_started {
                 self.parent.do_send(ChildEvent::AudioDone {
                     response_id: speech.response_id,
-                    cancelled: true,
+                    cancelled,
                 });
                 self.set_active(false);
             }
@@ -207,20 +212,8 @@ impl TtsActor {
         let done = self.speech.as_ref().is_some_and(|s| {
             s.text_done && s.queue.is_empty() && !s.synthesizing && s.frames.is_empty()
         });
-        if !done {
-            return;
-        }
-        if let Some(ticker) = self.ticker.take() {
-            ctx.cancel_future(ticker);
-        }
-        if let Some(speech) = self.speech.take() {
-            if speech.audio_started {
-                self.parent.do_send(ChildEvent::AudioDone {
-                    response_id: speech.response_id,
-                    cancelled: false,
-                });
-                self.set_active(false);
-            }
+        if done {
+            self.close(false, ctx);
         }
     }
 }
