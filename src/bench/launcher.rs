@@ -136,12 +136,13 @@ impl Launcher {
     }
 }
 
-/// One line of live status for a streaming run.
+/// One line of live status for a streaming run (counts are those of the current window:
+/// the whole run for `streams`, the current step for `ramp`).
 pub fn status_line(shared: &Shared) -> String {
     let live = shared.live.load(Ordering::Relaxed);
     shared.with_window(|w| {
         format!(
-            "live {live}, started {}, failed {}, VAD events {}, p95 decision lag {:.0} ms, p95 send slip {:.0} ms",
+            "live {live} | window: started {}, failed {}, VAD events {}, p95 decision lag {:.0} ms, p95 send slip {:.0} ms",
             w.sessions_started,
             w.sessions_failed,
             w.vad_events(),

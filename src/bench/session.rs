@@ -273,6 +273,7 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
         if let Some((after_stop, after_voice)) = transcript {
             if let Some(d) = after_stop {
                 w.transcript_after_stop.record(d);
+                w.transcript_timeline.push((elapsed, d.as_micros() as u64));
             }
             if let Some(d) = after_voice {
                 w.transcript_after_voice.record(d);

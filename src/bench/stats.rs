@@ -16,6 +16,10 @@ pub const BEHIND_P95_MS: f64 = 200.0;
 /// Growth of the median decision lag from the first to the last third of a run that
 /// counts as "lag grows over the run" (ms).
 pub const BEHIND_GROWTH_MS: f64 = 100.0;
+/// Growth of the median transcript latency over a run that counts as the recogniser
+/// falling behind (ms): one Moonshine segment takes a few hundred ms, a backlog grows by
+/// whole segments.
+pub const STT_GROWTH_MS: f64 = 1000.0;
 /// Width of one timeline bucket in the JSON report (s).
 const TIMELINE_BUCKET_S: f64 = 5.0;
 
@@ -104,6 +108,9 @@ pub struct Window {
     pub stale_events: u64,
     /// (seconds since the run started, decision lag in µs) of every VAD event.
     pub timeline: Vec<(f64, u64)>,
+    /// (seconds since the run started, latency after `vad.speech_stopped` in µs) of every
+    /// transcript.
+    pub transcript_timeline: Vec<(f64, u64)>,
 }
 
 impl Window {
@@ -120,26 +127,14 @@ impl Window {
         self.lag_decision.len()
     }
 
-    /// Median decision lag in the first and last third of the timeline (ms), when both
-    /// thirds hold events.
+    /// Median decision lag in the first and last third of the run (ms).
     pub fn lag_trend(&self) -> Option<(f64, f64)> {
-        let first = self.timeline.first()?.0;
-        let last = self.timeline.last()?.0;
-        let third = (last - first) / 3.0;
-        if third <= 0.0 {
-            return None;
-        }
-        let median_of = |from: f64, to: f64| {
-            let mut hist = Hist::default();
-            for &(_, us) in self.timeline.iter().filter(|(t, _)| *t >= from && *t <= to) {
-                hist.record_us(us);
-            }
-            (hist.len() > 0).then(|| hist.summary().p50_ms)
-        };
-        Some((
-            median_of(first, first + third)?,
-            median_of(last - third, last)?,
-        ))
+        trend(&self.timeline)
+    }
+
+    /// Median transcript latency in the first and last third of the run (ms).
+    pub fn transcript_trend(&self) -> Option<(f64, f64)> {
+        trend(&self.transcript_timeline)
     }
 
     /// Why the server is falling behind real time, if it is.
@@ -166,6 +161,13 @@ impl Window {
                 ));
             }
         }
+        if let Some((first, last)) = self.transcript_trend() {
+            if last - first > STT_GROWTH_MS {
+                reasons.push(format!(
+                    "transcripts fall behind: median latency {first:.0} ms in the first third, {last:.0} ms in the last"
+                ));
+            }
+        }
         reasons
     }
 
@@ -189,6 +191,28 @@ impl Window {
             })
             .collect()
     }
+}
+
+/// Median of the first and of the last third (by time) of `(seconds, µs)` points, in ms,
+/// when both thirds hold points.
+fn trend(timeline: &[(f64, u64)]) -> Option<(f64, f64)> {
+    let first = timeline.first()?.0;
+    let last = timeline.last()?.0;
+    let third = (last - first) / 3.0;
+    if third <= 0.0 {
+        return None;
+    }
+    let median_of = |from: f64, to: f64| {
+        let mut hist = Hist::default();
+        for &(_, us) in timeline.iter().filter(|(t, _)| *t >= from && *t <= to) {
+            hist.record_us(us);
+        }
+        (hist.len() > 0).then(|| hist.summary().p50_ms)
+    };
+    Some((
+        median_of(first, first + third)?,
+        median_of(last - third, last)?,
+    ))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -237,6 +261,21 @@ mod tests {
         }
         let reasons = window.behind_reasons();
         assert!(reasons.iter().any(|r| r.contains("grows")), "{reasons:?}");
+    }
+
+    #[test]
+    fn transcript_backlog_is_reported() {
+        let mut window = Window::default();
+        for i in 0..30 {
+            window
+                .transcript_timeline
+                .push((i as f64, 500_000 + i * 200_000));
+        }
+        let reasons = window.behind_reasons();
+        assert!(
+            reasons.iter().any(|r| r.contains("transcripts")),
+            "{reasons:?}"
+        );
     }
 
     #[test]

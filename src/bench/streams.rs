@@ -102,6 +102,11 @@ pub struct StreamsReport {
     pub behind_reasons: Vec<String>,
     /// Median decision lag in the first and the last third of the run (ms).
     pub lag_trend_ms: Option<(f64, f64)>,
+    /// Median latency after `vad.speech_stopped` in the first and last third (ms).
+    pub transcript_trend_ms: Option<(f64, f64)>,
+    /// Speech stops with no transcript by the end (empty transcripts are not sent; the
+    /// rest were still queued, or skipped as overloaded).
+    pub stops_without_transcript: u64,
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -110,6 +115,7 @@ impl StreamsReport {
         let mut both = w.lag_started.clone();
         both.merge(&w.lag_stopped);
         let behind_reasons = w.behind_reasons();
+        let count = |kind: &str| w.events.get(kind).copied().unwrap_or(0);
         StreamsReport {
             sessions_requested: args.sessions,
             sessions_started: w.sessions_started,
@@ -135,6 +141,9 @@ impl StreamsReport {
             falling_behind: !behind_reasons.is_empty(),
             behind_reasons,
             lag_trend_ms: w.lag_trend(),
+            transcript_trend_ms: w.transcript_trend(),
+            stops_without_transcript: count("vad.speech_stopped")
+                .saturating_sub(count("transcript.final")),
             timeline: w.timeline_buckets(),
         }
     }
@@ -182,6 +191,13 @@ impl StreamsReport {
         }
         if let Some((first, last)) = self.lag_trend_ms {
             println!("median decision lag: first third {first:.1} ms, last third {last:.1} ms");
+        }
+        if let Some((first, last)) = self.transcript_trend_ms {
+            println!(
+                "median transcript latency: first third {first:.0} ms, last third {last:.0} ms; \
+                 speech stops without a transcript at the end: {}",
+                self.stops_without_transcript
+            );
         }
         if self.falling_behind {
             println!("FALLING BEHIND: {}", self.behind_reasons.join("; "));
