@@ -49,6 +49,9 @@ pub struct Generation {
     pub events: mpsc::Receiver<LlmEvent>,
     stop: CancelToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The pool's answer channel: while held, the queued job counts as wanted (a
+    /// worker skips jobs nobody waits for).
+    _job: Option<Box<dyn Any + Send>>,
 }
 
 impl Generation {
@@ -62,6 +65,7 @@ impl Generation {
             events,
             stop,
             task: Some(task),
+            _job: None,
         }
     }
 }
@@ -119,10 +123,11 @@ impl LlmBackend for EmbeddedBackend {
                 let _ = events.blocking_send(last);
             });
         match job {
-            Ok(_answer) => Ok(Generation {
+            Ok(answer) => Ok(Generation {
                 events: receiver,
                 stop,
                 task: None,
+                _job: Some(Box::new(answer)),
             }),
             Err(JobError::Overloaded { .. }) => Err(BackendError::Overloaded),
             Err(error) => Err(BackendError::Unavailable(error.to_string())),
