@@ -32,8 +32,10 @@ pub struct ChurnArgs {
     /// WebSocket endpoint of the server.
     #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
     pub url: String,
+    /// Prometheus endpoint of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
     pub metrics_url: String,
+    /// Connect / stream / leave cycles in all.
     #[arg(long, default_value_t = 100)]
     pub cycles: usize,
     /// Cycles in flight at once.

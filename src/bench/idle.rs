@@ -31,11 +31,13 @@ pub struct IdleArgs {
     /// WebSocket endpoint of the server.
     #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
     pub url: String,
+    /// Idle sessions to open.
     #[arg(long, default_value_t = 100)]
     pub sessions: usize,
     /// Seconds the sessions are held open once all are up.
     #[arg(long, default_value_t = 10.0)]
     pub hold: f64,
+    /// Prometheus endpoint of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
     pub metrics_url: String,
     /// The server's pid, to read its RSS, threads and FDs from /proc.
