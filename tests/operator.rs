@@ -108,7 +108,7 @@ async fn conversations_metrics_health_and_ready() {
 
 #[tokio::test]
 async fn the_binary_drains_and_exits_zero_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearken"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hearken"))
         .args([
             "serve",
             "--config",
@@ -122,22 +122,35 @@ async fn the_binary_drains_and_exits_zero_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = KillOnDrop(Some(child));
+    let mut lines = BufReader::new(child.get().stdout.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("binary logs its address").unwrap();
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
+    // Sessions are refused (503) until every model is loaded.
+    let ready = format!("http://{addr}/ready");
+    let mut loaded = false;
+    for _ in 0..400 {
+        if reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(loaded, "/ready never turned 200");
     let url = format!("ws://{addr}/v1/ws");
     let (mut a, _) = start_session(&url).await;
     let (mut b, _) = start_session(&url).await;
 
     // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.get().id() as i32, libc::SIGTERM) };
     assert_eq!(close_code(&mut a).await, Some(1001));
     assert_eq!(close_code(&mut b).await, Some(1001));
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let mut process = child.0.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || process.wait())
         .await
         .unwrap()
         .unwrap();
@@ -148,4 +161,22 @@ async fn the_binary_drains_and_exits_zero_on_sigterm() {
         .filter(|l| l.contains("reason=server_shutdown"))
         .count();
     assert_eq!(shutdowns, 2, "{log:#?}");
+}
+
+/// The server process, killed if the test fails before it exits by itself.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("child present")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
