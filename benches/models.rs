@@ -1,0 +1,132 @@
+//! Inference cost of the two speech models, each on one ONNX Runtime thread as the
+//! server runs them (one session per worker thread, one intra-op thread each).
+//!
+//! - `silero/batch_N`: one [`SileroVad::infer_batch`] call over N conversations' 32 ms
+//!   windows (N = 1, 8, 32, 64; 64 is the default `vad.max_batch`), each conversation
+//!   with its own advancing [`SileroState`]. Throughput is per window, so criterion's
+//!   elements/s shows directly how much batching across conversations buys; a stream
+//!   needs 31.25 windows/s.
+//! - `moonshine/fox_16k`: [`Moonshine::transcribe`] of the whole `fox_16k.wav`
+//!   (5.44 s, one sentence with 1 s of silence either side). Besides criterion's
+//!   figures the bench prints the real-time factor, median time / clip length, from
+//!   its own per-run samples.
+//!
+//! Models come from `models/` (`scripts/fetch-models.sh models`), the ONNX Runtime
+//! library from `models/libonnxruntime.so.1.31.1`, as in the model tests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, BenchmarkId, Criterion, Throughput};
+use hearken::models::{
+    init_runtime, Moonshine, SileroJob, SileroState, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE,
+    SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,
+};
+
+/// Batch sizes for Silero: one conversation alone, then up to `vad.max_batch`.
+const SILERO_BATCHES: [usize; 4] = [1, 8, 32, 64];
+
+/// Criterion's minimum; a Moonshine run takes a large part of a second.
+const MOONSHINE_SAMPLES: usize = 10;
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// `fox_16k.wav` as samples in [-1, 1].
+fn fox() -> Vec<f32> {
+    let path = format!("{}/tests/fixtures/fox_16k.wav", env!("CARGO_MANIFEST_DIR"));
+    let mut reader = hound::WavReader::open(&path).expect("fox_16k.wav exists");
+    assert_eq!(
+        reader.spec().sample_rate,
+        SAMPLE_RATE,
+        "fox_16k.wav is 16 kHz"
+    );
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("sample")) / 32768.0)
+        .collect()
+}
+
+fn silero(c: &mut Criterion, fox: &[f32]) {
+    let mut vad =
+        SileroVad::load(&models_dir().join(SILERO_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let windows: Vec<[f32; WINDOW_SAMPLES]> = fox
+        .chunks_exact(WINDOW_SAMPLES)
+        .map(|w| w.try_into().expect("whole window"))
+        .collect();
+
+    let mut group = c.benchmark_group("silero");
+    for batch in SILERO_BATCHES {
+        // Conversation b starts at window b of the clip, so a batch mixes silence and
+        // speech the way concurrent conversations do.
+        let batch_windows: Vec<&[f32; WINDOW_SAMPLES]> =
+            (0..batch).map(|b| &windows[b % windows.len()]).collect();
+        let mut states = vec![SileroState::default(); batch];
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::new("batch", batch), |b| {
+            b.iter(|| {
+                let mut jobs: Vec<SileroJob<'_>> = states
+                    .iter_mut()
+                    .zip(&batch_windows)
+                    .map(|(state, window)| SileroJob::new(state, window))
+                    .collect();
+                vad.infer_batch(&mut jobs).expect("silero inference");
+                black_box(jobs[0].probability)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn moonshine(c: &mut Criterion, fox: &[f32]) {
+    let mut model =
+        Moonshine::load(&models_dir().join(MOONSHINE_DIR)).unwrap_or_else(|e| panic!("{e}"));
+    let clip = Duration::from_secs_f64(fox.len() as f64 / f64::from(SAMPLE_RATE));
+    let text = model.transcribe(fox).expect("transcription");
+    println!(
+        "moonshine: fox_16k.wav ({:.2} s) -> {text:?}",
+        clip.as_secs_f64()
+    );
+
+    // Per-run times from every routine call (warm-up included: each run is the same
+    // whole-clip transcription, so they are all representative).
+    let mut runs: Vec<Duration> = Vec::new();
+    let mut group = c.benchmark_group("moonshine");
+    group.sample_size(MOONSHINE_SAMPLES);
+    group.bench_function("fox_16k", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                black_box(model.transcribe(black_box(fox)).expect("transcription"));
+                let run = start.elapsed();
+                runs.push(run);
+                total += run;
+            }
+            total
+        })
+    });
+    group.finish();
+
+    if runs.len() > 1 {
+        runs.sort_unstable();
+        let median = runs[runs.len() / 2];
+        println!(
+            "moonshine/fox_16k: {} runs, median {:.1} ms, RTF {:.3} (median / {:.2} s)",
+            runs.len(),
+            median.as_secs_f64() * 1e3,
+            median.as_secs_f64() / clip.as_secs_f64(),
+            clip.as_secs_f64(),
+        );
+    }
+}
+
+fn main() {
+    init_runtime(&models_dir().join(ORT_DYLIB_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Criterion::default().configure_from_args();
+    let fox = fox();
+    silero(&mut c, &fox);
+    moonshine(&mut c, &fox);
+    c.final_summary();
+}
