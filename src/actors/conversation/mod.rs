@@ -1,6 +1,6 @@
 //! `ConversationActor`: the supervisor of one conversation.
 //!
-//! It routes audio → VAD → STT → LLM → TTS → session and owns its children: it starts
+//! It owns its children (routing between them is in `routing.rs`): it starts
 //! them, restarts one that reports a recoverable failure (capped), and ends the whole
 //! conversation with `server_error` when a child panics or the cap is reached. Every end
 //! runs the same teardown: decide the reason once, cancel queued work, ask the session
@@ -8,27 +8,26 @@
 //! with every job and file it handed to a worker — are gone, then stop. Dropping the
 //! registry [`Lease`] (the last field) publishes `connection_disconnected`.
 
+mod routing;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::child::{child_link, ChildEnv, ChildOutcome, ChildRole, ChildWatch};
-use super::llm::LlmActor;
-use super::messages::{
-    AudioFrame, CancelResponse, ChildEvent, ClientCommand, FlushSpeech, InjectFailure, Outbound,
-    Record, Respond, SessionEnded, SpeakDelta, SpeakEnd, StopChild, StopSpeaking, Transcribe,
+use crate::actors::child::{child_link, ChildEnv, ChildOutcome, ChildRole, ChildWatch};
+use crate::actors::llm::LlmActor;
+use crate::actors::messages::{
+    CancelResponse, InjectFailure, Outbound, SessionEnded, StopChild, StopSpeaking,
 };
-use super::recorder::RecorderActor;
-use super::stt::SttActor;
-use super::throttle::NoticeThrottle;
-use super::tts::TtsActor;
-use super::vad::VadActor;
-use crate::audio::segmenter::SpeechEvent;
+use crate::actors::recorder::RecorderActor;
+use crate::actors::stt::SttActor;
+use crate::actors::throttle::NoticeThrottle;
+use crate::actors::tts::TtsActor;
+use crate::actors::vad::VadActor;
 use crate::lifecycle::ExitReason;
 use crate::metrics::{ActorKind, GaugeGuard};
-use crate::protocol::native::ClientEvent;
 use crate::protocol::{ErrorCode, ServerEvent, SessionParams};
 use crate::registry::{EndSession, Lease};
 use crate::services::Services;
@@ -327,133 +326,6 @@ impl Actor for ConversationActor {
                 );
                 return self.end(ExitReason::ServerError, Instant::now(), ctx);
             }
-        }
-    }
-}
-
-impl Handler<AudioFrame> for ConversationActor {
-    type Result = ();
-
-    fn handle(&mut self, frame: AudioFrame, ctx: &mut Context<Self>) {
-        let Some(vad) = self.children.vad.as_ref() else {
-            return;
-        };
-        if let Err(SendError::Full(frame)) = vad.try_send(frame) {
-            // Backpressure: hold this mailbox (and so the session's reads) until the
-            // VAD has room. A dead VAD answers at once and is handled by supervision.
-            self.services.metrics.audio_backpressure.inc();
-            ctx.wait(vad.send(frame).into_actor(self).map(|_, _, _| ()));
-        }
-    }
-}
-
-impl Handler<ClientCommand> for ConversationActor {
-    type Result = ();
-
-    fn handle(&mut self, command: ClientCommand, _: &mut Context<Self>) {
-        match command.event {
-            ClientEvent::AudioEnd => {
-                if let Some(vad) = self.children.vad.as_ref() {
-                    vad.do_send(FlushSpeech);
-                }
-            }
-            ClientEvent::DebugFailChild { role, mode } => self.inject_failure(&role, mode),
-            ClientEvent::ResponseCancel => self.cancel_reply(),
-            ClientEvent::SessionUpdate { llm } => {
-                if let Some(prompt) = llm.and_then(|l| l.system_prompt) {
-                    let id = self.params.conversation_id;
-                    self.services.conversations.set_system_prompt(id, prompt);
-                }
-            }
-            ClientEvent::Ping => self.to_client(ServerEvent::Pong),
-        }
-    }
-}
-
-impl Handler<ChildEvent> for ConversationActor {
-    type Result = ();
-
-    fn handle(&mut self, event: ChildEvent, ctx: &mut Context<Self>) {
-        match event {
-            ChildEvent::Speech { event } => self.to_client(match event {
-                SpeechEvent::Started { audio_ms } => {
-                    // Barge-in: the user talks over the reply.
-                    self.cancel_reply();
-                    ServerEvent::SpeechStarted { audio_ms }
-                }
-                SpeechEvent::Stopped { audio_ms } => ServerEvent::SpeechStopped { audio_ms },
-            }),
-            ChildEvent::Segment { segment } => {
-                if let Some(stt) = self.children.stt.as_ref() {
-                    if stt.try_send(Transcribe { segment }).is_err() {
-                        self.report_overload();
-                    }
-                }
-            }
-            ChildEvent::Decoded { samples } => {
-                if let Some(recorder) = self.children.recorder.as_ref() {
-                    if recorder.try_send(Record { samples }).is_err() {
-                        self.report_overload();
-                    }
-                }
-            }
-            ChildEvent::Transcript {
-                text,
-                audio_ms,
-                stt_ms,
-            } => {
-                if let Some(llm) = self.children.llm.as_ref() {
-                    llm.do_send(Respond { text: text.clone() });
-                }
-                self.to_client(ServerEvent::TranscriptFinal {
-                    text,
-                    audio_ms,
-                    stt_ms,
-                })
-            }
-            ChildEvent::ResponseDelta { response_id, text } => {
-                if let Some(tts) = self.children.tts.as_ref() {
-                    tts.do_send(SpeakDelta {
-                        response_id,
-                        text: text.clone(),
-                    });
-                }
-                self.to_client(ServerEvent::ResponseTextDelta { response_id, text })
-            }
-            ChildEvent::ResponseDone {
-                response_id,
-                cancelled,
-            } => {
-                if let Some(tts) = self.children.tts.as_ref() {
-                    tts.do_send(SpeakEnd {
-                        response_id,
-                        cancelled,
-                    });
-                }
-                self.to_client(ServerEvent::ResponseDone {
-                    response_id,
-                    cancelled,
-                })
-            }
-            ChildEvent::AudioStarted { response_id } => {
-                self.to_client(ServerEvent::ResponseAudioStarted { response_id })
-            }
-            ChildEvent::Audio { frame } => {
-                if self.session_alive {
-                    self.session.outbound.do_send(Outbound::Audio(frame));
-                }
-            }
-            ChildEvent::AudioDone {
-                response_id,
-                cancelled,
-            } => self.to_client(ServerEvent::ResponseAudioDone {
-                response_id,
-                cancelled,
-            }),
-            ChildEvent::ClientError { code, message } => {
-                self.to_client(ServerEvent::error(code, message))
-            }
-            ChildEvent::Failed { role, error } => self.on_child_failed(role, error, ctx),
         }
     }
 }
