@@ -48,7 +48,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    fn expect(&self, threads: usize) {
+    fn expect_loads(&self, threads: usize) {
         self.loading.fetch_add(threads, Ordering::AcqRel);
     }
 
@@ -111,7 +111,7 @@ impl Services {
                 // Fail the start now, with the file's name, rather than in a thread.
                 SileroVad::load(&path)?;
                 let threads = config.vad.silero_threads;
-                readiness.expect(threads);
+                readiness.expect_loads(threads);
                 let ready = Arc::clone(&readiness);
                 Some(SileroBatcher::new(
                     path,
@@ -128,7 +128,7 @@ impl Services {
             let moonshine_dir = dir.join(MOONSHINE_DIR);
             check_moonshine_files(&moonshine_dir)?;
             let threads = config.stt.threads;
-            readiness.expect(threads);
+            readiness.expect_loads(threads);
             let ready = Arc::clone(&readiness);
             let init: StateInit<Moonshine> =
                 Arc::new(move || Moonshine::load(&moonshine_dir).map_err(|e| e.to_string()));
@@ -202,7 +202,7 @@ impl TtsService {
             threads,
             metrics.child_processes.clone(),
         )?);
-        readiness.expect(threads);
+        readiness.expect_loads(threads);
         let ready = Arc::clone(readiness);
         let init: StateInit<PiperVoice> =
             Arc::new(move || PiperVoice::load(&model, &voice_config).map_err(|e| e.to_string()));
@@ -252,7 +252,7 @@ fn llm_backend(
                 }
                 .into());
             }
-            readiness.expect(llm.threads);
+            readiness.expect_loads(llm.threads);
             let ready = Arc::clone(readiness);
             let init: StateInit<EmbeddedModel> =
                 Arc::new(move || EmbeddedModel::load(&path).map_err(|e| e.to_string()));
