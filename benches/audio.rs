@@ -62,6 +62,7 @@ fn segmenter() -> SegmenterConfig {
         min_silence_ms: 400,
         pad_ms: 300,
         max_segment_ms: 30_000,
+        draft_after_ms: 0,
         collect_audio: false,
     }
 }

@@ -78,6 +78,10 @@ pub struct SessionConfig {
     pub max_frame_bytes: usize,
     /// Audio frames a conversation queues before its session pauses reading the socket.
     pub audio_queue_frames: usize,
+    /// Audio gathered per hand-off from the session to its conversation, in ms; 0 hands
+    /// on every frame alone. Larger batches cost less CPU and add up to this much VAD
+    /// latency.
+    pub audio_batch_ms: u32,
     /// How long a conversation waits for its children to confirm they stopped.
     pub teardown_timeout_ms: u64,
 }
@@ -88,6 +92,7 @@ impl Default for SessionConfig {
             idle_timeout_ms: 30_000,
             max_frame_bytes: 65_536,
             audio_queue_frames: 100,
+            audio_batch_ms: 60,
             teardown_timeout_ms: 1000,
         }
     }
@@ -155,6 +160,9 @@ pub struct SttConfig {
     pub enabled: bool,
     /// Threads running Moonshine (each owns its encoder and decoder sessions).
     pub threads: usize,
+    /// Pause (ms) after which a draft of the segment is transcribed speculatively, so the
+    /// transcript is mostly done when `vad.min_silence_ms` confirms the end; 0: off.
+    pub draft_after_ms: u32,
 }
 
 impl Default for SttConfig {
@@ -162,6 +170,7 @@ impl Default for SttConfig {
         SttConfig {
             enabled: true,
             threads: 1,
+            draft_after_ms: 100,
         }
     }
 }
@@ -362,6 +371,18 @@ impl Config {
         }
         if self.session.max_frame_bytes < 320 {
             return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
+        }
+        if self.stt.draft_after_ms >= self.vad.min_silence_ms {
+            return invalid(
+                "stt.draft_after_ms",
+                "must be below vad.min_silence_ms (or 0 for no drafts)",
+            );
+        }
+        if self.session.audio_batch_ms > 500 {
+            return invalid(
+                "session.audio_batch_ms",
+                "must be at most 500 (it delays VAD)",
+            );
         }
         if self.session.audio_queue_frames == 0 {
             return invalid("session.audio_queue_frames", "must be at least 1");

@@ -109,6 +109,10 @@ pub struct Metrics {
     /// Windows per Silero model call: how well batching across conversations works.
     pub vad_batch_windows: Histogram,
     pub transcripts: IntCounter,
+    /// Speculative transcriptions whose result became the final transcript.
+    pub stt_drafts_used: IntCounter,
+    /// Speculative transcriptions dropped because speech resumed.
+    pub stt_drafts_dropped: IntCounter,
     pub stt_seconds: Histogram,
 }
 
@@ -211,6 +215,14 @@ impl Metrics {
             )
             .expect("static metric definition"),
             transcripts: counter("hearken_transcripts_total", "Final transcripts produced"),
+            stt_drafts_used: counter(
+                "hearken_stt_drafts_used_total",
+                "Speculative transcriptions that became the final transcript",
+            ),
+            stt_drafts_dropped: counter(
+                "hearken_stt_drafts_dropped_total",
+                "Speculative transcriptions dropped because speech resumed",
+            ),
             stt_seconds: Histogram::with_opts(
                 HistogramOpts::new("hearken_stt_seconds", "Recogniser time per speech segment")
                     .buckets(vec![0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]),
@@ -245,6 +257,8 @@ impl Metrics {
             Box::new(self.duplicate_disconnects.clone()),
             Box::new(self.vad_batch_windows.clone()),
             Box::new(self.transcripts.clone()),
+            Box::new(self.stt_drafts_used.clone()),
+            Box::new(self.stt_drafts_dropped.clone()),
             Box::new(self.stt_seconds.clone()),
         ];
         for collector in collectors {

@@ -12,11 +12,12 @@ use crate::lifecycle::ExitReason;
 use crate::protocol::native::FailureMode;
 use crate::protocol::{ClientEvent, ErrorCode, ServerEvent};
 
-/// One binary audio frame from the client, in the session's codec.
+/// Consecutive binary audio frames from the client, in the session's codec, in
+/// arrival order (the session batches them: see `audio::coalesce`).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct AudioFrame {
-    pub data: Bytes,
+pub struct AudioFrames {
+    pub frames: Vec<Bytes>,
 }
 
 /// A parsed client text event, handed from the transport to its conversation.
@@ -60,11 +61,12 @@ pub struct InjectFailure {
 #[rtype(result = "()")]
 pub struct FlushSpeech;
 
-/// A speech segment for the recogniser.
+/// A speech segment for the recogniser: final, or a draft it may start on early.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Transcribe {
     pub segment: SpeechSegment,
+    pub draft: bool,
 }
 
 /// Answer what the user said.
@@ -115,6 +117,8 @@ pub enum ChildEvent {
     Speech { event: SpeechEvent },
     /// A finished speech segment.
     Segment { segment: SpeechSegment },
+    /// The current segment as it would end if the pause lasts (speculative).
+    Draft { segment: SpeechSegment },
     /// Decoded input audio.
     Decoded { samples: Arc<[i16]> },
     /// A final transcript of one speech segment; `audio_ms` is where the segment ended.

@@ -15,8 +15,9 @@ use actix_web_actors::ws;
 use bytes::Bytes;
 
 use super::conversation::{ConversationActor, SessionHandle};
-use super::messages::{AudioFrame, ClientCommand, Outbound, SessionEnded};
+use super::messages::{AudioFrames, ClientCommand, Outbound, SessionEnded};
 use crate::admission::Permit;
+use crate::audio::coalesce::FrameCoalescer;
 use crate::lifecycle::{close_code, ExitReason};
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::native::ClientEvent;
@@ -29,6 +30,10 @@ pub struct SessionActor {
     services: Arc<Services>,
     conversation: Option<Addr<ConversationActor>>,
     link: Option<ConversationLink>,
+    /// Audio frames gathered into batches before they are handed on.
+    coalescer: FrameCoalescer,
+    /// Hands a partial batch on when the client pauses mid-batch.
+    coalesce_timer: Option<SpawnHandle>,
     last_heard: Instant,
     exit: Option<ExitReason>,
     _permit: Permit,
@@ -38,7 +43,10 @@ pub struct SessionActor {
 impl SessionActor {
     pub fn new(params: SessionParams, services: Arc<Services>, permit: Permit) -> Self {
         let live = services.metrics.actor_guard(ActorKind::Session);
+        let coalesce_ms = services.config.session.audio_batch_ms;
         SessionActor {
+            coalescer: FrameCoalescer::new(params.codec, params.sample_rate, coalesce_ms),
+            coalesce_timer: None,
             params,
             services,
             conversation: None,
@@ -99,10 +107,38 @@ impl SessionActor {
             let message = format!("PCM16 frame has an odd byte count ({})", data.len());
             return self.bad_input(BadInput::OddLengthPcm, ErrorCode::BadAudio, message, ctx);
         }
+        if self.conversation.is_none() {
+            return;
+        }
+        match self.coalescer.push(data) {
+            Some(frames) => self.hand_on(frames, ctx),
+            None if self.coalesce_timer.is_none() => {
+                let batch_ms = u64::from(self.services.config.session.audio_batch_ms);
+                let wait = Duration::from_millis(2 * batch_ms);
+                self.coalesce_timer = Some(ctx.run_later(wait, |act, ctx| {
+                    act.coalesce_timer = None;
+                    act.hand_on_partial(ctx);
+                }));
+            }
+            None => {}
+        }
+    }
+
+    /// Hand on a partial batch, e.g. before a client event that must follow its audio.
+    fn hand_on_partial(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(frames) = self.coalescer.take() {
+            self.hand_on(frames, ctx);
+        }
+    }
+
+    fn hand_on(&mut self, frames: Vec<Bytes>, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(timer) = self.coalesce_timer.take() {
+            ctx.cancel_future(timer);
+        }
         let Some(conversation) = self.conversation.as_ref() else {
             return;
         };
-        match conversation.try_send(AudioFrame { data }) {
+        match conversation.try_send(AudioFrames { frames }) {
             Ok(()) => {}
             Err(SendError::Full(frame)) => {
                 // Backpressure, not loss: stop reading the socket until the
@@ -153,6 +189,8 @@ impl SessionActor {
                 );
             }
             event => {
+                // Events follow the audio sent before them (`audio.end` above all).
+                self.hand_on_partial(ctx);
                 if let Some(conversation) = self.conversation.as_ref() {
                     // Control events are rare and small: they bypass the audio bound.
                     conversation.do_send(ClientCommand { event });

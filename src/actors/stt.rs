@@ -5,25 +5,70 @@
 //! skipped and a running decode stops at its next step. At most
 //! [`MAX_QUEUED_SEGMENTS`] segments per conversation wait at once; more are refused
 //! with an `overloaded` error rather than queued without bound.
+//!
+//! Drafts hide the decode behind the end-of-speech wait: early in a pause the VAD hands
+//! over the segment as it would end, and, if a Moonshine thread is idle, it is decoded
+//! at once. If the final segment turns out to be that draft, its transcript is
+//! published as soon as it is ready; if speech resumed instead, the draft is stopped
+//! mid-decode and forgotten. Drafts never queue behind other work, so under load they
+//! cost nothing.
 
-use std::time::Instant;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
 use super::messages::{ChildEvent, Transcribe};
 use crate::audio::pcm::i16_to_f32;
+use crate::audio::segmenter::SpeechSegment;
 use crate::metrics::{ActorKind, GaugeGuard};
 use crate::protocol::ErrorCode;
 use crate::workers::JobError;
 
-/// Segments of one conversation queued or running at once.
+/// Segments of one conversation queued or running at once (drafts included).
 const MAX_QUEUED_SEGMENTS: usize = 4;
+
+/// How one decode ended.
+enum Decode {
+    Text {
+        text: String,
+        elapsed: Duration,
+    },
+    /// Stopped or skipped: the conversation is ending, or the draft went stale.
+    Stopped,
+    Failed(String),
+}
+
+/// The speculative decode of the segment in progress.
+struct Draft {
+    id: u64,
+    segment_key: SpeechSegment,
+    stop: Arc<AtomicBool>,
+    state: DraftState,
+}
+
+enum DraftState {
+    Running,
+    /// Its final segment arrived: publish as soon as the decode is done.
+    Claimed {
+        audio_ms: u64,
+        segment: SpeechSegment,
+    },
+    Done {
+        text: String,
+        elapsed: Duration,
+    },
+}
 
 pub struct SttActor {
     env: ChildEnv,
     parent: Recipient<ChildEvent>,
     queued: usize,
+    draft: Option<Draft>,
+    drafts_started: u64,
     link: ChildLink,
     _live: GaugeGuard,
 }
@@ -33,6 +78,8 @@ impl SttActor {
         SttActor {
             parent: env.parent.clone(),
             queued: 0,
+            draft: None,
+            drafts_started: 0,
             _live: env.services.metrics.actor_guard(ActorKind::Stt),
             env,
             link,
@@ -46,6 +93,180 @@ impl SttActor {
             message: message.to_string(),
         });
     }
+
+    fn fail(&self, error: String) {
+        self.parent.do_send(ChildEvent::Failed {
+            role: ChildRole::Stt,
+            error,
+        });
+    }
+
+    /// Queue one decode; `stop` ends it early (drafts).
+    fn decode(
+        &self,
+        segment: &SpeechSegment,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Result<impl Future<Output = Decode> + 'static, JobError> {
+        let pool = self
+            .env
+            .services
+            .stt
+            .as_ref()
+            .ok_or(JobError::PoolClosed { pool: "stt" })?;
+        let samples: Vec<f32> = segment.samples.iter().copied().map(i16_to_f32).collect();
+        let token = self.env.cancel.clone();
+        let answer = pool.submit(&self.env.cancel, self.link.hold(), move |moonshine| {
+            let started = Instant::now();
+            let stopped =
+                || token.is_cancelled() || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
+            let text = moonshine.transcribe_with(&samples, &stopped);
+            (text, started.elapsed())
+        })?;
+        Ok(async move {
+            match answer.await {
+                Ok(Ok((Ok(Some(text)), elapsed))) => Decode::Text { text, elapsed },
+                Ok(Ok((Ok(None), _))) | Ok(Err(JobError::Cancelled)) => Decode::Stopped,
+                Ok(Ok((Err(error), _))) => Decode::Failed(error.to_string()),
+                Ok(Err(error)) => Decode::Failed(error.to_string()),
+                Err(_) => Decode::Failed("the STT pool dropped the job".into()),
+            }
+        })
+    }
+
+    fn publish(&self, text: String, elapsed: Duration, audio_ms: u64) {
+        let metrics = &self.env.services.metrics;
+        metrics.stt_seconds.observe(elapsed.as_secs_f64());
+        if text.is_empty() {
+            return;
+        }
+        metrics.transcripts.inc();
+        self.parent.do_send(ChildEvent::Transcript {
+            text,
+            audio_ms,
+            stt_ms: elapsed.as_millis() as u64,
+        });
+    }
+
+    /// A final segment: publish its draft's transcript, or decode it now.
+    fn transcribe_final(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
+        let audio_ms = segment.end_ms;
+        if self.draft_claimed() {
+            // An earlier segment's draft is still decoding; this one goes its own way.
+            return self.transcribe(segment, ctx);
+        }
+        match self.draft.take() {
+            Some(draft) if draft.segment_key.anticipates(&segment) => match draft.state {
+                DraftState::Done { text, elapsed } => {
+                    self.env.services.metrics.stt_drafts_used.inc();
+                    self.publish(text, elapsed, audio_ms);
+                }
+                _ => {
+                    let state = DraftState::Claimed { audio_ms, segment };
+                    self.draft = Some(Draft { state, ..draft });
+                }
+            },
+            stale => {
+                self.draft = stale;
+                self.drop_draft();
+                self.transcribe(segment, ctx);
+            }
+        }
+    }
+
+    fn draft_claimed(&self) -> bool {
+        matches!(
+            self.draft,
+            Some(Draft {
+                state: DraftState::Claimed { .. },
+                ..
+            })
+        )
+    }
+
+    fn transcribe(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
+        if self.queued >= MAX_QUEUED_SEGMENTS {
+            return self.overloaded("speech recognition is behind; a segment was skipped");
+        }
+        let audio_ms = segment.end_ms;
+        let decode = match self.decode(&segment, None) {
+            Ok(decode) => decode,
+            Err(JobError::Overloaded { .. }) => {
+                return self.overloaded("speech recognition is at capacity; a segment was skipped")
+            }
+            Err(error) => return self.fail(error.to_string()),
+        };
+        self.queued += 1;
+        ctx.spawn(decode.into_actor(self).map(move |decode, act, _| {
+            act.queued -= 1;
+            match decode {
+                Decode::Text { text, elapsed } => act.publish(text, elapsed, audio_ms),
+                Decode::Stopped => {}
+                Decode::Failed(error) => act.fail(error),
+            }
+        }));
+    }
+
+    /// Start decoding a draft, if a Moonshine thread is idle right now.
+    fn start_draft(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
+        let idle = self
+            .env
+            .services
+            .stt
+            .as_ref()
+            .is_some_and(|pool| pool.has_idle_thread());
+        if !idle || self.draft_claimed() || self.queued >= MAX_QUEUED_SEGMENTS {
+            return;
+        }
+        self.drop_draft();
+        let stop = Arc::new(AtomicBool::new(false));
+        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop))) else {
+            return; // A draft is optional: a full pool just means no head start.
+        };
+        self.drafts_started += 1;
+        let id = self.drafts_started;
+        self.queued += 1;
+        ctx.spawn(
+            decode
+                .into_actor(self)
+                .map(move |decode, act, ctx| act.draft_done(id, decode, ctx)),
+        );
+        let mut segment_key = segment;
+        segment_key.samples = Vec::new();
+        self.draft = Some(Draft {
+            id,
+            segment_key,
+            stop,
+            state: DraftState::Running,
+        });
+    }
+
+    fn draft_done(&mut self, id: u64, decode: Decode, ctx: &mut Context<Self>) {
+        self.queued -= 1;
+        let Some(draft) = self.draft.take_if(|d| d.id == id) else {
+            return; // Superseded or dropped: nobody waits for it.
+        };
+        match (decode, draft.state) {
+            (Decode::Text { text, elapsed }, DraftState::Claimed { audio_ms, .. }) => {
+                self.env.services.metrics.stt_drafts_used.inc();
+                self.publish(text, elapsed, audio_ms);
+            }
+            (Decode::Text { text, elapsed }, _) => {
+                let state = DraftState::Done { text, elapsed };
+                self.draft = Some(Draft { state, ..draft });
+            }
+            // The draft did not finish, but its final segment waits: decode that.
+            (_, DraftState::Claimed { segment, .. }) => self.transcribe(segment, ctx),
+            (_, _) => self.env.services.metrics.stt_drafts_dropped.inc(),
+        }
+    }
+
+    /// Forget the current draft (speech resumed, or another segment came): stop it.
+    fn drop_draft(&mut self) {
+        if let Some(draft) = self.draft.take() {
+            draft.stop.store(true, Ordering::Release);
+            self.env.services.metrics.stt_drafts_dropped.inc();
+        }
+    }
 }
 
 impl Actor for SttActor {
@@ -56,66 +277,14 @@ impl Handler<Transcribe> for SttActor {
     type Result = ();
 
     fn handle(&mut self, msg: Transcribe, ctx: &mut Context<Self>) {
-        let Some(pool) = self.env.services.stt.as_ref() else {
+        if self.env.services.stt.is_none() {
             return;
-        };
-        if self.queued >= MAX_QUEUED_SEGMENTS {
-            return self.overloaded("speech recognition is behind; a segment was skipped");
         }
-        let segment = msg.segment;
-        let audio_ms = segment.end_ms;
-        let samples: Vec<f32> = segment.samples.iter().copied().map(i16_to_f32).collect();
-        let token = self.env.cancel.clone();
-        let job = pool.submit(&self.env.cancel, self.link.hold(), move |moonshine| {
-            let started = Instant::now();
-            let text = moonshine.transcribe_with(&samples, &|| token.is_cancelled());
-            (text, started.elapsed())
-        });
-        let answer = match job {
-            Ok(answer) => answer,
-            Err(JobError::Overloaded { .. }) => {
-                return self.overloaded("speech recognition is at capacity; a segment was skipped")
-            }
-            Err(error) => {
-                return self.parent.do_send(ChildEvent::Failed {
-                    role: ChildRole::Stt,
-                    error: error.to_string(),
-                })
-            }
-        };
-        self.queued += 1;
-        ctx.spawn(answer.into_actor(self).map(move |result, act, _| {
-            act.queued -= 1;
-            let metrics = &act.env.services.metrics;
-            match result {
-                Ok(Ok((Ok(Some(text)), elapsed))) => {
-                    metrics.stt_seconds.observe(elapsed.as_secs_f64());
-                    if text.is_empty() {
-                        return;
-                    }
-                    metrics.transcripts.inc();
-                    act.parent.do_send(ChildEvent::Transcript {
-                        text,
-                        audio_ms,
-                        stt_ms: elapsed.as_millis() as u64,
-                    });
-                }
-                // Stopped mid-decode, or skipped: the conversation is ending.
-                Ok(Ok((Ok(None), _))) | Ok(Err(JobError::Cancelled)) => {}
-                Ok(Ok((Err(error), _))) => act.parent.do_send(ChildEvent::Failed {
-                    role: ChildRole::Stt,
-                    error: error.to_string(),
-                }),
-                Ok(Err(error)) => act.parent.do_send(ChildEvent::Failed {
-                    role: ChildRole::Stt,
-                    error: error.to_string(),
-                }),
-                Err(_) => act.parent.do_send(ChildEvent::Failed {
-                    role: ChildRole::Stt,
-                    error: "the STT pool dropped the job".into(),
-                }),
-            }
-        }));
+        if msg.draft {
+            self.start_draft(msg.segment, ctx);
+        } else {
+            self.transcribe_final(msg.segment, ctx);
+        }
     }
 }
 

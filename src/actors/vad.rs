@@ -15,7 +15,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{AudioFrame, ChildEvent, FlushSpeech};
+use super::messages::{AudioFrames, ChildEvent, FlushSpeech};
 use crate::audio::ingest::{Ingest, IngestError, IngestOutput, VadEngine, WebrtcVadConfig};
 use crate::audio::segmenter::SegmenterConfig;
 use crate::config;
@@ -54,6 +54,11 @@ impl VadActor {
             min_silence_ms: config.vad.min_silence_ms,
             pad_ms: config.vad.pad_ms,
             max_segment_ms: MAX_SEGMENT_MS,
+            draft_after_ms: if config.stt.enabled {
+                config.stt.draft_after_ms
+            } else {
+                0
+            },
             // Segments are only kept when a recogniser will read them.
             collect_audio: config.stt.enabled,
         };
@@ -63,7 +68,8 @@ impl VadActor {
                 mode: config.vad.webrtc_mode,
             }),
         };
-        let ingest = Ingest::new(env.params.codec, env.params.sample_rate, engine, segmenter)?;
+        let ingest = Ingest::new(env.params.codec, env.params.sample_rate, engine, segmenter)?
+            .keep_native(config.recorder.enabled);
         Ok(VadActor {
             parent: env.parent.clone(),
             max_pending: MAX_PENDING_FRAMES,
@@ -147,6 +153,9 @@ impl VadActor {
         for event in out.speech.events {
             self.parent.do_send(ChildEvent::Speech { event });
         }
+        for segment in out.speech.drafts {
+            self.parent.do_send(ChildEvent::Draft { segment });
+        }
         for segment in out.speech.segments {
             self.parent.do_send(ChildEvent::Segment { segment });
         }
@@ -164,16 +173,21 @@ impl Actor for VadActor {
     type Context = Context<Self>;
 }
 
-impl Handler<AudioFrame> for VadActor {
+impl Handler<AudioFrames> for VadActor {
     type Result = ();
 
-    fn handle(&mut self, frame: AudioFrame, ctx: &mut Context<Self>) {
-        if self.pending.len() >= self.max_pending {
-            // The DSP pool is behind: shed the oldest audio rather than grow.
-            self.pending.remove(0);
-            self.env.services.metrics.audio_frames_dropped.inc();
+    fn handle(&mut self, audio: AudioFrames, ctx: &mut Context<Self>) {
+        self.pending.extend(audio.frames);
+        let excess = self.pending.len().saturating_sub(self.max_pending);
+        if excess > 0 {
+            // The workers are behind: shed the oldest audio rather than grow.
+            self.pending.drain(..excess);
+            self.env
+                .services
+                .metrics
+                .audio_frames_dropped
+                .inc_by(excess as u64);
         }
-        self.pending.push(frame.data);
         self.dispatch(ctx);
     }
 }

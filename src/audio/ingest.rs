@@ -13,7 +13,7 @@
 use bytes::Bytes;
 
 use super::opus_codec::OpusDecoder;
-use super::pcm::{decode_pcm16, f32_to_i16, i16_to_f32};
+use super::pcm::{decode_pcm16_into, f32_to_i16, i16_to_f32};
 use super::resample::StreamResampler;
 use super::segmenter::{Segmenter, SegmenterConfig, SegmenterOutput};
 use super::MODEL_RATE;
@@ -72,6 +72,8 @@ pub struct Ingest {
     /// The 16 kHz samples of each pending Silero window, for the segmenter.
     window_pcm: Vec<i16>,
     segmenter: Segmenter,
+    /// Copy decoded audio to [`IngestOutput::native`] (only the recorder reads it).
+    keep_native: bool,
     scratch_native: Vec<i16>,
     scratch_f32: Vec<f32>,
     scratch_16k: Vec<f32>,
@@ -129,10 +131,17 @@ impl Ingest {
             vad_buf: Vec::with_capacity(WINDOW_SAMPLES * 2),
             window_pcm: Vec::new(),
             segmenter: Segmenter::new(segmenter),
+            keep_native: false,
             scratch_native: Vec::new(),
             scratch_f32: Vec::new(),
             scratch_16k: Vec::new(),
         })
+    }
+
+    /// Also hand back the decoded audio at the session's rate (for the recorder).
+    pub fn keep_native(mut self, keep: bool) -> Self {
+        self.keep_native = keep;
+        self
     }
 
     /// Decode frames in arrival order and score what can be scored here. A bad frame is
@@ -143,7 +152,9 @@ impl Ingest {
                 out.errors.push(error);
                 continue;
             }
-            out.native.extend_from_slice(&self.scratch_native);
+            if self.keep_native {
+                out.native.extend_from_slice(&self.scratch_native);
+            }
             if let Err(error) = self.resample_to_model_rate() {
                 out.errors.push(error);
                 continue;
@@ -190,11 +201,8 @@ impl Ingest {
     fn decode(&mut self, frame: &Bytes) -> Result<(), IngestError> {
         self.scratch_native.clear();
         match self.codec {
-            AudioCodec::Pcm16 => {
-                self.scratch_native =
-                    decode_pcm16(frame).ok_or(IngestError::OddLengthPcm(frame.len()))?;
-                Ok(())
-            }
+            AudioCodec::Pcm16 => decode_pcm16_into(frame, &mut self.scratch_native)
+                .ok_or(IngestError::OddLengthPcm(frame.len())),
             AudioCodec::Opus => {
                 let opus = self
                     .opus
@@ -268,6 +276,7 @@ mod tests {
             min_silence_ms: 400,
             pad_ms: 200,
             max_segment_ms: 30_000,
+            draft_after_ms: 0,
             collect_audio: false,
         }
     }
@@ -278,7 +287,9 @@ mod tests {
 
     #[test]
     fn silence_gives_no_events_and_bad_frames_are_reported() {
-        let mut ingest = Ingest::new(AudioCodec::Pcm16, 16_000, webrtc(), segmenter()).unwrap();
+        let mut ingest = Ingest::new(AudioCodec::Pcm16, 16_000, webrtc(), segmenter())
+            .unwrap()
+            .keep_native(true);
         let mut out = IngestOutput::default();
         let silence = Bytes::from(vec![0u8; 640]);
         let frames = [silence.clone(), Bytes::from_static(&[1, 2, 3]), silence];

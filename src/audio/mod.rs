@@ -1,6 +1,7 @@
 //! Audio plumbing: PCM framing, Opus, resampling, speech segmentation, WAV files.
 //! Everything here is plain synchronous code that runs on worker threads.
 
+pub mod coalesce;
 pub mod ingest;
 pub mod opus_codec;
 pub mod pcm;

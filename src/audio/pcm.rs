@@ -2,15 +2,24 @@
 
 /// Decode little-endian 16-bit samples; `None` when the byte count is odd.
 pub fn decode_pcm16(bytes: &[u8]) -> Option<Vec<i16>> {
+    let mut samples = Vec::with_capacity(bytes.len() / 2);
+    decode_pcm16_into(bytes, &mut samples)?;
+    Some(samples)
+}
+
+/// Decode into `out` (replacing its contents, reusing its capacity); `None` when the
+/// byte count is odd.
+pub fn decode_pcm16_into(bytes: &[u8], out: &mut Vec<i16>) -> Option<()> {
     if bytes.len() % 2 != 0 {
         return None;
     }
-    Some(
+    out.clear();
+    out.extend(
         bytes
             .chunks_exact(2)
-            .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
-            .collect(),
-    )
+            .map(|pair| i16::from_le_bytes([pair[0], pair[1]])),
+    );
+    Some(())
 }
 
 /// Encode samples as little-endian bytes.

@@ -5,6 +5,13 @@
 //! `end_threshold` for `min_silence_ms`) stops flapping; `pad_ms` of audio is kept on
 //! each side of a segment so the recogniser hears whole words. Segments longer than
 //! `max_segment_ms` are cut so no segment grows without bound.
+//!
+//! Drafts: `draft_after_ms` into a pause, long before `min_silence_ms` confirms the end,
+//! the segment as it would end now is handed out as a draft (its trailing pad not yet
+//! heard, so filled with silence). The recogniser can start on it at once; when the
+//! final segment arrives with the same start and the same last voiced sample, the
+//! draft's transcript is the final's, and most of the decode has already happened
+//! during the pause.
 
 use std::collections::VecDeque;
 
@@ -18,6 +25,8 @@ pub struct SegmenterConfig {
     pub min_silence_ms: u32,
     pub pad_ms: u32,
     pub max_segment_ms: u32,
+    /// Silence after which a draft of the segment is handed out; 0: no drafts.
+    pub draft_after_ms: u32,
     /// Keep segment audio (only needed when a recogniser listens).
     pub collect_audio: bool,
 }
@@ -34,13 +43,24 @@ pub enum SpeechEvent {
 pub struct SpeechSegment {
     pub start_ms: u64,
     pub end_ms: u64,
+    /// End of the last voiced frame: with `start_ms`, what a draft and its final share.
+    pub voiced_end_ms: u64,
     pub samples: Vec<i16>,
+}
+
+impl SpeechSegment {
+    /// Whether `final_segment` is the segment this draft anticipated.
+    pub fn anticipates(&self, final_segment: &SpeechSegment) -> bool {
+        (self.start_ms, self.voiced_end_ms) == (final_segment.start_ms, final_segment.voiced_end_ms)
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct SegmenterOutput {
     pub events: Vec<SpeechEvent>,
     pub segments: Vec<SpeechSegment>,
+    /// Segments as they would end if the current pause lasts (see the module doc).
+    pub drafts: Vec<SpeechSegment>,
 }
 
 pub struct Segmenter {
@@ -132,11 +152,16 @@ impl Segmenter {
         if self.config.collect_audio {
             self.segment.extend_from_slice(frame);
         }
+        let before = self.run;
         if score >= self.config.end_threshold {
             self.run = 0;
             self.last_voiced_end = self.clock;
         } else {
             self.run += frame.len() as u64;
+        }
+        let draft_at = ms_to_samples(self.config.draft_after_ms);
+        if self.config.draft_after_ms > 0 && before < draft_at && self.run >= draft_at {
+            out.drafts.extend(self.draft());
         }
         if self.run >= ms_to_samples(self.config.min_silence_ms) {
             self.finish_segment(out);
@@ -156,6 +181,25 @@ impl Segmenter {
         }
         self.preroll.clear();
         self.run = 0;
+    }
+
+    /// The current segment as `finish_segment` would cut it once the pause is long
+    /// enough, with the pad not yet heard filled with silence.
+    fn draft(&self) -> Option<SpeechSegment> {
+        if !self.config.collect_audio {
+            return None;
+        }
+        let end = self.last_voiced_end + ms_to_samples(self.config.pad_ms);
+        let len = end.saturating_sub(self.segment_start) as usize;
+        let mut samples = Vec::with_capacity(len);
+        samples.extend_from_slice(&self.segment[..len.min(self.segment.len())]);
+        samples.resize(len, 0);
+        Some(SpeechSegment {
+            start_ms: samples_to_ms(self.segment_start),
+            end_ms: samples_to_ms(end),
+            voiced_end_ms: samples_to_ms(self.last_voiced_end),
+            samples,
+        })
     }
 
     fn finish_segment(&mut self, out: &mut SegmenterOutput) {
@@ -178,6 +222,7 @@ impl Segmenter {
         Some(SpeechSegment {
             start_ms: samples_to_ms(self.segment_start),
             end_ms: samples_to_ms(end),
+            voiced_end_ms: samples_to_ms(self.last_voiced_end.min(end)),
             samples,
         })
     }
@@ -195,6 +240,7 @@ mod tests {
             min_silence_ms: 200,
             pad_ms: 100,
             max_segment_ms: 30_000,
+            draft_after_ms: 0,
             collect_audio: true,
         }
     }
@@ -254,5 +300,48 @@ mod tests {
             .segments
             .iter()
             .all(|s| s.samples.len() <= 16_000 + 1600));
+    }
+
+    #[test]
+    fn a_draft_anticipates_the_final_segment_of_an_unbroken_pause() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            draft_after_ms: 60,
+            ..config()
+        });
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 1000, 0.0, &mut out);
+        feed(&mut seg, 800, 1.0, &mut out);
+        feed(&mut seg, 100, 0.0, &mut out);
+        assert_eq!(
+            out.drafts.len(),
+            1,
+            "one draft once the pause reaches 60 ms"
+        );
+        assert!(
+            out.segments.is_empty(),
+            "the pause is not yet min_silence_ms"
+        );
+        feed(&mut seg, 400, 0.0, &mut out);
+        let (draft, last) = (&out.drafts[0], &out.segments[0]);
+        assert!(draft.anticipates(last));
+        assert_eq!((draft.start_ms, draft.end_ms), (last.start_ms, last.end_ms));
+        assert_eq!(draft.samples.len(), last.samples.len());
+    }
+
+    #[test]
+    fn speech_after_a_draft_makes_the_draft_stale() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            draft_after_ms: 60,
+            ..config()
+        });
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 1000, 0.0, &mut out);
+        feed(&mut seg, 400, 1.0, &mut out);
+        feed(&mut seg, 100, 0.0, &mut out);
+        feed(&mut seg, 400, 1.0, &mut out);
+        feed(&mut seg, 500, 0.0, &mut out);
+        assert_eq!(out.drafts.len(), 2, "a draft at each pause");
+        assert!(!out.drafts[0].anticipates(&out.segments[0]));
+        assert!(out.drafts[1].anticipates(&out.segments[0]));
     }
 }

@@ -1,7 +1,9 @@
 //! Dedicated worker threads for everything that must not run on an actix arbiter:
-//! Opus decoding, resampling and VAD batches, file I/O, and (later) model inference.
+//! Opus decoding, resampling and VAD batches, file I/O, and model inference. Every
+//! worker thread flushes subnormal floats to zero (see `denormals`).
 
 pub mod cancel;
+mod denormals;
 pub mod pool;
 pub mod silero_batcher;
 

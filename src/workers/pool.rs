@@ -11,6 +11,7 @@
 //! queue and joins every thread: no thread outlives its pool.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +19,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use super::cancel::CancelToken;
+use super::denormals::flush_denormals;
 use crate::metrics::{GaugeGuard, Metrics};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +46,8 @@ pub struct WorkerPool<S: 'static = ()> {
     queue: Option<SyncSender<Task<S>>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    /// Jobs queued or running.
+    pending: Arc<AtomicUsize>,
 }
 
 impl WorkerPool<()> {
@@ -82,6 +86,7 @@ impl<S: 'static> WorkerPool<S> {
                     .name(format!("hearken-{name}-{i}"))
                     .spawn(move || match init() {
                         Ok(mut state) => {
+                            flush_denormals();
                             on_ready(Ok(()));
                             run_worker(&jobs, &mut state);
                         }
@@ -97,6 +102,7 @@ impl<S: 'static> WorkerPool<S> {
             queue: Some(queue),
             threads,
             metrics,
+            pending: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -124,6 +130,7 @@ impl<S: 'static> WorkerPool<S> {
         let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
         let metrics = Arc::clone(&self.metrics);
         let token = token.clone();
+        let pending = PendingGuard::new(&self.pending);
         let task: Task<S> = Box::new(move |state: &mut S| {
             let outcome = if token.is_cancelled() || reply.is_closed() {
                 metrics.jobs_skipped.inc();
@@ -137,6 +144,7 @@ impl<S: 'static> WorkerPool<S> {
                 })
             };
             let _ = reply.send(outcome);
+            drop(pending);
             drop(inflight);
             drop(hold);
         });
@@ -152,6 +160,27 @@ impl<S: 'static> WorkerPool<S> {
 
     pub fn threads(&self) -> usize {
         self.threads.len()
+    }
+
+    /// Whether a thread is free: optional work (speculation) only goes to an idle pool.
+    pub fn has_idle_thread(&self) -> bool {
+        self.pending.load(Ordering::Acquire) < self.threads.len()
+    }
+}
+
+/// Counts one job as pending from submission until it is answered or dropped unrun.
+struct PendingGuard(Arc<AtomicUsize>);
+
+impl PendingGuard {
+    fn new(pending: &Arc<AtomicUsize>) -> Self {
+        pending.fetch_add(1, Ordering::AcqRel);
+        PendingGuard(Arc::clone(pending))
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,25 +1,28 @@
 //! The Silero VAD batcher: scores the audio of many conversations in one model call.
 //!
 //! Each job carries one conversation's [`Ingest`] state and the frames that arrived
-//! since its last job. A batcher thread takes every job waiting in the queue (up to
-//! `max_batch`), decodes each, then runs Silero in rounds: round `r` scores the `r`-th
-//! pending window of every job that has one, all in a single `[batch, 576]` call with
-//! the recurrent states stacked `[2, batch, 128]`. Under load, more conversations wait
-//! in the queue, batches grow, and the cost per window falls (about 115 µs alone,
-//! 65 µs at batch 32 on the reference machine). Jobs of ended conversations are dropped
-//! unrun; a panic in one conversation's decoding fails only that job.
+//! since its last job. A batcher thread batches continuously: it holds up to
+//! `max_batch` conversations, and each round scores the next pending window of every
+//! one of them in a single `[batch, 576]` call with the recurrent states stacked
+//! `[2, batch, 128]`. A conversation whose windows are all scored is answered at once;
+//! jobs that arrived meanwhile join the next round, so a conversation with a backlog
+//! rides along with the others instead of running rounds of its own. Under load more
+//! conversations are held, batches grow, and the cost per window falls (about 115 µs
+//! alone, 60 µs at batch 32 on the reference machine). Jobs of ended conversations are
+//! dropped unrun; a panic in one conversation's decoding fails only that job.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use super::cancel::CancelToken;
+use super::denormals::flush_denormals;
 use super::pool::{panic_message, JobError};
 use crate::audio::ingest::{Ingest, IngestOutput};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -56,7 +59,7 @@ impl VadJob {
 
 /// Dropping it closes the queue and joins every thread.
 pub struct SileroBatcher {
-    queue: Option<SyncSender<VadJob>>,
+    queue: Option<Sender<VadJob>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
 }
@@ -70,22 +73,19 @@ impl SileroBatcher {
         metrics: Arc<Metrics>,
         on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let (queue, jobs) = sync_channel::<VadJob>(queue_depth);
-        let jobs = Arc::new(Mutex::new(jobs));
+        let (queue, jobs) = bounded::<VadJob>(queue_depth);
         let on_ready = Arc::new(on_ready);
         let threads = (0..threads)
             .map(|i| {
-                let (jobs, on_ready, model) =
-                    (Arc::clone(&jobs), Arc::clone(&on_ready), model.clone());
+                let (jobs, on_ready, model) = (jobs.clone(), Arc::clone(&on_ready), model.clone());
                 let metrics = Arc::clone(&metrics);
                 std::thread::Builder::new()
                     .name(format!("hearken-silero-{i}"))
                     .spawn(move || match SileroVad::load(&model) {
                         Ok(mut vad) => {
+                            flush_denormals();
                             on_ready(Ok(()));
-                            while let Some(batch) = next_batch(&jobs, max_batch) {
-                                run_batch(&mut vad, batch, &metrics);
-                            }
+                            run_worker(&mut vad, &jobs, max_batch, &metrics);
                         }
                         Err(error) => {
                             tracing::error!(%error, "Silero worker could not load its model");
@@ -142,103 +142,117 @@ impl Drop for SileroBatcher {
     }
 }
 
-/// Block for one job, then take whatever else is already waiting.
-fn next_batch(jobs: &Mutex<Receiver<VadJob>>, max_batch: usize) -> Option<Vec<VadJob>> {
-    let queue = match jobs.lock() {
-        Ok(queue) => queue,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let mut batch = vec![queue.recv().ok()?];
-    while batch.len() < max_batch {
-        match queue.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-        }
-    }
-    Some(batch)
-}
-
-/// A job that survived decoding, with its output and the scores of its windows.
+/// A job whose frames are decoded, with the scores of the windows run so far.
 struct Live {
     job: VadJob,
     out: IngestOutput,
     scores: Vec<f32>,
-    failed: Option<String>,
 }
 
-fn run_batch(vad: &mut SileroVad, batch: Vec<VadJob>, metrics: &Metrics) {
-    let mut live = Vec::with_capacity(batch.len());
-    for mut job in batch {
-        if job.token.is_cancelled() || job.reply.is_closed() {
-            metrics.jobs_skipped.inc();
-            job.answer(|_| Err(JobError::Cancelled));
-            continue;
-        }
-        let mut out = IngestOutput::default();
-        let decoded = catch_unwind(AssertUnwindSafe(|| {
-            job.ingest.process(&job.frames, &mut out)
-        }));
-        match decoded {
-            Ok(()) => live.push(Live {
-                job,
-                out,
-                scores: Vec::new(),
-                failed: None,
-            }),
-            Err(panic) => {
-                let message = panic_message(panic.as_ref());
-                job.answer(|_| Err(JobError::Panicked(message)));
-            }
-        }
+impl Live {
+    fn windows_left(&self) -> bool {
+        self.scores.len() < self.job.ingest.pending_windows()
     }
 
-    let rounds = live
-        .iter()
-        .map(|l| l.job.ingest.pending_windows())
-        .max()
-        .unwrap_or(0);
-    for round in 0..rounds {
-        let mut members = Vec::new();
-        let mut windows = Vec::new();
-        for (index, entry) in live.iter_mut().enumerate() {
-            if entry.failed.is_some() {
-                continue;
-            }
-            let (Some(state), pending) = entry.job.ingest.silero_work() else {
-                continue;
-            };
-            if let Some(window) = pending.get(round) {
-                members.push(index);
-                windows.push(SileroJob::new(state, window));
-            }
-        }
-        metrics.vad_batch_windows.observe(windows.len() as f64);
-        let outcome = vad.infer_batch(&mut windows);
-        let probabilities: Vec<f32> = windows.iter().map(|w| w.probability).collect();
-        drop(windows);
-        for (slot, index) in members.into_iter().enumerate() {
-            match &outcome {
-                Ok(()) => live[index].scores.push(probabilities[slot]),
-                Err(error) => live[index].failed = Some(error.to_string()),
-            }
-        }
-    }
-
-    for entry in live {
+    /// Hand the state back with every score, or the error that stopped it.
+    fn finish(self, failed: Option<String>) {
         let Live {
             mut job,
             mut out,
             scores,
-            failed,
-        } = entry;
+        } = self;
         if let Some(error) = failed {
-            job.answer(|_| Err(JobError::Model(error)));
-            continue;
+            return job.answer(|_| Err(JobError::Model(error)));
         }
         job.ingest.apply_silero(&scores, &mut out);
         if job.flush {
             job.ingest.flush(&mut out);
         }
         job.answer(|ingest| Ok((ingest, out)));
+    }
+}
+
+/// One batcher thread: continuous batching. Every round scores the next window of
+/// every conversation it holds, in one model call; conversations whose windows are
+/// done are answered, and jobs that arrived meanwhile join the next round. A backlog
+/// in one conversation therefore never runs in rounds of its own.
+fn run_worker(vad: &mut SileroVad, jobs: &Receiver<VadJob>, max_batch: usize, metrics: &Metrics) {
+    let mut live: Vec<Live> = Vec::with_capacity(max_batch);
+    loop {
+        if live.is_empty() {
+            let Ok(job) = jobs.recv() else { return };
+            admit(job, &mut live, metrics);
+        }
+        while live.len() < max_batch {
+            let Ok(job) = jobs.try_recv() else { break };
+            admit(job, &mut live, metrics);
+        }
+        if !live.is_empty() {
+            run_round(vad, &mut live, metrics);
+        }
+    }
+}
+
+/// Decode a job's frames; a job with no window to score is answered at once.
+fn admit(mut job: VadJob, live: &mut Vec<Live>, metrics: &Metrics) {
+    if job.token.is_cancelled() || job.reply.is_closed() {
+        metrics.jobs_skipped.inc();
+        return job.answer(|_| Err(JobError::Cancelled));
+    }
+    let mut out = IngestOutput::default();
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        job.ingest.process(&job.frames, &mut out)
+    }));
+    if let Err(panic) = decoded {
+        let message = panic_message(panic.as_ref());
+        return job.answer(|_| Err(JobError::Panicked(message)));
+    }
+    let entry = Live {
+        scores: Vec::with_capacity(job.ingest.pending_windows()),
+        job,
+        out,
+    };
+    if entry.windows_left() {
+        live.push(entry);
+    } else {
+        entry.finish(None);
+    }
+}
+
+/// Score the next window of every held conversation in one call, then answer those
+/// that are done (a failed call fails every conversation in it).
+fn run_round(vad: &mut SileroVad, live: &mut Vec<Live>, metrics: &Metrics) {
+    let outcome = {
+        let mut windows: Vec<SileroJob<'_>> = live
+            .iter_mut()
+            .filter_map(|entry| {
+                let next = entry.scores.len();
+                let (state, pending) = entry.job.ingest.silero_work();
+                Some(SileroJob::new(state?, pending.get(next)?))
+            })
+            .collect();
+        metrics.vad_batch_windows.observe(windows.len() as f64);
+        vad.infer_batch(&mut windows)
+            .map(|()| windows.iter().map(|w| w.probability).collect::<Vec<_>>())
+    };
+    match outcome {
+        Ok(probabilities) => {
+            for (entry, probability) in live.iter_mut().zip(probabilities) {
+                entry.scores.push(probability);
+            }
+            let mut index = 0;
+            while index < live.len() {
+                if live[index].windows_left() {
+                    index += 1;
+                } else {
+                    live.swap_remove(index).finish(None);
+                }
+            }
+        }
+        Err(error) => {
+            for entry in live.drain(..) {
+                entry.finish(Some(error.to_string()));
+            }
+        }
     }
 }

@@ -6,17 +6,17 @@ use actix::prelude::*;
 
 use super::ConversationActor;
 use crate::actors::messages::{
-    AudioFrame, ChildEvent, ClientCommand, FlushSpeech, Outbound, Record, Respond, SpeakDelta,
+    AudioFrames, ChildEvent, ClientCommand, FlushSpeech, Outbound, Record, Respond, SpeakDelta,
     SpeakEnd, Transcribe,
 };
 use crate::audio::segmenter::SpeechEvent;
 use crate::protocol::native::ClientEvent;
 use crate::protocol::ServerEvent;
 
-impl Handler<AudioFrame> for ConversationActor {
+impl Handler<AudioFrames> for ConversationActor {
     type Result = ();
 
-    fn handle(&mut self, frame: AudioFrame, ctx: &mut Context<Self>) {
+    fn handle(&mut self, frame: AudioFrames, ctx: &mut Context<Self>) {
         let Some(vad) = self.children.vad.as_ref() else {
             return;
         };
@@ -67,9 +67,19 @@ impl Handler<ChildEvent> for ConversationActor {
             }),
             ChildEvent::Segment { segment } => {
                 if let Some(stt) = self.children.stt.as_ref() {
-                    if stt.try_send(Transcribe { segment }).is_err() {
+                    let draft = false;
+                    if stt.try_send(Transcribe { segment, draft }).is_err() {
                         self.report_overload();
                     }
+                }
+            }
+            ChildEvent::Draft { segment } => {
+                if let Some(stt) = self.children.stt.as_ref() {
+                    // Optional work: a full mailbox just means no head start.
+                    let _ = stt.try_send(Transcribe {
+                        segment,
+                        draft: true,
+                    });
                 }
             }
             ChildEvent::Decoded { samples } => {
