@@ -160,6 +160,9 @@ pub struct SttConfig {
     pub enabled: bool,
     /// Threads running Moonshine (each owns its encoder and decoder sessions).
     pub threads: usize,
+    /// ONNX Runtime threads inside one Moonshine decode: more gives one conversation
+    /// its transcript sooner; `threads` spreads many conversations instead.
+    pub intra_threads: usize,
     /// Pause (ms) after which a draft of the segment is transcribed speculatively, so the
     /// transcript is mostly done when `vad.min_silence_ms` confirms the end; 0: off.
     pub draft_after_ms: u32,
@@ -170,6 +173,7 @@ impl Default for SttConfig {
         SttConfig {
             enabled: true,
             threads: 1,
+            intra_threads: 1,
             draft_after_ms: 100,
         }
     }
@@ -371,6 +375,9 @@ impl Config {
         }
         if self.session.max_frame_bytes < 320 {
             return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
+        }
+        if self.stt.intra_threads == 0 {
+            return invalid("stt.intra_threads", "must be at least 1");
         }
         if self.stt.draft_after_ms >= self.vad.min_silence_ms {
             return invalid(

@@ -130,8 +130,10 @@ impl Services {
             let threads = config.stt.threads;
             readiness.expect_loads(threads);
             let ready = Arc::clone(&readiness);
-            let init: StateInit<Moonshine> =
-                Arc::new(move || Moonshine::load(&moonshine_dir).map_err(|e| e.to_string()));
+            let intra = config.stt.intra_threads;
+            let init: StateInit<Moonshine> = Arc::new(move || {
+                Moonshine::load_with_threads(&moonshine_dir, intra).map_err(|e| e.to_string())
+            });
             Some(WorkerPool::with_state(
                 "stt",
                 threads,

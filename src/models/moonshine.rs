@@ -84,8 +84,14 @@ impl Moonshine {
     /// `tokenizer.bin` from `dir`, each session with one intra-op thread.
     /// [`init_runtime`](super::init_runtime) must have run.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let encoder = load_session(ENCODER, &dir.join(ENCODER_FILE), 1)?;
-        let decoder = load_session(DECODER, &dir.join(DECODER_FILE), 1)?;
+        Self::load_with_threads(dir, 1)
+    }
+
+    /// Like [`load`](Self::load), with `intra_threads` threads per operator: fewer
+    /// seconds per transcript for one conversation, at the cost of cores for others.
+    pub fn load_with_threads(dir: &Path, intra_threads: usize) -> Result<Self, ModelError> {
+        let encoder = load_session(ENCODER, &dir.join(ENCODER_FILE), intra_threads)?;
+        let decoder = load_session(DECODER, &dir.join(DECODER_FILE), intra_threads)?;
         let tokenizer = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
 
         let mut slots = Vec::new();
@@ -162,7 +168,9 @@ impl Moonshine {
         if samples.len() < MIN_PIECE_SAMPLES {
             return Ok(Some(Vec::new()));
         }
+        let started = std::time::Instant::now();
         let hidden = self.encode(samples)?;
+        let encoded = started.elapsed();
         let seconds = samples.len() as f64 / SAMPLE_RATE as f64;
         let max_tokens = (seconds * MAX_TOKENS_PER_SECOND).ceil() as usize;
 
@@ -231,6 +239,13 @@ impl Moonshine {
                 }
             }
         }
+        tracing::debug!(
+            audio_ms = (samples.len() * 1000 / SAMPLE_RATE) as u64,
+            encoder_ms = encoded.as_millis() as u64,
+            decoder_ms = (started.elapsed() - encoded).as_millis() as u64,
+            tokens = tokens.len(),
+            "moonshine piece decoded"
+        );
         Ok(Some(tokens))
     }
 

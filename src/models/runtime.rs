@@ -92,10 +92,16 @@ pub(crate) fn load_session(
 
 /// The builder chain, in a function of its own so that `?` turns
 /// `ort::Error<SessionBuilder>` (not `Send`) into the plain `ort::Error`.
+///
+/// With more than one intra-op thread, ORT's pool threads would spin between
+/// operators; on a small machine that burns the cores the other models need, so they
+/// sleep instead, and flush subnormals to zero like the workers (`workers::denormals`).
 fn build_session(environment: &Environment, path: &Path, intra: usize) -> ort::Result<Session> {
     Session::builder(environment)?
         .with_intra_threads(intra)?
         .with_inter_threads(1)?
+        .with_intra_op_spinning(false)?
+        .with_flush_to_zero()?
         .commit_from_file(path)
 }
 
