@@ -6,6 +6,8 @@
 //!   with its own advancing [`SileroState`]. Throughput is per window, so criterion's
 //!   elements/s shows directly how much batching across conversations buys; a stream
 //!   needs 31.25 windows/s.
+//! - `moonshine/fox_16k_guided_*`: the same, guided by earlier tokens (see
+//!   [`Moonshine::transcribe_guided`]).
 //! - `moonshine/fox_16k`: [`Moonshine::transcribe`] of the whole `fox_16k.wav`
 //!   (5.44 s, one sentence with 1 s of silence either side). Besides criterion's
 //!   figures the bench prints the real-time factor, median time / clip length, from
@@ -107,6 +109,35 @@ fn moonshine(c: &mut Criterion, fox: &[f32]) {
             total
         })
     });
+    // Guided decoding (`Moonshine::transcribe_guided`): by the clip's own tokens (a
+    // draft that was right), and by the tokens of its first two thirds padded with
+    // 300 ms of silence (a partial taken while the speaker was still talking).
+    let never = || false;
+    let tokens_of = |model: &mut Moonshine, samples: &[f32]| {
+        model
+            .transcribe_guided(samples, &[], &never)
+            .expect("transcription")
+            .map(|t| t.tokens)
+            .unwrap_or_default()
+    };
+    let own = tokens_of(&mut model, fox);
+    let mut partial = fox[..fox.len() * 2 / 3].to_vec();
+    partial.resize(partial.len() + SAMPLE_RATE as usize * 3 / 10, 0.0);
+    let early = tokens_of(&mut model, &partial);
+    for (name, guess) in [
+        ("fox_16k_guided_by_itself", &own),
+        ("fox_16k_guided_by_two_thirds", &early),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(
+                    model
+                        .transcribe_guided(black_box(fox), guess, &never)
+                        .expect("transcription"),
+                )
+            })
+        });
+    }
     group.finish();
 
     if runs.len() > 1 {

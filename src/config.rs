@@ -166,6 +166,9 @@ pub struct SttConfig {
     /// Pause (ms) after which a draft of the segment is transcribed speculatively, so the
     /// transcript is mostly done when `vad.min_silence_ms` confirms the end; 0: off.
     pub draft_after_ms: u32,
+    /// While speech goes on, the segment so far is transcribed this often (when a
+    /// Moonshine thread is idle) to guide the final decode; 0: off.
+    pub partial_every_ms: u32,
 }
 
 impl Default for SttConfig {
@@ -175,6 +178,7 @@ impl Default for SttConfig {
             threads: 1,
             intra_threads: 1,
             draft_after_ms: 100,
+            partial_every_ms: 500,
         }
     }
 }

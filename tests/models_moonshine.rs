@@ -138,3 +138,29 @@ fn wer_counts_edits_and_ignores_case_and_punctuation() {
     assert_eq!(common::wer("a b", "a b c d"), 1.0);
     assert_eq!(common::wer("", ""), 0.0);
 }
+
+/// Guided decoding returns the greedy transcript whatever the guess: the
+/// transcript's own tokens, a wrong guess, and the tokens of the first half.
+#[test]
+fn a_guess_never_changes_the_transcript() {
+    let mut stt = moonshine();
+    let samples = common::read_wav_16k("fox_16k.wav");
+    let never = || false;
+    let plain = stt
+        .transcribe_guided(&samples, &[], &never)
+        .expect("transcribe")
+        .expect("not stopped");
+    assert!(!plain.tokens.is_empty());
+    let half = stt
+        .transcribe_guided(&samples[..samples.len() / 2], &[], &never)
+        .expect("transcribe")
+        .expect("not stopped");
+    let wrong: Vec<i64> = plain.tokens.iter().map(|t| t + 7).collect();
+    for guess in [&plain.tokens, &wrong, &half.tokens] {
+        let guided = stt
+            .transcribe_guided(&samples, guess, &never)
+            .expect("transcribe")
+            .expect("not stopped");
+        assert_eq!(guided.text, plain.text, "guess {guess:?}");
+    }
+}

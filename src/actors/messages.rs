@@ -61,12 +61,23 @@ pub struct InjectFailure {
 #[rtype(result = "()")]
 pub struct FlushSpeech;
 
-/// A speech segment for the recogniser: final, or a draft it may start on early.
+/// A speech segment for the recogniser.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Transcribe {
     pub segment: SpeechSegment,
-    pub draft: bool,
+    pub kind: SegmentKind,
+}
+
+/// What a segment handed to the recogniser is (see `audio::segmenter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentKind {
+    /// Cut by the VAD: transcribe it.
+    Final,
+    /// The segment as it would end if the current pause lasts: optional head start.
+    Draft,
+    /// The segment so far, speech still going on: optional guidance for later decodes.
+    Partial,
 }
 
 /// Answer what the user said.
@@ -115,10 +126,11 @@ pub struct Record {
 pub enum ChildEvent {
     /// Speech started or stopped.
     Speech { event: SpeechEvent },
-    /// A finished speech segment.
-    Segment { segment: SpeechSegment },
-    /// The current segment as it would end if the pause lasts (speculative).
-    Draft { segment: SpeechSegment },
+    /// A speech segment: final, or speculative (see [`SegmentKind`]).
+    Segment {
+        segment: SpeechSegment,
+        kind: SegmentKind,
+    },
     /// Decoded input audio.
     Decoded { samples: Arc<[i16]> },
     /// A final transcript of one speech segment; `audio_ms` is where the segment ended.

@@ -12,6 +12,12 @@
 //! published as soon as it is ready; if speech resumed instead, the draft is stopped
 //! mid-decode and forgotten. Drafts never queue behind other work, so under load they
 //! cost nothing.
+//!
+//! Partials guide: while speech goes on, the segment so far is decoded now and then
+//! (again only on an idle thread). Every decode of a segment leaves its tokens as the
+//! guess for the next decode of the same segment, which Moonshine checks in one call
+//! instead of producing token by token (`Moonshine::transcribe_guided`), so the draft
+//! that matters, the one at the final pause, mostly just confirms what is known.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +27,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{ChildEvent, Transcribe};
+use super::messages::{ChildEvent, SegmentKind, Transcribe};
 use crate::audio::pcm::i16_to_f32;
 use crate::audio::segmenter::SpeechSegment;
 use crate::metrics::{ActorKind, GaugeGuard};
@@ -35,6 +41,7 @@ const MAX_QUEUED_SEGMENTS: usize = 4;
 enum Decode {
     Text {
         text: String,
+        tokens: Vec<i64>,
         elapsed: Duration,
     },
     /// Stopped or skipped: the conversation is ending, or the draft went stale.
@@ -69,6 +76,10 @@ pub struct SttActor {
     queued: usize,
     draft: Option<Draft>,
     drafts_started: u64,
+    /// The stop flag of the partial decode running, if any.
+    partial: Option<Arc<AtomicBool>>,
+    /// Tokens of the latest decode, with the start of the segment they belong to.
+    guess: Option<(u64, Vec<i64>)>,
     link: ChildLink,
     _live: GaugeGuard,
 }
@@ -80,6 +91,8 @@ impl SttActor {
             queued: 0,
             draft: None,
             drafts_started: 0,
+            partial: None,
+            guess: None,
             _live: env.services.metrics.actor_guard(ActorKind::Stt),
             env,
             link,
@@ -106,7 +119,7 @@ impl SttActor {
         &self,
         segment: &SpeechSegment,
         stop: Option<Arc<AtomicBool>>,
-    ) -> Result<impl Future<Output = Decode> + 'static, JobError> {
+    ) -> Result<impl Future<Output = (u64, Decode)> + 'static, JobError> {
         let pool = self
             .env
             .services
@@ -114,23 +127,40 @@ impl SttActor {
             .as_ref()
             .ok_or(JobError::PoolClosed { pool: "stt" })?;
         let samples: Vec<f32> = segment.samples.iter().copied().map(i16_to_f32).collect();
+        let guess = match &self.guess {
+            Some((start_ms, tokens)) if *start_ms == segment.start_ms => tokens.clone(),
+            _ => Vec::new(),
+        };
         let token = self.env.cancel.clone();
         let answer = pool.submit(&self.env.cancel, self.link.hold(), move |moonshine| {
             let started = Instant::now();
             let stopped =
                 || token.is_cancelled() || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
-            let text = moonshine.transcribe_with(&samples, &stopped);
-            (text, started.elapsed())
+            let transcription = moonshine.transcribe_guided(&samples, &guess, &stopped);
+            (transcription, started.elapsed())
         })?;
+        let start_ms = segment.start_ms;
         Ok(async move {
-            match answer.await {
-                Ok(Ok((Ok(Some(text)), elapsed))) => Decode::Text { text, elapsed },
+            let decode = match answer.await {
+                Ok(Ok((Ok(Some(t)), elapsed))) => Decode::Text {
+                    text: t.text,
+                    tokens: t.tokens,
+                    elapsed,
+                },
                 Ok(Ok((Ok(None), _))) | Ok(Err(JobError::Cancelled)) => Decode::Stopped,
                 Ok(Ok((Err(error), _))) => Decode::Failed(error.to_string()),
                 Ok(Err(error)) => Decode::Failed(error.to_string()),
                 Err(_) => Decode::Failed("the STT pool dropped the job".into()),
-            }
+            };
+            (start_ms, decode)
         })
+    }
+
+    /// Keep a decode's tokens as the guess for the next decode of its segment.
+    fn remember(&mut self, start_ms: u64, decode: &Decode) {
+        if let Decode::Text { tokens, .. } = decode {
+            self.guess = Some((start_ms, tokens.clone()));
+        }
     }
 
     fn publish(&self, text: String, elapsed: Duration, audio_ms: u64) {
@@ -159,6 +189,7 @@ impl SttActor {
                 DraftState::Done { text, elapsed } => {
                     self.env.services.metrics.stt_drafts_used.inc();
                     self.publish(text, elapsed, audio_ms);
+                    self.guess = None;
                 }
                 _ => {
                     let state = DraftState::Claimed { audio_ms, segment };
@@ -196,26 +227,33 @@ impl SttActor {
             Err(error) => return self.fail(error.to_string()),
         };
         self.queued += 1;
-        ctx.spawn(decode.into_actor(self).map(move |decode, act, _| {
+        ctx.spawn(decode.into_actor(self).map(move |(_, decode), act, _| {
             act.queued -= 1;
             match decode {
-                Decode::Text { text, elapsed } => act.publish(text, elapsed, audio_ms),
+                Decode::Text { text, elapsed, .. } => act.publish(text, elapsed, audio_ms),
                 Decode::Stopped => {}
                 Decode::Failed(error) => act.fail(error),
             }
         }));
     }
 
-    /// Start decoding a draft, if a Moonshine thread is idle right now.
-    fn start_draft(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
-        let idle = self
-            .env
+    fn pool_idle(&self) -> bool {
+        self.env
             .services
             .stt
             .as_ref()
-            .is_some_and(|pool| pool.has_idle_thread());
+            .is_some_and(|pool| pool.has_idle_thread())
+    }
+
+    /// Start decoding a draft, if a Moonshine thread is idle right now (or only busy
+    /// with this conversation's partial, which the draft replaces).
+    fn start_draft(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
+        let idle = self.pool_idle() || self.partial.is_some();
         if !idle || self.draft_claimed() || self.queued >= MAX_QUEUED_SEGMENTS {
             return;
+        }
+        if let Some(partial) = self.partial.take() {
+            partial.store(true, Ordering::Release);
         }
         self.drop_draft();
         let stop = Arc::new(AtomicBool::new(false));
@@ -240,17 +278,44 @@ impl SttActor {
         });
     }
 
-    fn draft_done(&mut self, id: u64, decode: Decode, ctx: &mut Context<Self>) {
+    /// Decode the segment so far to guide later decodes, if the pool is idle and
+    /// nothing of this conversation is being decoded.
+    fn start_partial(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
+        if !self.pool_idle() || self.queued > 0 {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop))) else {
+            return;
+        };
+        self.queued += 1;
+        self.partial = Some(Arc::clone(&stop));
+        ctx.spawn(
+            decode
+                .into_actor(self)
+                .map(move |(start_ms, decode), act, _| {
+                    act.queued -= 1;
+                    if act.partial.as_ref().is_some_and(|s| Arc::ptr_eq(s, &stop)) {
+                        act.partial = None;
+                    }
+                    act.remember(start_ms, &decode);
+                }),
+        );
+    }
+
+    fn draft_done(&mut self, id: u64, (start_ms, decode): (u64, Decode), ctx: &mut Context<Self>) {
         self.queued -= 1;
+        self.remember(start_ms, &decode);
         let Some(draft) = self.draft.take_if(|d| d.id == id) else {
             return; // Superseded or dropped: nobody waits for it.
         };
         match (decode, draft.state) {
-            (Decode::Text { text, elapsed }, DraftState::Claimed { audio_ms, .. }) => {
+            (Decode::Text { text, elapsed, .. }, DraftState::Claimed { audio_ms, .. }) => {
                 self.env.services.metrics.stt_drafts_used.inc();
                 self.publish(text, elapsed, audio_ms);
+                self.guess = None;
             }
-            (Decode::Text { text, elapsed }, _) => {
+            (Decode::Text { text, elapsed, .. }, _) => {
                 let state = DraftState::Done { text, elapsed };
                 self.draft = Some(Draft { state, ..draft });
             }
@@ -280,10 +345,10 @@ impl Handler<Transcribe> for SttActor {
         if self.env.services.stt.is_none() {
             return;
         }
-        if msg.draft {
-            self.start_draft(msg.segment, ctx);
-        } else {
-            self.transcribe_final(msg.segment, ctx);
+        match msg.kind {
+            SegmentKind::Final => self.transcribe_final(msg.segment, ctx),
+            SegmentKind::Draft => self.start_draft(msg.segment, ctx),
+            SegmentKind::Partial => self.start_partial(msg.segment, ctx),
         }
     }
 }

@@ -15,7 +15,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{AudioFrames, ChildEvent, FlushSpeech};
+use super::messages::{AudioFrames, ChildEvent, FlushSpeech, SegmentKind};
 use crate::audio::ingest::{Ingest, IngestError, IngestOutput, VadEngine, WebrtcVadConfig};
 use crate::audio::segmenter::SegmenterConfig;
 use crate::config;
@@ -56,6 +56,11 @@ impl VadActor {
             max_segment_ms: MAX_SEGMENT_MS,
             draft_after_ms: if config.stt.enabled {
                 config.stt.draft_after_ms
+            } else {
+                0
+            },
+            partial_every_ms: if config.stt.enabled {
+                config.stt.partial_every_ms
             } else {
                 0
             },
@@ -153,11 +158,15 @@ impl VadActor {
         for event in out.speech.events {
             self.parent.do_send(ChildEvent::Speech { event });
         }
-        for segment in out.speech.drafts {
-            self.parent.do_send(ChildEvent::Draft { segment });
-        }
-        for segment in out.speech.segments {
-            self.parent.do_send(ChildEvent::Segment { segment });
+        let segments = [
+            (out.speech.partials, SegmentKind::Partial),
+            (out.speech.drafts, SegmentKind::Draft),
+            (out.speech.segments, SegmentKind::Final),
+        ];
+        for (batch, kind) in segments {
+            for segment in batch {
+                self.parent.do_send(ChildEvent::Segment { segment, kind });
+            }
         }
     }
 

@@ -277,6 +277,7 @@ mod tests {
             pad_ms: 200,
             max_segment_ms: 30_000,
             draft_after_ms: 0,
+            partial_every_ms: 0,
             collect_audio: false,
         }
     }

@@ -27,6 +27,8 @@ pub struct SegmenterConfig {
     pub max_segment_ms: u32,
     /// Silence after which a draft of the segment is handed out; 0: no drafts.
     pub draft_after_ms: u32,
+    /// While speech goes on, a partial draft every this many ms; 0: none.
+    pub partial_every_ms: u32,
     /// Keep segment audio (only needed when a recogniser listens).
     pub collect_audio: bool,
 }
@@ -61,6 +63,8 @@ pub struct SegmenterOutput {
     pub segments: Vec<SpeechSegment>,
     /// Segments as they would end if the current pause lasts (see the module doc).
     pub drafts: Vec<SpeechSegment>,
+    /// The segment so far, while speech goes on: its transcript guides later ones.
+    pub partials: Vec<SpeechSegment>,
 }
 
 pub struct Segmenter {
@@ -77,6 +81,8 @@ pub struct Segmenter {
     segment_start: u64,
     /// Clock at the end of the last voiced frame of the current segment.
     last_voiced_end: u64,
+    /// Clock from which the next partial draft is due.
+    next_partial_at: u64,
 }
 
 fn ms_to_samples(ms: u32) -> u64 {
@@ -101,6 +107,7 @@ impl Segmenter {
             segment: Vec::new(),
             segment_start: 0,
             last_voiced_end: 0,
+            next_partial_at: 0,
         }
     }
 
@@ -142,6 +149,7 @@ impl Segmenter {
             }
             self.preroll.clear();
             self.run = 0;
+            self.next_partial_at = self.clock + ms_to_samples(self.config.partial_every_ms);
             out.events.push(SpeechEvent::Started {
                 audio_ms: samples_to_ms(voiced_start),
             });
@@ -162,6 +170,11 @@ impl Segmenter {
         let draft_at = ms_to_samples(self.config.draft_after_ms);
         if self.config.draft_after_ms > 0 && before < draft_at && self.run >= draft_at {
             out.drafts.extend(self.draft());
+        }
+        let every = ms_to_samples(self.config.partial_every_ms);
+        if every > 0 && self.run == 0 && self.last_voiced_end >= self.next_partial_at {
+            out.partials.extend(self.draft());
+            self.next_partial_at = self.last_voiced_end + every;
         }
         if self.run >= ms_to_samples(self.config.min_silence_ms) {
             self.finish_segment(out);
@@ -241,6 +254,7 @@ mod tests {
             pad_ms: 100,
             max_segment_ms: 30_000,
             draft_after_ms: 0,
+            partial_every_ms: 0,
             collect_audio: true,
         }
     }
@@ -343,5 +357,22 @@ mod tests {
         assert_eq!(out.drafts.len(), 2, "a draft at each pause");
         assert!(!out.drafts[0].anticipates(&out.segments[0]));
         assert!(out.drafts[1].anticipates(&out.segments[0]));
+    }
+
+    #[test]
+    fn partials_come_at_their_interval_while_speech_goes_on() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            partial_every_ms: 500,
+            ..config()
+        });
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 1000, 0.0, &mut out);
+        feed(&mut seg, 1800, 1.0, &mut out);
+        let ends: Vec<u64> = out.partials.iter().map(|p| p.voiced_end_ms).collect();
+        assert_eq!(ends, vec![1560, 2060, 2560]);
+        assert!(out
+            .partials
+            .iter()
+            .all(|p| p.start_ms == out.partials[0].start_ms));
     }
 }

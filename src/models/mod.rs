@@ -17,7 +17,7 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use moonshine::{Moonshine, MOONSHINE_DIR};
+pub use moonshine::{Moonshine, Transcription, MOONSHINE_DIR};
 pub use runtime::{init_runtime, runtime_ready, ORT_DYLIB_FILE};
 pub use silero::{
     SileroJob, SileroState, SileroVad, CONTEXT_SAMPLES, SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,

@@ -14,6 +14,17 @@
 //! inference worker thread; [`Moonshine::transcribe_with`] checks a
 //! cancellation flag between decoder steps so a hung-up conversation stops
 //! costing CPU.
+//!
+//! Guided decoding ([`Moonshine::transcribe_guided`]): a decoder call costs
+//! about the same for one token as for twenty (the weights are dequantized on
+//! every call), so a guess — the tokens of an earlier transcription of the
+//! same speech — is fed whole into step 0 and checked against the model's own
+//! greedy choice at every position. The longest agreeing prefix is kept, the
+//! cache is cut back to it, and greedy decoding goes on from there; where the
+//! model's next token turns up again a little further on in the guess, the
+//! rest of the guess is proposed again from there (prompt-lookup decoding). The
+//! result is exactly the greedy transcript; a good guess only makes it arrive
+//! sooner.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -49,6 +60,9 @@ const MIN_PIECE_SAMPLES: usize = SAMPLE_RATE / 10;
 /// Token cap per second of audio. English speech runs at ~3-4 tokens/s, so
 /// this leaves headroom while bounding the cost of a runaway decode.
 const MAX_TOKENS_PER_SECOND: f64 = 6.0;
+
+/// How far ahead in a guess a disagreeing token is looked for (guided decoding).
+const REALIGN_WINDOW: usize = 4;
 
 const START_TOKEN: i64 = 1;
 const END_TOKEN: i64 = 2;
@@ -143,23 +157,47 @@ impl Moonshine {
         samples_16k: &[f32],
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Option<String>, ModelError> {
+        Ok(self
+            .transcribe_guided(samples_16k, &[], should_stop)?
+            .map(|t| t.text))
+    }
+
+    /// Like [`transcribe_with`](Self::transcribe_with), checking `guess` (the
+    /// tokens of an earlier transcription of the start of this audio) in one
+    /// decoder call; see the module doc. The guess is used for single-piece
+    /// audio (up to 30 s) only.
+    pub fn transcribe_guided(
+        &mut self,
+        samples_16k: &[f32],
+        guess: &[i64],
+        should_stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Transcription>, ModelError> {
+        let ranges = piece_ranges(samples_16k.len(), MAX_PIECE_SAMPLES);
+        let guess = if ranges.len() == 1 { guess } else { &[] };
         let mut texts = Vec::new();
-        for range in piece_ranges(samples_16k.len(), MAX_PIECE_SAMPLES) {
-            let Some(tokens) = self.decode_piece(&samples_16k[range], should_stop)? else {
+        let mut all_tokens = Vec::new();
+        for range in ranges {
+            let Some(tokens) = self.decode_piece(&samples_16k[range], guess, should_stop)? else {
                 return Ok(None);
             };
             let text = self.tokenizer.decode(&tokens);
             if !text.is_empty() {
                 texts.push(text);
             }
+            all_tokens.extend(tokens);
         }
-        Ok(Some(texts.join(" ")))
+        Ok(Some(Transcription {
+            text: texts.join(" "),
+            tokens: all_tokens,
+        }))
     }
 
-    /// Encoder, then greedy decoding of one piece of at most 30 s.
+    /// Encoder, then greedy decoding of one piece of at most 30 s, its first
+    /// step checking `guess`.
     fn decode_piece(
         &mut self,
         samples: &[f32],
+        guess: &[i64],
         should_stop: &dyn Fn() -> bool,
     ) -> Result<Option<Vec<i64>>, ModelError> {
         if should_stop() {
@@ -183,18 +221,24 @@ impl Moonshine {
         let err = ModelError::inference::<()>;
         let mut caches: Vec<DynValue> = Vec::with_capacity(slots.len());
         let mut tokens = Vec::with_capacity(max_tokens);
-        let mut last = START_TOKEN;
-        for step in 0..max_tokens {
+        let guess = &guess[..guess.len().min(max_tokens.saturating_sub(1))];
+        let mut fed: Vec<i64> = Vec::with_capacity(1 + guess.len());
+        fed.push(START_TOKEN);
+        fed.extend_from_slice(guess);
+        // Index in `guess` of the first guessed token not yet confirmed.
+        let mut cursor = 0;
+        let mut step = 0;
+        while tokens.len() < max_tokens {
             if should_stop() {
                 return Ok(None);
             }
-            let ids = [last];
+            let ids = std::mem::take(&mut fed);
             let use_cache = [step > 0];
             let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 Vec::with_capacity(3 + slots.len());
             inputs.push((
                 "input_ids".into(),
-                TensorRef::from_array_view(([1usize, 1], &ids[..]))
+                TensorRef::from_array_view(([1usize, ids.len()], &ids[..]))
                     .map_err(err(DECODER))?
                     .into(),
             ));
@@ -218,27 +262,53 @@ impl Moonshine {
                 .try_extract_tensor::<f32>()
                 .map_err(err(DECODER))?;
             let vocab = shape.last().map_or(0, |&v| usize::try_from(v).unwrap_or(0));
-            last = argmax_last_row(logits, vocab)
+            // Row i is the model's own choice after ids[..=i]; the guessed tokens
+            // (ids[1..]) stand as far as they agree with those choices.
+            let choices = argmax_rows(logits, vocab);
+            let agreed = ids[1..]
+                .iter()
+                .zip(&choices)
+                .take_while(|(guessed, chosen)| guessed == chosen)
+                .count();
+            let next = *choices
+                .get(agreed)
                 .ok_or_else(|| ModelError::bad_output(DECODER, "empty logits"))?;
-            if last == END_TOKEN {
-                break;
-            }
-            tokens.push(last);
+            tokens.extend_from_slice(&ids[1..1 + agreed]);
+            cursor += agreed;
+            // Cache positions of guessed tokens past the first disagreement.
+            let rejected = ids.len() - 1 - agreed;
 
             for (i, slot) in slots.iter().enumerate() {
                 if slot.encoder && step > 0 {
                     continue;
                 }
-                let value = outputs.remove(&slot.output).ok_or_else(|| {
+                let mut value = outputs.remove(&slot.output).ok_or_else(|| {
                     ModelError::bad_output(DECODER, format!("missing output {}", slot.output))
                 })?;
+                if !slot.encoder && rejected > 0 {
+                    value = drop_last_positions(&value, rejected)?;
+                }
                 if i < caches.len() {
                     caches[i] = value;
                 } else {
                     caches.push(value);
                 }
             }
+            if next == END_TOKEN || tokens.len() >= max_tokens {
+                break;
+            }
+            tokens.push(next);
+            fed.push(next);
+            // Re-align after a disagreement: if the model's token appears a little
+            // further on in the guess, propose what followed it there.
+            let ahead = &guess[cursor.min(guess.len())..];
+            if let Some(found) = ahead.iter().take(REALIGN_WINDOW).position(|&g| g == next) {
+                cursor += found + 1;
+                fed.extend_from_slice(&guess[cursor..]);
+            }
+            step += 1;
         }
+        tokens.truncate(max_tokens);
         tracing::debug!(
             audio_ms = (samples.len() * 1000 / SAMPLE_RATE) as u64,
             encoder_ms = encoded.as_millis() as u64,
@@ -262,6 +332,44 @@ impl Moonshine {
             .remove("last_hidden_state")
             .ok_or_else(|| ModelError::bad_output(ENCODER, "missing output last_hidden_state"))
     }
+}
+
+/// The tokens of a transcription, kept to guide the next one of the same speech.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transcription {
+    pub text: String,
+    pub tokens: Vec<i64>,
+}
+
+/// The index of the largest value of each `width`-wide row of `logits`.
+fn argmax_rows(logits: &[f32], width: usize) -> Vec<i64> {
+    if width == 0 {
+        return Vec::new();
+    }
+    logits
+        .chunks_exact(width)
+        .filter_map(|row| argmax_last_row(row, width))
+        .collect()
+}
+
+/// A `[1, heads, len, head_dim]` cache without its last `drop` positions.
+fn drop_last_positions(cache: &DynValue, drop: usize) -> Result<DynValue, ModelError> {
+    let err = ModelError::inference::<()>;
+    let (shape, data) = cache.try_extract_tensor::<f32>().map_err(err(DECODER))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let [batch, heads, len, width] = dims[..] else {
+        return Err(ModelError::bad_output(
+            DECODER,
+            format!("cache shape {dims:?}"),
+        ));
+    };
+    let keep = len.saturating_sub(drop);
+    let mut kept = Vec::with_capacity(batch * heads * keep * width);
+    for row in data.chunks_exact(len * width) {
+        kept.extend_from_slice(&row[..keep * width]);
+    }
+    let tensor = Tensor::from_array(([batch, heads, keep, width], kept)).map_err(err(DECODER))?;
+    Ok(tensor.into_dyn())
 }
 
 /// Index of the largest value in the last `width` values of `logits`

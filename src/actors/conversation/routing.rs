@@ -6,8 +6,8 @@ use actix::prelude::*;
 
 use super::ConversationActor;
 use crate::actors::messages::{
-    AudioFrames, ChildEvent, ClientCommand, FlushSpeech, Outbound, Record, Respond, SpeakDelta,
-    SpeakEnd, Transcribe,
+    AudioFrames, ChildEvent, ClientCommand, FlushSpeech, Outbound, Record, Respond, SegmentKind,
+    SpeakDelta, SpeakEnd, Transcribe,
 };
 use crate::audio::segmenter::SpeechEvent;
 use crate::protocol::native::ClientEvent;
@@ -65,21 +65,13 @@ impl Handler<ChildEvent> for ConversationActor {
                 }
                 SpeechEvent::Stopped { audio_ms } => ServerEvent::SpeechStopped { audio_ms },
             }),
-            ChildEvent::Segment { segment } => {
+            ChildEvent::Segment { segment, kind } => {
                 if let Some(stt) = self.children.stt.as_ref() {
-                    let draft = false;
-                    if stt.try_send(Transcribe { segment, draft }).is_err() {
+                    let refused = stt.try_send(Transcribe { segment, kind }).is_err();
+                    // Speculative segments are optional: a full mailbox costs nothing.
+                    if refused && kind == SegmentKind::Final {
                         self.report_overload();
                     }
-                }
-            }
-            ChildEvent::Draft { segment } => {
-                if let Some(stt) = self.children.stt.as_ref() {
-                    // Optional work: a full mailbox just means no head start.
-                    let _ = stt.try_send(Transcribe {
-                        segment,
-                        draft: true,
-                    });
                 }
             }
             ChildEvent::Decoded { samples } => {
