@@ -13,7 +13,8 @@
 //!
 //! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
 //! clients), [`replies`] (pairing replies with the speech they answer), [`stats`]
-//! (latency histograms), [`metrics_scrape`] (Prometheus text and `/proc`), [`progress`] (the live line on stderr), [`wsconn`] (open, refusals,
+//! (latency histograms), [`plot`] (`--plot` SVG charts), [`metrics_scrape`] (Prometheus
+//! text and `/proc`), [`progress`] (the live line on stderr), [`wsconn`] (open, refusals,
 //! close, stop signal). `anyhow` is allowed here (STYLE.md rule 12).
 
 mod audio_src;
@@ -21,6 +22,7 @@ mod churn;
 mod idle;
 mod launcher;
 mod metrics_scrape;
+mod plot;
 mod progress;
 mod ramp;
 mod replies;

@@ -3,7 +3,7 @@
 //! fails, or the server's session limit refuses sessions while every admitted one keeps
 //! up (the limit enforced: the ramp stops there, it has not fallen behind). Reports the
 //! highest session count that kept p95 VAD decision lag under 200 ms with no failed
-//! session.
+//! session. `--plot` draws the p95 latencies against the session count as SVG.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
 use super::metrics_scrape::{self, counter_delta, format_deltas, REJECTED_COUNTER};
+use super::plot::{self, LimitMark, RampPlot, RampPoint};
 use super::progress::Progress;
 use super::stats::{format_counts, Summary, Window, BEHIND_P95_MS};
 
@@ -46,6 +47,9 @@ pub struct RampArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw p95 latencies against the session count as an SVG chart here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// One step of the ramp.
@@ -230,6 +234,10 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
             args.start
         ),
     }
+    if let Some(path) = &args.plot {
+        plot::ramp(path, &ramp_plot(&args, &steps, best))?;
+        println!("plot written to {}", path.display());
+    }
     if let Some(path) = &args.json {
         let report = RampReport {
             max_sustained_sessions: best,
@@ -330,6 +338,38 @@ fn step_line(step: &Step) -> String {
         step.vad_decision_lag.p95_ms,
         step.send_slip.p95_ms,
     )
+}
+
+/// The chart of a ramp: each step at the sessions it carried (the admitted ones, where
+/// the limit refused some).
+fn ramp_plot(args: &RampArgs, steps: &[Step], best: Option<usize>) -> RampPlot {
+    let p95 = |s: &Summary| (s.count > 0).then_some(s.p95_ms);
+    RampPlot {
+        title: format!(
+            "hearken bench ramp: +{} sessions per step, {} s each",
+            args.step, args.step_duration
+        ),
+        points: steps
+            .iter()
+            .map(|s| RampPoint {
+                sessions: if s.limit_enforced {
+                    s.live as usize
+                } else {
+                    s.sessions
+                },
+                decision_p95_ms: s.vad_decision_lag.p95_ms,
+                transcript_p95_ms: p95(&s.transcript_after_voice_end),
+                reply_audio_p95_ms: p95(&s.reply_audio_after_voice_end),
+                pass: s.pass,
+            })
+            .collect(),
+        max_sustained: best,
+        limit: steps.iter().find(|s| s.limit_enforced).map(|s| LimitMark {
+            requested: s.sessions,
+            admitted: s.live as usize,
+            refused: s.refused(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,11 @@ impl Hist {
         self.0.len()
     }
 
+    /// The latency at quantile `q` (0..=1), in ms; 0 when empty.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+
     pub fn summary(&self) -> Summary {
         let ms = |us: u64| us as f64 / 1000.0;
         if self.0.is_empty() {

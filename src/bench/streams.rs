@@ -2,7 +2,7 @@
 //! report gives VAD-event lag, end-of-speech → transcript and → reply latencies (first
 //! text, `response.audio.started`, first audio frame), how replies ended, sessions refused
 //! at the server's limits, errors, close codes and an explicit verdict on whether the
-//! server keeps up with real time.
+//! server keeps up with real time. `--plot` draws it as SVG.
 //!
 //! Lags are wall-clock arrival of an event minus the send time of the audio it names. A
 //! `vad.speech_started` cannot come before `min_speech_ms` of voice after its `audio_ms`,
@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
 use super::metrics_scrape::{self, counter_delta, format_deltas, REJECTED_COUNTER};
+use super::plot::{self, StreamsPlot};
 use super::progress::Progress;
 use super::replies::ReplyCounts;
 use super::stats::{format_counts, print_table, Summary, TimelinePoint, Window};
@@ -41,6 +42,9 @@ pub struct StreamsArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw latency percentiles and the lag timeline as an SVG chart here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
@@ -86,7 +90,40 @@ pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("JSON report written to {}", path.display());
     }
+    if let Some(path) = &args.plot {
+        shared.with_window(|w| plot::streams(path, &streams_plot(&args, w)))?;
+        println!("plot written to {}", path.display());
+    }
     Ok(())
+}
+
+fn streams_plot<'a>(args: &StreamsArgs, w: &'a Window) -> StreamsPlot<'a> {
+    StreamsPlot {
+        title: format!(
+            "hearken bench streams: sessions {}, {} s, {} @ {} Hz",
+            args.sessions,
+            args.duration,
+            args.stream.codec.as_str(),
+            args.stream.sample_rate
+        ),
+        curves: vec![
+            ("VAD decision lag", &w.lag_decision),
+            ("transcript after voice end", &w.transcript_after_voice),
+            (
+                "reply first audio after voice end",
+                &w.reply_audio_after_voice,
+            ),
+            (
+                "reply first text after voice end",
+                &w.reply_text_after_voice,
+            ),
+        ],
+        timelines: vec![
+            ("VAD decision lag", &w.timeline),
+            ("transcript after speech_stopped", &w.transcript_timeline),
+            ("reply first audio after voice end", &w.reply_timeline),
+        ],
+    }
 }
 
 /// Reply audio the sessions received.
