@@ -31,13 +31,19 @@ impl Codec {
     }
 }
 
-/// The audio a session loops: all files back to back, as 20 ms frames.
+/// The audio a session loops: all files back to back, each followed by `gap_s` seconds of
+/// silence, as 20 ms frames.
 pub struct AudioLoop {
     pub frames: Vec<Bytes>,
 }
 
 impl AudioLoop {
-    pub fn load(paths: &[PathBuf], codec: Codec, sample_rate: u32) -> anyhow::Result<AudioLoop> {
+    pub fn load(
+        paths: &[PathBuf],
+        codec: Codec,
+        sample_rate: u32,
+        gap_s: f64,
+    ) -> anyhow::Result<AudioLoop> {
         if paths.is_empty() {
             bail!("give at least one --audio FILE.wav");
         }
@@ -47,6 +53,7 @@ impl AudioLoop {
             let converted = StreamResampler::convert_clip(rate, sample_rate, &clip)
                 .with_context(|| format!("resampling {}", path.display()))?;
             samples.extend(converted.into_iter().map(f32_to_i16));
+            samples.resize(samples.len() + (gap_s * sample_rate as f64) as usize, 0);
         }
         let frame_samples = (sample_rate as u64 * FRAME_MS / 1000) as usize;
         let frames = match codec {

@@ -83,7 +83,7 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     let frames: Arc<Vec<bytes::Bytes>> = Arc::new(if args.audio.is_empty() {
         vec![bytes::Bytes::from(vec![0u8; 640])]
     } else {
-        AudioLoop::load(&args.audio, Codec::Pcm16, 16_000)?.frames
+        AudioLoop::load(&args.audio, Codec::Pcm16, 16_000, 0.0)?.frames
     });
     let before = Scrape::fetch(&http, &args.metrics_url).await?;
     let proc_before = args.server_pid.map(ProcSnapshot::read).transpose()?;
@@ -252,7 +252,7 @@ impl Cycle<'_> {
     async fn open(&self, conversation: &str) -> Result<Ws, String> {
         let url = super::session_url(self.url, &[("conversation_id", conversation.to_string())])
             .map_err(|e| e.to_string())?;
-        wsconn::open(&url).await
+        wsconn::open(&url).await.map_err(|e| e.to_string())
     }
 
     /// ~`stream_ms` of audio in real time.

@@ -227,7 +227,7 @@ async fn idle_session(plan: IdlePlan) {
     let permit = gate.acquire_owned().await;
     let mut ws = match wsconn::open(&url).await {
         Ok(ws) => ws,
-        Err(reason) => return outcome(Outcome::Failed(reason)),
+        Err(error) => return outcome(Outcome::Failed(error.to_string())),
     };
     drop(permit);
     outcome(Outcome::Opened);

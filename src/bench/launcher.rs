@@ -32,15 +32,24 @@ pub struct StreamOpts {
     /// Audio seconds sent per wall-clock second.
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
+    /// Seconds of silence after each WAV file in the loop: room for a spoken reply before
+    /// the next utterance barges in and cuts it.
+    #[arg(long, default_value_t = 0.0)]
+    pub gap: f64,
     /// The server's `vad.min_speech_ms` (to compute the decision lag).
     #[arg(long, default_value_t = 100)]
     pub vad_min_speech_ms: u64,
     /// The server's `vad.min_silence_ms`.
     #[arg(long, default_value_t = 400)]
     pub vad_min_silence_ms: u64,
-    /// Seconds a session waits for its last transcript after `audio.end`.
+    /// Seconds a session waits for its last transcript (and the first audio of its
+    /// reply) after `audio.end`.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
+    /// The server's Prometheus endpoint: when given, the report adds the server's own
+    /// count of refused upgrades (`hearken_rejected_connections_total`) over the run.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
 }
 
 /// What every session of a run shares.
@@ -80,7 +89,8 @@ impl Launcher {
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Launcher> {
         anyhow::ensure!(opts.speed > 0.0, "--speed must be positive");
-        let audio = AudioLoop::load(&opts.audio, opts.codec, opts.sample_rate)?;
+        anyhow::ensure!(opts.gap >= 0.0, "--gap must not be negative");
+        let audio = AudioLoop::load(&opts.audio, opts.codec, opts.sample_rate, opts.gap)?;
         Ok(Launcher {
             opts: opts.clone(),
             audio: Arc::new(audio),
@@ -142,9 +152,10 @@ pub fn status_line(shared: &Shared) -> String {
     let live = shared.live.load(Ordering::Relaxed);
     shared.with_window(|w| {
         format!(
-            "live {live} | window: started {}, failed {}, VAD events {}, p95 decision lag {:.0} ms, p95 send slip {:.0} ms",
+            "live {live} | window: started {}, failed {}, rejected {}, VAD events {}, p95 decision lag {:.0} ms, p95 send slip {:.0} ms",
             w.sessions_started,
             w.sessions_failed,
+            w.rejected_total(),
             w.vad_events(),
             w.lag_decision.summary().p95_ms,
             w.send_slip.summary().p95_ms

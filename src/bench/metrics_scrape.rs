@@ -199,6 +199,52 @@ pub fn print_gauge_deltas(before: &BTreeMap<String, f64>, after: &BTreeMap<Strin
 
 /// Teardown histogram of the server.
 pub const TEARDOWN_HISTOGRAM: &str = "hearken_teardown_seconds";
+/// Upgrades the server refused before starting a tree, by `reason` (`server_full`,
+/// `per_ip_limit`, `not_ready`, ...).
+pub const REJECTED_COUNTER: &str = "hearken_rejected_connections_total";
+
+/// A scrape for a report's extras, when a URL is given: a failure is printed and skipped,
+/// never fatal to a load run.
+pub async fn scrape_optional(client: &reqwest::Client, url: Option<&str>) -> Option<Scrape> {
+    match Scrape::fetch(client, url?).await {
+        Ok(scrape) => Some(scrape),
+        Err(error) => {
+            eprintln!("warning: no metrics scrape: {error:#}");
+            None
+        }
+    }
+}
+
+/// Growth of each series of counter `name` between two scrapes, keyed by its label value
+/// (`reason="server_full"` → `server_full`); series that did not move are left out.
+pub fn counter_delta(before: &Scrape, after: &Scrape, name: &str) -> BTreeMap<String, f64> {
+    let was = before.family(name);
+    after
+        .family(name)
+        .into_iter()
+        .map(|(labels, now)| {
+            let delta = now - was.get(&labels).copied().unwrap_or(0.0);
+            let key = labels
+                .split_once("=\"")
+                .map_or(labels.as_str(), |(_, value)| value.trim_end_matches('"'))
+                .to_string();
+            (key, delta)
+        })
+        .filter(|(_, delta)| *delta != 0.0)
+        .collect()
+}
+
+/// `server_full +10, per_ip_limit +2`, or "none".
+pub fn format_deltas(deltas: &BTreeMap<String, f64>) -> String {
+    if deltas.is_empty() {
+        return "none".into();
+    }
+    deltas
+        .iter()
+        .map(|(key, delta)| format!("{key} {delta:+}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Teardown quantiles and disconnect counts from the difference of two scrapes.
 pub fn print_teardown(before: &Scrape, after: &Scrape) {
@@ -226,6 +272,10 @@ pub fn print_teardown(before: &Scrape, after: &Scrape) {
         })
         .collect();
     println!("disconnects_total delta: {}", deltas.join(", "));
+    println!(
+        "upgrades refused by the server ({REJECTED_COUNTER} delta): {}",
+        format_deltas(&counter_delta(before, after, REJECTED_COUNTER))
+    );
 }
 
 /// What `/proc` says about the server process.
@@ -288,5 +338,20 @@ mod tests {
         assert!((p99 - (0.001 + 0.009 * 49.0 / 50.0)).abs() < 1e-9, "{p99}");
         let zero = bucket_delta(&buckets, &buckets);
         assert_eq!(quantile(&zero, 0.5), None);
+    }
+
+    #[test]
+    fn rejection_counters_are_read_as_deltas_by_reason() {
+        let at = |full: u32, ip: u32| {
+            Scrape::parse(&format!(
+                "# TYPE {REJECTED_COUNTER} counter\n\
+                 {REJECTED_COUNTER}{{reason=\"server_full\"}} {full}\n\
+                 {REJECTED_COUNTER}{{reason=\"per_ip_limit\"}} {ip}\n"
+            ))
+        };
+        let delta = counter_delta(&at(2, 1), &at(12, 1), REJECTED_COUNTER);
+        assert_eq!(delta.len(), 1, "{delta:?}");
+        assert_eq!(delta["server_full"], 10.0);
+        assert_eq!(format_deltas(&delta), "server_full +10");
     }
 }

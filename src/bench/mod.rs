@@ -3,24 +3,29 @@
 //! It talks to a running server only through its public surface (the native WebSocket
 //! protocol of DESIGN.md §3, `GET /metrics`) and, when given the server's pid, through
 //! `/proc`. Each subcommand lives in its own file:
-//! - [`streams`]: N sessions streaming WAV audio in real time; VAD-event lag and
-//!   end-of-speech → transcript latency, with an explicit "falling behind" verdict.
-//! - [`ramp`]: streams at growing session counts until the server falls behind.
+//! - [`streams`]: N sessions streaming WAV audio in real time; VAD-event lag,
+//!   end-of-speech → transcript and → first reply audio latency, with an explicit
+//!   "falling behind" verdict.
+//! - [`ramp`]: streams at growing session counts until the server falls behind, or its
+//!   session limit refuses sessions while the admitted ones keep up.
 //! - [`idle`]: N idle sessions; memory per session and mass-teardown time.
 //! - [`churn`]: connect / stream / leave cycles in every leaving style; leak deltas.
 //!
 //! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
-//! clients), [`stats`] (latency histograms), [`metrics_scrape`] (Prometheus text and
-//! `/proc`), [`progress`] (the live line on stderr), [`wsconn`] (open, close, stop
-//! signal). `anyhow` is allowed here (STYLE.md rule 12).
+//! clients), [`replies`] (pairing replies with the speech they answer), [`stats`]
+//! (latency histograms), [`plot`] (`--plot` SVG charts), [`metrics_scrape`] (Prometheus
+//! text and `/proc`), [`progress`] (the live line on stderr), [`wsconn`] (open, refusals,
+//! close, stop signal). `anyhow` is allowed here (STYLE.md rule 12).
 
 mod audio_src;
 mod churn;
 mod idle;
 mod launcher;
 mod metrics_scrape;
+mod plot;
 mod progress;
 mod ramp;
+mod replies;
 mod session;
 mod stats;
 mod streams;
@@ -36,7 +41,8 @@ use anyhow::Context as _;
 /// The load tests; see each argument struct for its options.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
-    /// N concurrent sessions streaming WAV audio in real time: VAD lag, transcript latency.
+    /// N concurrent sessions streaming WAV audio in real time: VAD lag, transcript and
+    /// reply latency.
     Streams(StreamsArgs),
     /// Connect / stream ~300 ms / leave cycles in every leaving style; gauge and FD deltas.
     Churn(ChurnArgs),

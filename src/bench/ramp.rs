@@ -1,7 +1,9 @@
 //! `hearken bench ramp`: streaming sessions added step by step (the running ones keep
-//! streaming), each step measured on its own, until the server falls behind or a session
-//! fails. Reports the highest session count that kept p95 VAD decision lag under 200 ms
-//! with no failed session.
+//! streaming), each step measured on its own, until the server falls behind, a session
+//! fails, or the server's session limit refuses sessions while every admitted one keeps
+//! up (the limit enforced: the ramp stops there, it has not fallen behind). Reports the
+//! highest session count that kept p95 VAD decision lag under 200 ms with no failed
+//! session. `--plot` draws the p95 latencies against the session count as SVG.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,8 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::metrics_scrape::{self, counter_delta, format_deltas, REJECTED_COUNTER};
+use super::plot::{self, LimitMark, RampPlot, RampPoint};
 use super::progress::Progress;
-use super::stats::{format_counts, Summary, Window};
+use super::stats::{format_counts, Summary, Window, BEHIND_P95_MS};
 
 #[derive(Debug, clap::Args)]
 pub struct RampArgs {
@@ -43,6 +47,9 @@ pub struct RampArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw p95 latencies against the session count as an SVG chart here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// One step of the ramp.
@@ -52,21 +59,51 @@ pub struct Step {
     pub live: u64,
     pub failed: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Sessions refused at the server's session limit, by status and reason.
+    pub rejected: BTreeMap<String, u64>,
     pub vad_events: u64,
     pub vad_lag: Summary,
     pub vad_decision_lag: Summary,
     pub send_slip: Summary,
     pub transcript_after_speech_stopped: Summary,
+    pub transcript_after_voice_end: Summary,
+    pub reply_audio_after_voice_end: Summary,
     pub errors: BTreeMap<String, u64>,
+    /// Every admitted session kept up, with no failure and no error.
     pub pass: bool,
+    /// `pass`, and the session limit refused the rest: the limit at work.
+    pub limit_enforced: bool,
     pub reasons: Vec<String>,
+}
+
+impl Step {
+    fn refused(&self) -> u64 {
+        self.rejected.values().sum()
+    }
 }
 
 #[derive(Debug, Serialize)]
 struct RampReport {
-    /// Highest session count that passed; `None` when the first step failed.
+    /// Highest session count that passed; `None` when the first step failed. When the
+    /// session limit was enforced, the sessions it admitted.
     max_sustained_sessions: Option<usize>,
+    /// The step where the server's session limit refused sessions while the admitted
+    /// ones kept up.
+    limit_enforced: Option<LimitReport>,
+    /// The server's own count of refused upgrades over the ramp, by reason (with
+    /// `--metrics-url`).
+    server_rejected_connections: Option<BTreeMap<String, f64>>,
     steps: Vec<Step>,
+}
+
+#[derive(Debug, Serialize)]
+struct LimitReport {
+    at_sessions: usize,
+    admitted: u64,
+    rejected: BTreeMap<String, u64>,
+    admitted_errors: u64,
+    admitted_failed: u64,
+    vad_decision_lag_p95_ms: f64,
 }
 
 pub async fn run(args: RampArgs) -> anyhow::Result<()> {
@@ -74,6 +111,9 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
         args.start > 0 && args.step > 0,
         "--start and --step must be positive"
     );
+    let http = reqwest::Client::new();
+    let metrics_url = args.stream.metrics_url.as_deref();
+    let before = metrics_scrape::scrape_optional(&http, metrics_url).await;
     let shared = Shared::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut launcher = Launcher::new(&args.stream, Arc::clone(&shared), stop_rx)?;
@@ -106,9 +146,14 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
             &measured,
         );
         progress.println(step_line(&step));
-        let pass = step.pass;
+        let (pass, limit, live) = (step.pass, step.limit_enforced, step.live as usize);
         steps.push(step);
         if !pass {
+            break;
+        }
+        if limit {
+            // The admitted sessions are what the server carried; it stops here by design.
+            best = Some(best.map_or(live, |b: usize| b.max(live)));
             break;
         }
         best = Some(target);
@@ -124,26 +169,80 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
     )
     .await;
     progress.finish();
+    let after = match before {
+        Some(_) => metrics_scrape::scrape_optional(&http, metrics_url).await,
+        None => None,
+    };
+    let server_rejections = before
+        .zip(after)
+        .map(|(before, after)| counter_delta(&before, &after, REJECTED_COUNTER));
 
     println!(
-        "{:>8} {:>6} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10}  verdict",
-        "sessions", "live", "failed", "events", "raw p95", "dec p50", "dec p95", "slip p95"
+        "{:>8} {:>6} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}  verdict",
+        "sessions",
+        "live",
+        "failed",
+        "refused",
+        "events",
+        "raw p95",
+        "dec p50",
+        "dec p95",
+        "slip p95"
     );
     for step in &steps {
         println!("{}", step_line(step));
     }
-    match best {
-        Some(n) => println!(
-            "max sustained sessions: {n} (p95 VAD decision lag < 200 ms, no failed session)"
+    let limit = steps
+        .iter()
+        .find(|s| s.limit_enforced)
+        .map(|s| LimitReport {
+            at_sessions: s.sessions,
+            admitted: s.live,
+            rejected: s.rejected.clone(),
+            admitted_errors: s.errors.values().sum(),
+            admitted_failed: s.failed,
+            vad_decision_lag_p95_ms: s.vad_decision_lag.p95_ms,
+        });
+    if let Some(limit) = &limit {
+        println!(
+            "limit enforced at {} sessions: {} rejected with {}; admitted sessions: {} live, \
+             {} errors, {} failed, p95 VAD decision lag {:.0} ms",
+            limit.at_sessions,
+            limit.rejected.values().sum::<u64>(),
+            format_counts(&limit.rejected),
+            limit.admitted,
+            limit.admitted_errors,
+            limit.admitted_failed,
+            limit.vad_decision_lag_p95_ms
+        );
+    }
+    if let Some(server) = &server_rejections {
+        println!(
+            "server-side count of refused upgrades ({REJECTED_COUNTER} delta): {}",
+            format_deltas(server)
+        );
+    }
+    match (best, &limit) {
+        (Some(n), Some(_)) => println!(
+            "max sustained sessions: {n} (every session the server admitted kept up; its session limit refused the rest)"
         ),
-        None => println!(
+        (Some(n), None) => println!(
+            "max sustained sessions: {n} (p95 VAD decision lag < {BEHIND_P95_MS:.0} ms, no failed session)"
+        ),
+        (None, _) => println!(
             "max sustained sessions: none: the first step ({}) already failed",
             args.start
         ),
     }
+    if let Some(path) = &args.plot {
+        plot::ramp(path, &ramp_plot(&args, &steps, best))?;
+        println!("plot written to {}", path.display());
+    }
     if let Some(path) = &args.json {
         let report = RampReport {
             max_sustained_sessions: best,
+            limit_enforced: limit,
+            server_rejected_connections: server_rejections,
             steps,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -154,10 +253,16 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
 }
 
 fn judge(sessions: usize, live: u64, warmup: &Window, measured: &Window) -> Step {
-    let mut failures = warmup.failures.clone();
-    for (reason, n) in &measured.failures {
-        *failures.entry(reason.clone()).or_default() += n;
-    }
+    let merged = |map: fn(&Window) -> &BTreeMap<String, u64>| {
+        let mut all = map(warmup).clone();
+        for (key, n) in map(measured) {
+            *all.entry(key.clone()).or_default() += n;
+        }
+        all
+    };
+    let failures = merged(|w| &w.failures);
+    let rejected = merged(|w| &w.rejected);
+    let refused: u64 = rejected.values().sum();
     let failed = warmup.sessions_failed + measured.sessions_failed;
     let mut reasons = measured.behind_reasons();
     if failed > 0 {
@@ -166,8 +271,9 @@ fn judge(sessions: usize, live: u64, warmup: &Window, measured: &Window) -> Step
             format_counts(&failures)
         ));
     }
-    if (live as usize) < sessions {
-        reasons.push(format!("only {live} of {sessions} sessions live"));
+    let admitted = sessions.saturating_sub(refused as usize);
+    if (live as usize) < admitted {
+        reasons.push(format!("only {live} of {admitted} admitted sessions live"));
     }
     if !measured.errors.is_empty() {
         reasons.push(format!(
@@ -180,37 +286,139 @@ fn judge(sessions: usize, live: u64, warmup: &Window, measured: &Window) -> Step
     }
     let mut raw = measured.lag_started.clone();
     raw.merge(&measured.lag_stopped);
+    let pass = reasons.is_empty();
     Step {
         sessions,
         live,
         failed,
         failures,
+        rejected,
         vad_events: measured.vad_events(),
         vad_lag: raw.summary(),
         vad_decision_lag: measured.lag_decision.summary(),
         send_slip: measured.send_slip.summary(),
         transcript_after_speech_stopped: measured.transcript_after_stop.summary(),
+        transcript_after_voice_end: measured.transcript_after_voice.summary(),
+        reply_audio_after_voice_end: measured.reply_audio_after_voice.summary(),
         errors: measured.errors.clone(),
-        pass: reasons.is_empty(),
+        pass,
+        limit_enforced: pass && refused > 0,
         reasons,
     }
 }
 
 fn step_line(step: &Step) -> String {
+    let verdict = if step.limit_enforced {
+        format!(
+            "LIMIT ENFORCED: {} refused ({}), the {} admitted keep up",
+            step.refused(),
+            format_counts(&step.rejected),
+            step.live
+        )
+    } else if step.pass {
+        "ok".to_string()
+    } else if step.refused() > 0 {
+        format!(
+            "FALLING BEHIND: {} (and {} refused at the limit)",
+            step.reasons.join("; "),
+            step.refused()
+        )
+    } else {
+        format!("FALLING BEHIND: {}", step.reasons.join("; "))
+    };
     format!(
-        "{:>8} {:>6} {:>6} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1}  {}",
+        "{:>8} {:>6} {:>6} {:>7} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1}  {verdict}",
         step.sessions,
         step.live,
         step.failed,
+        step.refused(),
         step.vad_events,
         step.vad_lag.p95_ms,
         step.vad_decision_lag.p50_ms,
         step.vad_decision_lag.p95_ms,
         step.send_slip.p95_ms,
-        if step.pass {
-            "ok".to_string()
-        } else {
-            format!("FALLING BEHIND: {}", step.reasons.join("; "))
-        }
     )
+}
+
+/// The chart of a ramp: each step at the sessions it carried (the admitted ones, where
+/// the limit refused some).
+fn ramp_plot(args: &RampArgs, steps: &[Step], best: Option<usize>) -> RampPlot {
+    let p95 = |s: &Summary| (s.count > 0).then_some(s.p95_ms);
+    RampPlot {
+        title: format!(
+            "hearken bench ramp: +{} sessions per step, {} s each",
+            args.step, args.step_duration
+        ),
+        points: steps
+            .iter()
+            .map(|s| RampPoint {
+                sessions: if s.limit_enforced {
+                    s.live as usize
+                } else {
+                    s.sessions
+                },
+                decision_p95_ms: s.vad_decision_lag.p95_ms,
+                transcript_p95_ms: p95(&s.transcript_after_voice_end),
+                reply_audio_p95_ms: p95(&s.reply_audio_after_voice_end),
+                pass: s.pass,
+            })
+            .collect(),
+        max_sustained: best,
+        limit: steps.iter().find(|s| s.limit_enforced).map(|s| LimitMark {
+            requested: s.sessions,
+            admitted: s.live as usize,
+            refused: s.refused(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A measured window of `n` sessions keeping up (30 ms decision lag).
+    fn keeping_up(events: u64) -> Window {
+        let mut w = Window::default();
+        for i in 0..events {
+            w.lag_decision.record_us(30_000);
+            w.timeline.push((i as f64, 30_000));
+        }
+        w
+    }
+
+    #[test]
+    fn refusals_at_the_limit_with_admitted_sessions_keeping_up_enforce_the_limit() {
+        let mut warmup = Window::default();
+        for _ in 0..20 {
+            warmup.reject("503 server_full");
+        }
+        let step = judge(80, 60, &warmup, &keeping_up(100));
+        assert!(step.pass && step.limit_enforced, "{:?}", step.reasons);
+        assert_eq!(step.refused(), 20);
+        assert!(step_line(&step).contains("LIMIT ENFORCED: 20 refused (503 server_full=20)"));
+    }
+
+    #[test]
+    fn refusals_do_not_hide_a_server_falling_behind() {
+        let mut warmup = Window::default();
+        warmup.reject("503 server_full");
+        let mut measured = keeping_up(100);
+        for _ in 0..100 {
+            measured.lag_decision.record_us(900_000);
+        }
+        let step = judge(61, 60, &warmup, &measured);
+        assert!(!step.pass && !step.limit_enforced);
+        assert!(step_line(&step).contains("and 1 refused at the limit"));
+    }
+
+    #[test]
+    fn other_refusals_are_failures_and_missing_sessions_count() {
+        let mut warmup = Window::default();
+        warmup.fail("connect: HTTP 503 not_ready");
+        let step = judge(10, 9, &warmup, &keeping_up(50));
+        assert!(!step.pass && !step.limit_enforced);
+        // Without refusals, every requested session must be live.
+        let step = judge(10, 8, &Window::default(), &keeping_up(50));
+        assert!(step.reasons.iter().any(|r| r.contains("only 8 of 10")));
+    }
 }

@@ -1,7 +1,9 @@
 //! One streaming bench session: connect, wait for `session.started`, send the shared audio
 //! loop on a fixed real-time schedule, and time every server event against the moment the
 //! audio it names was sent. The writer and the reader run as two halves of one task, so a
-//! send held up by backpressure never delays the timestamp of an arriving event.
+//! send held up by backpressure never delays the timestamp of an arriving event. Replies
+//! (text, `response.audio.started`, audio frames) are paired with the speech they answer
+//! by a [`ReplyTracker`] and timed from its voice end.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -16,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::audio_src::{AudioLoop, FRAME_MS};
 use super::launcher::Shared;
+use super::replies::{take_stop, ReplyEvent, ReplyNote, ReplyTracker};
 use super::stats::{Hist, Window};
 use super::wsconn::{self, stopped};
 
@@ -59,6 +62,10 @@ struct State {
     streaming: bool,
     /// Arrival time and `audio_ms` of `vad.speech_stopped` events awaiting a transcript.
     pending_stops: VecDeque<(Instant, u64)>,
+    /// Between `vad.speech_started` and `vad.speech_stopped`: `audio.end` will flush a
+    /// segment, so the drain waits for its transcript.
+    in_speech: bool,
+    replies: ReplyTracker,
     closed_by_server: bool,
     close_deadline: Option<Instant>,
 }
@@ -82,7 +89,10 @@ pub async fn run(plan: StreamPlan) {
     let shared = Arc::clone(&plan.shared);
     let ws = match wsconn::open(&plan.url).await {
         Ok(ws) => ws,
-        Err(reason) => return shared.with_window(|w| w.fail(reason)),
+        Err(wsconn::OpenError::Refused(refusal)) if refusal.is_limit() => {
+            return shared.with_window(|w| w.reject(refusal.to_string()))
+        }
+        Err(error) => return shared.with_window(|w| w.fail(error.to_string())),
     };
     shared.with_window(|w| w.sessions_started += 1);
     shared.live.fetch_add(1, Ordering::Relaxed);
@@ -101,6 +111,19 @@ pub async fn run(plan: StreamPlan) {
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Seconds from the start of the run to `now`, for the timelines.
+fn run_time(plan: &StreamPlan, now: Instant) -> f64 {
+    now.saturating_duration_since(plan.shared.run_start)
+        .as_secs_f64()
+}
+
+/// Whether the drain after `audio.end` still expects something: a transcript, or the
+/// first audio of the last reply.
+fn draining(state: &Mutex<State>) -> bool {
+    let st = lock(state);
+    st.in_speech || !st.pending_stops.is_empty() || st.replies.awaiting_audio()
 }
 
 async fn write_half<S>(plan: &StreamPlan, mut sink: S, state: &Mutex<State>, wake: &Notify)
@@ -154,11 +177,12 @@ where
     flush(&mut slip, sent % SLIP_FLUSH_FRAMES);
     lock(state).streaming = false;
     if !lock(state).closed_by_server {
-        // Flush the last segment, give its transcript a bounded time, then leave politely.
+        // Flush the last segment, give its transcript (and the first audio of its reply)
+        // a bounded time, then leave politely.
         let end = Message::text(json!({ "type": "audio.end" }).to_string());
         if sink.send(end).await.is_ok() {
             let deadline = Instant::now() + plan.drain;
-            while Instant::now() < deadline && !lock(state).pending_stops.is_empty() {
+            while Instant::now() < deadline && draining(state) {
                 sleep(Duration::from_millis(20)).await;
             }
         }
@@ -187,8 +211,17 @@ where
                 let event: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
                 on_event(plan, &event, now, state);
             }
-            Some(Ok(Message::Binary(_))) => {
-                shared.with_window(|w| Window::count(&mut w.events, "binary audio"));
+            Some(Ok(Message::Binary(audio))) => {
+                let notes = lock(state).replies.audio_frame(now);
+                let elapsed = run_time(plan, now);
+                shared.with_window(|w| {
+                    Window::count(&mut w.events, "binary audio");
+                    w.audio_frames_received += 1;
+                    w.audio_bytes_received += audio.len() as u64;
+                    for note in notes {
+                        w.note_reply(note, elapsed);
+                    }
+                });
             }
             Some(Ok(Message::Close(frame))) => {
                 break wsconn::code_of(frame);
@@ -197,16 +230,20 @@ where
             Some(Err(_)) | None => break "none (no close frame)".to_string(),
         }
     };
-    let early = {
+    let (early, notes) = {
         let mut st = lock(state);
         let early = st.streaming;
         st.closed_by_server = true;
-        early
+        (early, st.replies.finish())
     };
+    let elapsed = run_time(plan, Instant::now());
     shared.with_window(|w| {
         Window::count(&mut w.close_codes, close_code.clone());
         if early {
             w.fail(format!("closed early: {close_code}"));
+        }
+        for note in notes {
+            w.note_reply(note, elapsed);
         }
     });
     wake.notify_one();
@@ -220,6 +257,7 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
     let mut st = lock(state);
     let (raw, decision) = match kind.as_str() {
         "vad.speech_started" | "vad.speech_stopped" => {
+            st.in_speech = kind == "vad.speech_started";
             let hysteresis = if kind == "vad.speech_started" {
                 plan.hysteresis.min_speech_ms
             } else {
@@ -241,21 +279,27 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
         }
         _ => (None, None),
     };
+    let mut notes: Vec<ReplyNote> = Vec::new();
     let transcript = if kind == "transcript.final" {
-        let stop = st.pending_stops.pop_front();
-        let voice_end = stop.map_or(audio_ms, |(_, ms)| ms);
+        // For a transcript `audio_ms` is its segment's end, padding included.
+        let stop = take_stop(&mut st.pending_stops, audio_ms);
+        let voice_end = st.sent_at(stop.map_or(audio_ms, |(_, ms)| ms));
+        notes = st.replies.transcript(voice_end);
         Some((
             stop.map(|(arrived, _)| now.saturating_duration_since(arrived)),
-            since(st.sent_at(voice_end)),
+            since(voice_end),
         ))
     } else {
         None
     };
+    if let (Some(reply_event), Some(id)) =
+        (reply_event(&kind, event), event["response_id"].as_str())
+    {
+        notes.extend(st.replies.reply_event(now, id, reply_event));
+    }
     let streaming = st.streaming;
     drop(st);
-    let elapsed = now
-        .saturating_duration_since(plan.shared.run_start)
-        .as_secs_f64();
+    let elapsed = run_time(plan, now);
     plan.shared.with_window(|w| {
         match (&raw, &decision) {
             (Some(raw), Some(decision)) => {
@@ -279,10 +323,25 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
                 w.transcript_after_voice.record(d);
             }
         }
+        for note in notes {
+            w.note_reply(note, elapsed);
+        }
         if kind == "error" {
             let code = event["code"].as_str().unwrap_or("unknown");
             Window::count(&mut w.errors, code);
         }
         Window::count(&mut w.events, kind);
     });
+}
+
+/// The pairing-relevant part of a `response.*` event.
+fn reply_event(kind: &str, event: &Value) -> Option<ReplyEvent> {
+    let cancelled = event["cancelled"].as_bool().unwrap_or(false);
+    Some(match kind {
+        "response.text.delta" => ReplyEvent::TextDelta,
+        "response.done" => ReplyEvent::Done { cancelled },
+        "response.audio.started" => ReplyEvent::AudioStarted,
+        "response.audio.done" => ReplyEvent::AudioDone { cancelled },
+        _ => return None,
+    })
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::audio_src::{Codec, FRAME_MS};
+use super::replies::{ReplyCounts, ReplyNote};
+
 /// Longest latency a histogram resolves: 10 minutes, in microseconds.
 const MAX_US: u64 = 600_000_000;
 
@@ -55,6 +58,11 @@ impl Hist {
         self.0.len()
     }
 
+    /// The latency at quantile `q` (0..=1), in ms; 0 when empty.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+
     pub fn summary(&self) -> Summary {
         let ms = |us: u64| us as f64 / 1000.0;
         if self.0.is_empty() {
@@ -87,6 +95,9 @@ pub struct Window {
     pub sessions_started: u64,
     pub sessions_failed: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Sessions the server refused at one of its session limits, by reason (e.g.
+    /// `503 server_full`): the limit at work, not a failure.
+    pub rejected: BTreeMap<String, u64>,
     /// Arrival of `vad.speech_started` minus the send time of the audio at its `audio_ms`.
     pub lag_started: Hist,
     /// The same for `vad.speech_stopped`.
@@ -96,8 +107,20 @@ pub struct Window {
     pub lag_decision: Hist,
     /// `transcript.final` arrival minus `vad.speech_stopped` arrival.
     pub transcript_after_stop: Hist,
-    /// `transcript.final` arrival minus the send time of the last voiced audio.
+    /// `transcript.final` arrival minus the send time of the last voiced audio (the
+    /// *voice end*: the frame holding the `audio_ms` of the matching `vad.speech_stopped`).
     pub transcript_after_voice: Hist,
+    /// Voice end → first `response.text.delta` of the reply to that transcript.
+    pub reply_text_after_voice: Hist,
+    /// Voice end → `response.audio.started` of that reply.
+    pub reply_started_after_voice: Hist,
+    /// Voice end → first binary audio frame of that reply.
+    pub reply_audio_after_voice: Hist,
+    /// Replies by how they ended (spoken, cut, cancelled before audio, ...).
+    pub replies: ReplyCounts,
+    /// Binary frames (reply audio) received, and their bytes.
+    pub audio_frames_received: u64,
+    pub audio_bytes_received: u64,
     /// Actual send time of each frame minus its real-time schedule (backpressure shows here).
     pub send_slip: Hist,
     pub frames_sent: u64,
@@ -111,6 +134,9 @@ pub struct Window {
     /// (seconds since the run started, latency after `vad.speech_stopped` in µs) of every
     /// transcript.
     pub transcript_timeline: Vec<(f64, u64)>,
+    /// (seconds since the run started, voice end → first reply audio in µs) of every reply
+    /// heard.
+    pub reply_timeline: Vec<(f64, u64)>,
 }
 
 impl Window {
@@ -121,6 +147,37 @@ impl Window {
     pub fn fail(&mut self, reason: impl Into<String>) {
         self.sessions_failed += 1;
         Self::count(&mut self.failures, reason);
+    }
+
+    /// A session refused at a session limit (`reason` as the report shows it).
+    pub fn reject(&mut self, reason: impl Into<String>) {
+        Self::count(&mut self.rejected, reason);
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    /// Record what the reply tracker noted, `elapsed` seconds into the run.
+    pub fn note_reply(&mut self, note: ReplyNote, elapsed: f64) {
+        match note {
+            ReplyNote::FirstText(d) => self.reply_text_after_voice.record(d),
+            ReplyNote::AudioStarted(d) => self.reply_started_after_voice.record(d),
+            ReplyNote::FirstAudio(d) => {
+                self.reply_audio_after_voice.record(d);
+                self.reply_timeline.push((elapsed, d.as_micros() as u64));
+            }
+            _ => self.replies.count(note),
+        }
+    }
+
+    /// Seconds of reply audio received: PCM16 from its bytes, Opus at one 20 ms packet
+    /// per frame.
+    pub fn audio_received_s(&self, codec: Codec, sample_rate: u32) -> f64 {
+        match codec {
+            Codec::Pcm16 => self.audio_bytes_received as f64 / (2.0 * sample_rate as f64),
+            Codec::Opus => (self.audio_frames_received * FRAME_MS) as f64 / 1000.0,
+        }
     }
 
     pub fn vad_events(&self) -> u64 {

@@ -1,6 +1,8 @@
 //! `hearken bench streams`: N sessions stream WAV audio in real time for a while; the
-//! report gives VAD-event lag, end-of-speech → transcript latency, errors, close codes and
-//! an explicit verdict on whether the server keeps up with real time.
+//! report gives VAD-event lag, end-of-speech → transcript and → reply latencies (first
+//! text, `response.audio.started`, first audio frame), how replies ended, sessions refused
+//! at the server's limits, errors, close codes and an explicit verdict on whether the
+//! server keeps up with real time. `--plot` draws it as SVG.
 //!
 //! Lags are wall-clock arrival of an event minus the send time of the audio it names. A
 //! `vad.speech_started` cannot come before `min_speech_ms` of voice after its `audio_ms`,
@@ -18,7 +20,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::metrics_scrape::{self, counter_delta, format_deltas, REJECTED_COUNTER};
+use super::plot::{self, StreamsPlot};
 use super::progress::Progress;
+use super::replies::ReplyCounts;
 use super::stats::{format_counts, print_table, Summary, TimelinePoint, Window};
 
 #[derive(Debug, clap::Args)]
@@ -37,9 +42,15 @@ pub struct StreamsArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw latency percentiles and the lag timeline as an SVG chart here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let metrics_url = args.stream.metrics_url.as_deref();
+    let before = metrics_scrape::scrape_optional(&http, metrics_url).await;
     let shared = Shared::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut launcher = Launcher::new(&args.stream, Arc::clone(&shared), stop_rx)?;
@@ -63,15 +74,64 @@ pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
     )
     .await;
     progress.finish();
+    let after = match before {
+        Some(_) => metrics_scrape::scrape_optional(&http, metrics_url).await,
+        None => None,
+    };
+    let server_rejections = before
+        .zip(after)
+        .map(|(before, after)| counter_delta(&before, &after, REJECTED_COUNTER));
 
-    let report = shared.with_window(|w| StreamsReport::new(&args, launcher.loop_ms(), w));
+    let report =
+        shared.with_window(|w| StreamsReport::new(&args, launcher.loop_ms(), w, server_rejections));
     report.print();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("JSON report written to {}", path.display());
     }
+    if let Some(path) = &args.plot {
+        shared.with_window(|w| plot::streams(path, &streams_plot(&args, w)))?;
+        println!("plot written to {}", path.display());
+    }
     Ok(())
+}
+
+fn streams_plot<'a>(args: &StreamsArgs, w: &'a Window) -> StreamsPlot<'a> {
+    StreamsPlot {
+        title: format!(
+            "hearken bench streams: sessions {}, {} s, {} @ {} Hz",
+            args.sessions,
+            args.duration,
+            args.stream.codec.as_str(),
+            args.stream.sample_rate
+        ),
+        curves: vec![
+            ("VAD decision lag", &w.lag_decision),
+            ("transcript after voice end", &w.transcript_after_voice),
+            (
+                "reply first audio after voice end",
+                &w.reply_audio_after_voice,
+            ),
+            (
+                "reply first text after voice end",
+                &w.reply_text_after_voice,
+            ),
+        ],
+        timelines: vec![
+            ("VAD decision lag", &w.timeline),
+            ("transcript after speech_stopped", &w.transcript_timeline),
+            ("reply first audio after voice end", &w.reply_timeline),
+        ],
+    }
+}
+
+/// Reply audio the sessions received.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AudioReceived {
+    pub frames: u64,
+    pub bytes: u64,
+    pub seconds: f64,
 }
 
 /// The `streams` report, printed as a table and written as JSON.
@@ -81,6 +141,12 @@ pub struct StreamsReport {
     pub sessions_started: u64,
     pub sessions_failed: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Sessions the server refused at its session limits (not failures), by status and
+    /// reason, e.g. `503 server_full`.
+    pub sessions_rejected: BTreeMap<String, u64>,
+    /// The server's own count of refused upgrades over the run, by reason (with
+    /// `--metrics-url`).
+    pub server_rejected_connections: Option<BTreeMap<String, f64>>,
     pub codec: &'static str,
     pub sample_rate: u32,
     pub speed: f64,
@@ -93,6 +159,14 @@ pub struct StreamsReport {
     pub vad_decision_lag: Summary,
     pub transcript_after_speech_stopped: Summary,
     pub transcript_after_last_voice: Summary,
+    /// Voice end (as for `transcript_after_last_voice`) → first `response.text.delta`.
+    pub reply_text_after_voice_end: Summary,
+    /// Voice end → `response.audio.started`.
+    pub reply_audio_started_after_voice_end: Summary,
+    /// Voice end → first binary audio frame of the reply.
+    pub reply_audio_after_voice_end: Summary,
+    pub replies: ReplyCounts,
+    pub audio_received: AudioReceived,
     pub send_slip: Summary,
     pub events: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
@@ -111,7 +185,12 @@ pub struct StreamsReport {
 }
 
 impl StreamsReport {
-    fn new(args: &StreamsArgs, audio_loop_ms: u64, w: &Window) -> StreamsReport {
+    fn new(
+        args: &StreamsArgs,
+        audio_loop_ms: u64,
+        w: &Window,
+        server_rejected_connections: Option<BTreeMap<String, f64>>,
+    ) -> StreamsReport {
         let mut both = w.lag_started.clone();
         both.merge(&w.lag_stopped);
         let behind_reasons = w.behind_reasons();
@@ -121,6 +200,8 @@ impl StreamsReport {
             sessions_started: w.sessions_started,
             sessions_failed: w.sessions_failed,
             failures: w.failures.clone(),
+            sessions_rejected: w.rejected.clone(),
+            server_rejected_connections,
             codec: args.stream.codec.as_str(),
             sample_rate: args.stream.sample_rate,
             speed: args.stream.speed,
@@ -133,6 +214,15 @@ impl StreamsReport {
             vad_decision_lag: w.lag_decision.summary(),
             transcript_after_speech_stopped: w.transcript_after_stop.summary(),
             transcript_after_last_voice: w.transcript_after_voice.summary(),
+            reply_text_after_voice_end: w.reply_text_after_voice.summary(),
+            reply_audio_started_after_voice_end: w.reply_started_after_voice.summary(),
+            reply_audio_after_voice_end: w.reply_audio_after_voice.summary(),
+            replies: w.replies,
+            audio_received: AudioReceived {
+                frames: w.audio_frames_received,
+                bytes: w.audio_bytes_received,
+                seconds: w.audio_received_s(args.stream.codec, args.stream.sample_rate),
+            },
             send_slip: w.send_slip.summary(),
             events: w.events.clone(),
             errors: w.errors.clone(),
@@ -150,12 +240,20 @@ impl StreamsReport {
 
     fn print(&self) {
         println!(
-            "sessions: requested {}, started {}, failed {} ({})",
+            "sessions: requested {}, started {}, failed {} ({}), refused at the server's limit {} ({})",
             self.sessions_requested,
             self.sessions_started,
             self.sessions_failed,
-            format_counts(&self.failures)
+            format_counts(&self.failures),
+            self.sessions_rejected.values().sum::<u64>(),
+            format_counts(&self.sessions_rejected)
         );
+        if let Some(server) = &self.server_rejected_connections {
+            println!(
+                "server-side count of refused upgrades ({REJECTED_COUNTER} delta): {}",
+                format_deltas(server)
+            );
+        }
         println!(
             "audio: {} @ {} Hz, speed {}x, loop {} ms, {} frames sent over {} s",
             self.codec,
@@ -178,8 +276,40 @@ impl StreamsReport {
                 "transcript after last voiced audio",
                 self.transcript_after_last_voice,
             ),
+            (
+                "reply first text after voice end",
+                self.reply_text_after_voice_end,
+            ),
+            (
+                "reply audio.started after voice end",
+                self.reply_audio_started_after_voice_end,
+            ),
+            (
+                "reply first audio after voice end",
+                self.reply_audio_after_voice_end,
+            ),
             ("send slip vs real-time schedule", self.send_slip),
         ]);
+        let r = &self.replies;
+        if r.total() > 0 || r.transcripts_without_reply > 0 {
+            println!(
+                "replies: {} with audio ({} cut while speaking, {} still speaking at the end), \
+                 {} cancelled before audio, {} finished without audio, {} unfinished at the end, \
+                 {} unpaired; transcripts without a reply: {}",
+                r.with_audio,
+                r.cut_while_speaking,
+                r.speaking_at_end,
+                r.cancelled_before_audio,
+                r.completed_without_audio,
+                r.unfinished,
+                r.unpaired,
+                r.transcripts_without_reply
+            );
+        }
+        println!(
+            "reply audio received: {:.1} s ({} frames, {} bytes)",
+            self.audio_received.seconds, self.audio_received.frames, self.audio_received.bytes
+        );
         println!("events: {}", format_counts(&self.events));
         println!("errors: {}", format_counts(&self.errors));
         println!("close codes: {}", format_counts(&self.close_codes));

@@ -1,6 +1,6 @@
 //! WebSocket plumbing every bench command shares: open a session (connect, then wait for
-//! `session.started`, both bounded), wait for the server's Close, leave politely, and the
-//! stop signal that ends a run.
+//! `session.started`, both bounded), tell a refusal at a session limit from a failure,
+//! wait for the server's Close, leave politely, and the stop signal that ends a run.
 
 use std::time::Duration;
 
@@ -18,16 +18,96 @@ pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// Bound on connecting and, separately, on waiting for `session.started`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connect and wait for `session.started`; on failure, a short reason for the report.
-pub async fn open(url: &str) -> Result<Ws, String> {
+/// Why a session could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// The server answered the upgrade request with an HTTP status.
+    Refused(Refusal),
+    /// Anything else (connect error, timeout, no `session.started`): a short reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Refused(refusal) => write!(f, "connect: HTTP {refusal}"),
+            OpenError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// A refused upgrade: the HTTP status and the `error.code` of the server's JSON body
+/// (src/http/ws.rs). Both session limits answer 503, like "still loading" and "shutting
+/// down", so the code is what tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// `server_full`, `per_ip_limit`, `not_ready`, `shutting_down`, `unauthorised`, ...;
+    /// `None` when the body did not come with the headers or is not the server's JSON.
+    pub code: Option<String>,
+}
+
+/// `error.code` of the global session limit (`server.max_sessions`).
+pub const SERVER_FULL: &str = "server_full";
+/// `error.code` of the per-address limit (`server.max_sessions_per_ip`).
+pub const PER_IP_LIMIT: &str = "per_ip_limit";
+/// Codes the server sends before an upgrade, looked for when the body is cut short.
+const KNOWN_CODES: [&str; 6] = [
+    SERVER_FULL,
+    PER_IP_LIMIT,
+    "not_ready",
+    "shutting_down",
+    "unauthorised",
+    "bad_query",
+];
+
+impl Refusal {
+    /// Classify a refused upgrade from its status and whatever body arrived with it.
+    pub fn classify(status: u16, body: Option<&[u8]>) -> Refusal {
+        let body = body.unwrap_or_default();
+        let code = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .or_else(|| {
+                // A body split from its headers arrives partly: look for a known code.
+                let text = String::from_utf8_lossy(body);
+                KNOWN_CODES
+                    .iter()
+                    .find(|code| text.contains(&format!("\"{code}\"")))
+                    .map(|code| code.to_string())
+            });
+        Refusal { status, code }
+    }
+
+    /// Refused by `server.max_sessions` or `server.max_sessions_per_ip`: the limit working
+    /// as configured, not a failure.
+    pub fn is_limit(&self) -> bool {
+        self.status == 503 && matches!(self.code.as_deref(), Some(SERVER_FULL | PER_IP_LIMIT))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    /// `503 server_full`, or the bare status when the reason is unknown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{} {code}", self.status),
+            None => write!(f, "{}", self.status),
+        }
+    }
+}
+
+/// Connect and wait for `session.started`; on failure, why.
+pub async fn open(url: &str) -> Result<Ws, OpenError> {
+    let failed = |reason: String| Err(OpenError::Failed(reason));
     let mut ws = match timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(Error::Http(response))) => {
-            return Err(format!("connect: HTTP {}", response.status().as_u16()))
+            let refusal = Refusal::classify(response.status().as_u16(), response.body().as_deref());
+            return Err(OpenError::Refused(refusal));
         }
-        Ok(Err(Error::Io(io))) => return Err(format!("connect: {}", io.kind())),
-        Ok(Err(other)) => return Err(format!("connect: {other}")),
-        Err(_) => return Err("connect: timeout".into()),
+        Ok(Err(Error::Io(io))) => return failed(format!("connect: {}", io.kind())),
+        Ok(Err(other)) => return failed(format!("connect: {other}")),
+        Err(_) => return failed("connect: timeout".into()),
     };
     let started = async {
         while let Some(Ok(msg)) = ws.next().await {
@@ -42,7 +122,7 @@ pub async fn open(url: &str) -> Result<Ws, String> {
     };
     match timeout(CONNECT_TIMEOUT, started).await {
         Ok(true) => Ok(ws),
-        _ => Err("no session.started".into()),
+        _ => failed("no session.started".into()),
     }
 }
 
@@ -89,4 +169,46 @@ where
 /// non-`Send` watch guard lives in a `select!` output.
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str) -> Vec<u8> {
+        serde_json::json!({ "error": { "code": code, "message": "..." } })
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn refusals_at_the_limits_are_told_from_other_refusals() {
+        let full = Refusal::classify(503, Some(&body("server_full")));
+        assert!(full.is_limit());
+        assert_eq!(full.to_string(), "503 server_full");
+        let per_ip = Refusal::classify(503, Some(&body("per_ip_limit")));
+        assert!(per_ip.is_limit());
+        assert_eq!(per_ip.to_string(), "503 per_ip_limit");
+        // Also 503, but not a limit: the run is invalid, a failure.
+        assert!(!Refusal::classify(503, Some(&body("not_ready"))).is_limit());
+        assert!(!Refusal::classify(503, Some(&body("shutting_down"))).is_limit());
+        assert!(!Refusal::classify(401, Some(&body("unauthorised"))).is_limit());
+        let bare = Refusal::classify(503, None);
+        assert!(!bare.is_limit());
+        assert_eq!(
+            OpenError::Refused(bare).to_string(),
+            "connect: HTTP 503",
+            "no body: the status alone"
+        );
+    }
+
+    #[test]
+    fn a_cut_body_still_names_its_code() {
+        let cut = &body("per_ip_limit")[..32];
+        assert!(serde_json::from_slice::<Value>(cut).is_err());
+        assert_eq!(
+            Refusal::classify(503, Some(cut)).code.as_deref(),
+            Some("per_ip_limit")
+        );
+    }
 }
