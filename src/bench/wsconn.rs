@@ -9,12 +9,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Read buffer per connection (see `open`).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Bound on connecting and, separately, on waiting for `session.started`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -99,7 +101,13 @@ impl std::fmt::Display for Refusal {
 /// Connect and wait for `session.started`; on failure, why.
 pub async fn open(url: &str) -> Result<Ws, OpenError> {
     let failed = |reason: String| Err(OpenError::Failed(reason));
-    let mut ws = match timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read;
+    // with hundreds of sessions that was a third of the bench's CPU. Server messages
+    // are small, and larger ones still arrive whole across reads. No Nagle delay for
+    // real-time frames.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let mut ws = match timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(Error::Http(response))) => {
             let refusal = Refusal::classify(response.status().as_u16(), response.body().as_deref());
