@@ -219,6 +219,10 @@ pub struct LlmConfig {
     pub history_ttl_ms: u64,
     /// Messages kept per conversation (oldest dropped first).
     pub history_max_messages: usize,
+    /// Newest history messages put in each prompt (the current one included). The
+    /// embedded model reads its whole prompt before the first token, so every message
+    /// of history delays each reply.
+    pub context_messages: usize,
     /// Conversations kept (least recently used dropped first).
     pub history_max_conversations: usize,
 }
@@ -239,6 +243,7 @@ impl Default for LlmConfig {
             breaker_cooldown_ms: 10_000,
             history_ttl_ms: 30 * 60 * 1000,
             history_max_messages: 40,
+            context_messages: 3,
             history_max_conversations: 10_000,
         }
     }
@@ -423,6 +428,12 @@ impl Config {
             return invalid(
                 "llm.history_max_messages",
                 "history bounds must be at least 1",
+            );
+        }
+        if self.llm.context_messages == 0 {
+            return invalid(
+                "llm.context_messages",
+                "must be at least 1 (the user's message)",
             );
         }
         if self.llm.backend == LlmBackendKind::Openai && !self.llm.base_url.starts_with("http") {

@@ -125,9 +125,11 @@ impl Handler<Respond> for LlmActor {
         let id = self.conversation_id();
         services.conversations.push(id, ChatMessage::user(msg.text));
         let request = GenerationRequest {
-            messages: services
-                .conversations
-                .transcript(id, &services.config.llm.system_prompt),
+            messages: services.conversations.transcript(
+                id,
+                &services.config.llm.system_prompt,
+                services.config.llm.context_messages,
+            ),
             conversation: self.env.cancel.clone(),
             hold: Box::new(self.link.hold()),
         };

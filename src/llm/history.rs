@@ -96,8 +96,9 @@ impl ConversationStore {
         });
     }
 
-    /// The messages to send to the model: the system prompt, then the stored turns.
-    pub fn transcript(&self, id: Uuid, default_system: &str) -> Vec<ChatMessage> {
+    /// The messages to send to the model: the system prompt, then the last `recent`
+    /// stored turns (all are kept for resumption; the prompt takes the newest).
+    pub fn transcript(&self, id: Uuid, default_system: &str, recent: usize) -> Vec<ChatMessage> {
         let now = Instant::now();
         self.with(|entries| {
             let entry = entries.get(&id).filter(|e| self.live(e, now));
@@ -106,7 +107,8 @@ impl ConversationStore {
                 .unwrap_or_else(|| default_system.to_string());
             let mut messages = vec![ChatMessage::system(system)];
             if let Some(entry) = entry {
-                messages.extend(entry.messages.iter().cloned());
+                let skip = entry.messages.len().saturating_sub(recent);
+                messages.extend(entry.messages.iter().skip(skip).cloned());
             }
             messages
         })
@@ -143,12 +145,18 @@ mod tests {
         for i in 0..5 {
             store.push(id, ChatMessage::user(format!("turn {i}")));
         }
-        let messages = store.transcript(id, "be brief");
+        let messages = store.transcript(id, "be brief", 40);
         assert_eq!(messages[0], ChatMessage::system("be brief"));
         let turns: Vec<&str> = messages[1..].iter().map(|m| m.content.as_str()).collect();
         assert_eq!(turns, ["turn 2", "turn 3", "turn 4"]);
+        let recent = store.transcript(id, "be brief", 2);
+        let turns: Vec<&str> = recent[1..].iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(turns, ["turn 3", "turn 4"], "the prompt takes the newest turns");
         store.set_system_prompt(id, "be a pirate".into());
-        assert_eq!(store.transcript(id, "be brief")[0].content, "be a pirate");
+        assert_eq!(
+            store.transcript(id, "be brief", 40)[0].content,
+            "be a pirate"
+        );
     }
 
     #[test]
