@@ -151,7 +151,11 @@ mod tests {
         assert_eq!(turns, ["turn 2", "turn 3", "turn 4"]);
         let recent = store.transcript(id, "be brief", 2);
         let turns: Vec<&str> = recent[1..].iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(turns, ["turn 3", "turn 4"], "the prompt takes the newest turns");
+        assert_eq!(
+            turns,
+            ["turn 3", "turn 4"],
+            "the prompt takes the newest turns"
+        );
         store.set_system_prompt(id, "be a pirate".into());
         assert_eq!(
             store.transcript(id, "be brief", 40)[0].content,
