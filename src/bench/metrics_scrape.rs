@@ -217,6 +217,18 @@ pub async fn scrape_optional(client: &reqwest::Client, url: Option<&str>) -> Opt
 
 /// Growth of each series of counter `name` between two scrapes, keyed by its label value
 /// (`reason="server_full"` → `server_full`); series that did not move are left out.
+/// The server's refused upgrades by reason since `before`; `None` when there was no
+/// first scrape (no `--metrics-url`, or the server did not answer).
+pub async fn rejections_since(
+    client: &reqwest::Client,
+    url: Option<&str>,
+    before: Option<Scrape>,
+) -> Option<BTreeMap<String, f64>> {
+    let before = before?;
+    let after = scrape_optional(client, url).await?;
+    Some(counter_delta(&before, &after, REJECTED_COUNTER))
+}
+
 pub fn counter_delta(before: &Scrape, after: &Scrape, name: &str) -> BTreeMap<String, f64> {
     let was = before.family(name);
     after

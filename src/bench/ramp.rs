@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
-use super::metrics_scrape::{self, counter_delta, format_deltas, REJECTED_COUNTER};
+use super::metrics_scrape::{self, format_deltas, REJECTED_COUNTER};
 use super::plot::{self, LimitMark, RampPlot, RampPoint};
 use super::progress::Progress;
 use super::stats::{format_counts, Summary, Window, BEHIND_P95_MS};
@@ -169,13 +169,7 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
     )
     .await;
     progress.finish();
-    let after = match before {
-        Some(_) => metrics_scrape::scrape_optional(&http, metrics_url).await,
-        None => None,
-    };
-    let server_rejections = before
-        .zip(after)
-        .map(|(before, after)| counter_delta(&before, &after, REJECTED_COUNTER));
+    let server_rejections = metrics_scrape::rejections_since(&http, metrics_url, before).await;
 
     println!(
         "{:>8} {:>6} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}  verdict",

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
-use super::metrics_scrape::{self, counter_delta, format_deltas, REJECTED_COUNTER};
+use super::metrics_scrape::{self, format_deltas, REJECTED_COUNTER};
 use super::plot::{self, StreamsPlot};
 use super::progress::Progress;
 use super::replies::ReplyCounts;
@@ -74,13 +74,7 @@ pub async fn run(args: StreamsArgs) -> anyhow::Result<()> {
     )
     .await;
     progress.finish();
-    let after = match before {
-        Some(_) => metrics_scrape::scrape_optional(&http, metrics_url).await,
-        None => None,
-    };
-    let server_rejections = before
-        .zip(after)
-        .map(|(before, after)| counter_delta(&before, &after, REJECTED_COUNTER));
+    let server_rejections = metrics_scrape::rejections_since(&http, metrics_url, before).await;
 
     let report =
         shared.with_window(|w| StreamsReport::new(&args, launcher.loop_ms(), w, server_rejections));
