@@ -5,6 +5,7 @@
 pub mod cancel;
 mod denormals;
 pub mod pool;
+mod queue;
 pub mod silero_batcher;
 
 pub use cancel::CancelToken;

@@ -12,14 +12,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
 use super::cancel::CancelToken;
 use super::denormals::flush_denormals;
+use super::queue::{JobQueue, PushError, Skip};
 use crate::metrics::{GaugeGuard, Metrics};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,14 +36,24 @@ pub enum JobError {
     PoolClosed { pool: &'static str },
 }
 
-type Task<S> = Box<dyn FnOnce(&mut S) + Send + 'static>;
+/// The body of a queued job: given the worker's state to run, or `None` to answer it
+/// unrun.
+type TaskBody<S> = dyn FnOnce(Option<&mut S>) + Send + 'static;
+
+struct Task<S>(Box<TaskBody<S>>);
+
+impl<S> Skip for Task<S> {
+    fn skip(self) {
+        (self.0)(None)
+    }
+}
 
 /// Builds one thread's state, on that thread.
 pub type StateInit<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
 
 pub struct WorkerPool<S: 'static = ()> {
     name: &'static str,
-    queue: Option<SyncSender<Task<S>>>,
+    queue: Arc<JobQueue<Task<S>>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
     /// Jobs queued or running.
@@ -74,12 +84,11 @@ impl<S: 'static> WorkerPool<S> {
         init: StateInit<S>,
         on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let (queue, jobs) = sync_channel::<Task<S>>(queue_depth);
-        let jobs = Arc::new(Mutex::new(jobs));
+        let queue = JobQueue::new(queue_depth, metrics.jobs_skipped.clone());
         let on_ready = Arc::new(on_ready);
         let threads = (0..threads)
             .map(|i| {
-                let jobs = Arc::clone(&jobs);
+                let jobs = Arc::clone(&queue);
                 let init = Arc::clone(&init);
                 let on_ready = Arc::clone(&on_ready);
                 std::thread::Builder::new()
@@ -99,7 +108,7 @@ impl<S: 'static> WorkerPool<S> {
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(WorkerPool {
             name,
-            queue: Some(queue),
+            queue,
             threads,
             metrics,
             pending: Arc::new(AtomicUsize::new(0)),
@@ -122,38 +131,39 @@ impl<S: 'static> WorkerPool<S> {
         F: FnOnce(&mut S) -> T + Send + 'static,
         H: Send + 'static,
     {
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or(JobError::PoolClosed { pool: self.name })?;
         let (reply, answer) = oneshot::channel();
         let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
         let metrics = Arc::clone(&self.metrics);
+        let token_of_job = token;
         let token = token.clone();
         let pending = PendingGuard::new(&self.pending);
-        let task: Task<S> = Box::new(move |state: &mut S| {
-            let outcome = if token.is_cancelled() || reply.is_closed() {
-                metrics.jobs_skipped.inc();
-                drop(work);
-                Err(JobError::Cancelled)
-            } else {
-                catch_unwind(AssertUnwindSafe(|| work(state))).map_err(|panic| {
-                    let message = panic_message(panic.as_ref());
-                    tracing::error!(%message, "worker job panicked");
-                    JobError::Panicked(message)
-                })
+        let task = Task(Box::new(move |state: Option<&mut S>| {
+            let outcome = match state {
+                Some(state) if !token.is_cancelled() && !reply.is_closed() => {
+                    catch_unwind(AssertUnwindSafe(|| work(state))).map_err(|panic| {
+                        let message = panic_message(panic.as_ref());
+                        tracing::error!(%message, "worker job panicked");
+                        JobError::Panicked(message)
+                    })
+                }
+                Some(_) => {
+                    metrics.jobs_skipped.inc();
+                    Err(JobError::Cancelled)
+                }
+                // Taken out of the queue by its conversation's end (counted there).
+                None => Err(JobError::Cancelled),
             };
             let _ = reply.send(outcome);
             drop(pending);
             drop(inflight);
             drop(hold);
-        });
-        queue.try_send(task).map_err(|e| match e {
-            TrySendError::Full(_) => {
+        }));
+        self.queue.push(token_of_job, task).map_err(|e| match e {
+            PushError::Full(_) => {
                 self.metrics.overloaded.inc();
                 JobError::Overloaded { pool: self.name }
             }
-            TrySendError::Disconnected(_) => JobError::PoolClosed { pool: self.name },
+            PushError::Closed(_) => JobError::PoolClosed { pool: self.name },
         })?;
         Ok(answer)
     }
@@ -184,17 +194,9 @@ impl Drop for PendingGuard {
     }
 }
 
-fn run_worker<S>(jobs: &Mutex<Receiver<Task<S>>>, state: &mut S) {
-    loop {
-        // Hold the lock only to take one job, never while running it.
-        let next = match jobs.lock() {
-            Ok(queue) => queue.recv(),
-            Err(poisoned) => poisoned.into_inner().recv(),
-        };
-        match next {
-            Ok(task) => task(state),
-            Err(_) => return, // The pool was dropped: queue closed.
-        }
+fn run_worker<S: 'static>(jobs: &JobQueue<Task<S>>, state: &mut S) {
+    while let Some(task) = jobs.pop() {
+        (task.0)(Some(state));
     }
 }
 
@@ -210,7 +212,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 impl<S: 'static> Drop for WorkerPool<S> {
     fn drop(&mut self) {
-        self.queue = None;
+        self.queue.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use super::cancel::CancelToken;
 use super::denormals::flush_denormals;
 use super::pool::{panic_message, JobError};
+use super::queue::{JobQueue, PushError, Skip};
 use crate::audio::ingest::{Ingest, IngestOutput};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::models::{SileroJob, SileroVad};
@@ -57,9 +57,15 @@ impl VadJob {
     }
 }
 
+impl Skip for VadJob {
+    fn skip(self) {
+        self.answer(|_| Err(JobError::Cancelled));
+    }
+}
+
 /// Dropping it closes the queue and joins every thread.
 pub struct SileroBatcher {
-    queue: Option<Sender<VadJob>>,
+    queue: Arc<JobQueue<VadJob>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
 }
@@ -73,11 +79,12 @@ impl SileroBatcher {
         metrics: Arc<Metrics>,
         on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let (queue, jobs) = bounded::<VadJob>(queue_depth);
+        let queue = JobQueue::new(queue_depth, metrics.jobs_skipped.clone());
         let on_ready = Arc::new(on_ready);
         let threads = (0..threads)
             .map(|i| {
-                let (jobs, on_ready, model) = (jobs.clone(), Arc::clone(&on_ready), model.clone());
+                let (jobs, on_ready, model) =
+                    (Arc::clone(&queue), Arc::clone(&on_ready), model.clone());
                 let metrics = Arc::clone(&metrics);
                 std::thread::Builder::new()
                     .name(format!("hearken-silero-{i}"))
@@ -95,7 +102,7 @@ impl SileroBatcher {
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(SileroBatcher {
-            queue: Some(queue),
+            queue,
             threads,
             metrics,
         })
@@ -110,8 +117,6 @@ impl SileroBatcher {
         frames: Vec<Bytes>,
         flush: bool,
     ) -> Result<oneshot::Receiver<VadReply>, JobError> {
-        let closed = JobError::PoolClosed { pool: "silero" };
-        let queue = self.queue.as_ref().ok_or(closed.clone())?;
         let (reply, answer) = oneshot::channel();
         let job = VadJob {
             ingest,
@@ -122,12 +127,12 @@ impl SileroBatcher {
             inflight: GaugeGuard::new(self.metrics.inflight_jobs.clone()),
             hold: Box::new(hold),
         };
-        queue.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => {
+        self.queue.push(token, job).map_err(|e| match e {
+            PushError::Full(_) => {
                 self.metrics.overloaded.inc();
                 JobError::Overloaded { pool: "silero" }
             }
-            TrySendError::Disconnected(_) => closed,
+            PushError::Closed(_) => JobError::PoolClosed { pool: "silero" },
         })?;
         Ok(answer)
     }
@@ -135,7 +140,7 @@ impl SileroBatcher {
 
 impl Drop for SileroBatcher {
     fn drop(&mut self) {
-        self.queue = None;
+        self.queue.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -176,15 +181,15 @@ impl Live {
 /// every conversation it holds, in one model call; conversations whose windows are
 /// done are answered, and jobs that arrived meanwhile join the next round. A backlog
 /// in one conversation therefore never runs in rounds of its own.
-fn run_worker(vad: &mut SileroVad, jobs: &Receiver<VadJob>, max_batch: usize, metrics: &Metrics) {
+fn run_worker(vad: &mut SileroVad, jobs: &JobQueue<VadJob>, max_batch: usize, metrics: &Metrics) {
     let mut live: Vec<Live> = Vec::with_capacity(max_batch);
     loop {
         if live.is_empty() {
-            let Ok(job) = jobs.recv() else { return };
+            let Some(job) = jobs.pop() else { return };
             admit(job, &mut live, metrics);
         }
         while live.len() < max_batch {
-            let Ok(job) = jobs.try_recv() else { break };
+            let Some(job) = jobs.try_pop() else { break };
             admit(job, &mut live, metrics);
         }
         if !live.is_empty() {

@@ -1,0 +1,197 @@
+//! The bounded job queue under every worker pool.
+//!
+//! Each job is queued with its conversation's [`CancelToken`]. When that token is
+//! cancelled, the conversation's waiting jobs are taken out at once and answered as
+//! skipped, on the cancelling thread: a conversation that ends while its jobs wait
+//! behind other conversations' work is torn down in microseconds instead of when a
+//! worker reaches them (measured before: one second and more with ten busy sessions).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+
+use prometheus::IntCounter;
+
+use super::cancel::{CancelToken, Purge};
+
+/// A queued job that can be answered without running (its owner went away).
+pub(crate) trait Skip: Send {
+    fn skip(self);
+}
+
+pub(crate) enum PushError<T> {
+    Full(T),
+    Closed(T),
+}
+
+struct Queued<T> {
+    owner: CancelToken,
+    job: T,
+}
+
+struct State<T> {
+    jobs: VecDeque<Queued<T>>,
+    closed: bool,
+}
+
+pub(crate) struct JobQueue<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+    capacity: usize,
+    /// Counts jobs answered without running.
+    skipped: IntCounter,
+    /// Itself, for the tokens' purge lists.
+    this: Weak<JobQueue<T>>,
+}
+
+impl<T: Skip + 'static> JobQueue<T> {
+    pub fn new(capacity: usize, skipped: IntCounter) -> Arc<Self> {
+        Arc::new_cyclic(|this| JobQueue {
+            state: Mutex::new(State {
+                jobs: VecDeque::with_capacity(capacity.min(1024)),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity,
+            skipped,
+            this: this.clone(),
+        })
+    }
+
+    pub fn push(&self, owner: &CancelToken, job: T) -> Result<(), PushError<T>> {
+        let this: Weak<dyn Purge> = self.this.clone();
+        owner.watch(this);
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(PushError::Closed(job));
+            }
+            if state.jobs.len() >= self.capacity {
+                return Err(PushError::Full(job));
+            }
+            state.jobs.push_back(Queued {
+                owner: owner.clone(),
+                job,
+            });
+        }
+        self.ready.notify_one();
+        // Cancelled between `watch` and the push: `cancel` may have purged already.
+        if owner.is_cancelled() {
+            self.purge_cancelled();
+        }
+        Ok(())
+    }
+
+    /// The next job; waits for one. `None` once closed and empty.
+    pub fn pop(&self) -> Option<T> {
+        let mut state = self.lock();
+        loop {
+            if let Some(queued) = state.jobs.pop_front() {
+                return Some(queued.job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The next job if one is waiting.
+    pub fn try_pop(&self) -> Option<T> {
+        self.lock().jobs.pop_front().map(|queued| queued.job)
+    }
+
+    /// No more jobs; workers drain what is queued and then stop.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T: Skip + 'static> Purge for JobQueue<T> {
+    fn purge_cancelled(&self) {
+        let gone: Vec<T> = {
+            let mut state = self.lock();
+            let (gone, kept) = std::mem::take(&mut state.jobs)
+                .into_iter()
+                .partition::<Vec<_>, _>(|queued| queued.owner.is_cancelled());
+            state.jobs = kept.into();
+            gone.into_iter().map(|queued| queued.job).collect()
+        };
+        // Answered outside the lock: answering drops holds, which may wake actors.
+        for job in gone {
+            self.skipped.inc();
+            job.skip();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Job(Arc<AtomicUsize>);
+
+    impl Skip for Job {
+        fn skip(self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("skipped", "skipped").unwrap()
+    }
+
+    #[test]
+    fn cancelling_takes_only_that_owners_waiting_jobs_out_at_once() {
+        let queue = JobQueue::new(8, counter());
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let (leaving, staying) = (CancelToken::new(), CancelToken::new());
+        for owner in [&staying, &leaving, &staying, &leaving] {
+            assert!(queue.push(owner, Job(Arc::clone(&skipped))).is_ok());
+        }
+        leaving.cancel();
+        assert_eq!(skipped.load(Ordering::SeqCst), 2);
+        assert!(queue.try_pop().is_some());
+        assert!(queue.try_pop().is_some());
+        assert!(queue.try_pop().is_none());
+        assert_eq!(queue.skipped.get(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_a_closed_one_drains_then_ends() {
+        let queue = JobQueue::new(1, counter());
+        let count = Arc::new(AtomicUsize::new(0));
+        let owner = CancelToken::new();
+        assert!(queue.push(&owner, Job(Arc::clone(&count))).is_ok());
+        assert!(matches!(
+            queue.push(&owner, Job(Arc::clone(&count))),
+            Err(PushError::Full(_))
+        ));
+        queue.close();
+        assert!(matches!(
+            queue.push(&owner, Job(Arc::clone(&count))),
+            Err(PushError::Closed(_))
+        ));
+        assert!(queue.pop().is_some());
+        assert!(queue.pop().is_none());
+    }
+
+    #[test]
+    fn a_job_pushed_for_a_cancelled_owner_is_skipped_at_once() {
+        let queue = JobQueue::new(4, counter());
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let owner = CancelToken::new();
+        owner.cancel();
+        assert!(queue.push(&owner, Job(Arc::clone(&skipped))).is_ok());
+        assert_eq!(skipped.load(Ordering::SeqCst), 1);
+        assert!(queue.try_pop().is_none());
+    }
+}
