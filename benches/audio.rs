@@ -63,6 +63,8 @@ fn segmenter() -> SegmenterConfig {
         pad_ms: 300,
         max_segment_ms: 30_000,
         draft_after_ms: 0,
+        turn_check_after_ms: 0,
+        turn_max_silence_ms: 0,
         partial_every_ms: 0,
         collect_audio: false,
     }

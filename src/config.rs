@@ -134,6 +134,25 @@ pub struct VadConfig {
     pub min_silence_ms: u32,
     /// Audio kept before the detected start and after the end of a segment.
     pub pad_ms: u32,
+    /// How a turn ends: `smart` asks the Smart Turn model early in each pause whether
+    /// the user has finished; `silence` waits for `min_silence_ms` of silence.
+    pub turn: TurnMode,
+    /// Pause (ms) after which Smart Turn is asked.
+    pub turn_check_after_ms: u32,
+    /// Smart Turn probability at or above which the turn is complete.
+    pub turn_threshold: f32,
+    /// Longest pause inside a turn Smart Turn called incomplete; a pause with no
+    /// verdict (the model behind) ends the turn after `min_silence_ms`.
+    pub turn_max_silence_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnMode {
+    /// Smart Turn v3.2 decides at each pause (semantic end of turn).
+    Smart,
+    /// A fixed silence ends the turn.
+    Silence,
 }
 
 impl Default for VadConfig {
@@ -149,6 +168,10 @@ impl Default for VadConfig {
             min_silence_ms: 400,
             // 300 rather than 200: Moonshine misheard 8 kHz speech cut with 200 ms.
             pad_ms: 300,
+            turn: TurnMode::Smart,
+            turn_check_after_ms: 150,
+            turn_threshold: 0.5,
+            turn_max_silence_ms: 1000,
         }
     }
 }
@@ -219,13 +242,22 @@ pub struct LlmConfig {
     pub history_ttl_ms: u64,
     /// Messages kept per conversation (oldest dropped first).
     pub history_max_messages: usize,
-    /// Newest history messages put in each prompt (the current one included). The
-    /// embedded model reads its whole prompt before the first token, so every message
-    /// of history delays each reply.
+    /// Fewest newest history messages in a prompt (the current one included).
     pub context_messages: usize,
+    /// Most history messages in a prompt. Between the two bounds the prompt only grows
+    /// (its start moves in jumps), so the embedded model, which keeps each
+    /// conversation's attention state, reads only each turn's new tokens.
+    pub context_max_messages: usize,
     /// Conversations kept (least recently used dropped first).
     pub history_max_conversations: usize,
+    /// Attention state the embedded model keeps between turns, per LLM thread, in MiB
+    /// (about 45 KiB per token for SmolLM2-135M; least recently used dropped first).
+    pub kv_cache_mb: u32,
 }
+
+/// Spoken replies should be short: a listener waits for all of it.
+pub const DEFAULT_SYSTEM_PROMPT: &str =
+    "You are a helpful voice assistant. Reply in one or two short sentences.";
 
 impl Default for LlmConfig {
     fn default() -> Self {
@@ -234,8 +266,8 @@ impl Default for LlmConfig {
             base_url: "http://127.0.0.1:8000/v1".into(),
             model: String::new(),
             api_key: String::new(),
-            system_prompt: "You are a helpful voice assistant. Answer briefly.".into(),
-            max_tokens: 128,
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            max_tokens: 64,
             threads: 1,
             connect_timeout_ms: 2_000,
             read_timeout_ms: 15_000,
@@ -244,7 +276,9 @@ impl Default for LlmConfig {
             history_ttl_ms: 30 * 60 * 1000,
             history_max_messages: 40,
             context_messages: 3,
+            context_max_messages: 21,
             history_max_conversations: 10_000,
+            kv_cache_mb: 256,
         }
     }
 }
@@ -261,6 +295,10 @@ pub struct TtsConfig {
     /// How far audio may run ahead of real time on the wire; also how much audio a
     /// barge-in can leave in the client's buffer.
     pub lead_ms: u64,
+    /// A reply's first words are synthesised in pieces that end at any clause mark or
+    /// after this many words, so the first audio does not wait for a whole sentence
+    /// (0: whole sentences from the start).
+    pub first_piece_words: usize,
 }
 
 impl Default for TtsConfig {
@@ -270,6 +308,7 @@ impl Default for TtsConfig {
             threads: 1,
             max_queued_sentences: 16,
             lead_ms: 200,
+            first_piece_words: 4,
         }
     }
 }
@@ -388,6 +427,25 @@ impl Config {
         if self.stt.intra_threads == 0 {
             return invalid("stt.intra_threads", "must be at least 1");
         }
+        let smart = self.vad.turn == TurnMode::Smart;
+        if smart
+            && (self.vad.turn_check_after_ms == 0
+                || self.vad.turn_check_after_ms >= self.vad.min_silence_ms)
+        {
+            return invalid(
+                "vad.turn_check_after_ms",
+                "must be above 0 and below vad.min_silence_ms",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.vad.turn_threshold) {
+            return invalid("vad.turn_threshold", "must be between 0 and 1");
+        }
+        if self.vad.turn_max_silence_ms < self.vad.min_silence_ms {
+            return invalid(
+                "vad.turn_max_silence_ms",
+                "must be at least vad.min_silence_ms",
+            );
+        }
         if self.stt.draft_after_ms >= self.vad.min_silence_ms {
             return invalid(
                 "stt.draft_after_ms",
@@ -434,6 +492,12 @@ impl Config {
             return invalid(
                 "llm.context_messages",
                 "must be at least 1 (the user's message)",
+            );
+        }
+        if self.llm.context_max_messages < self.llm.context_messages {
+            return invalid(
+                "llm.context_max_messages",
+                "must be at least llm.context_messages",
             );
         }
         if self.llm.backend == LlmBackendKind::Openai && !self.llm.base_url.starts_with("http") {

@@ -15,6 +15,9 @@ use prometheus::{
 
 use crate::lifecycle::ExitReason;
 
+mod latency;
+pub use latency::{LatencyMetrics, TurnStage};
+
 /// Teardown histogram buckets in seconds: the target is p99 < 5 ms, so resolve well below it.
 const TEARDOWN_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
@@ -114,6 +117,8 @@ pub struct Metrics {
     /// Speculative transcriptions dropped because speech resumed.
     pub stt_drafts_dropped: IntCounter,
     pub stt_seconds: Histogram,
+    /// Turn stage times, speculative work, kept LLM state.
+    pub latency: LatencyMetrics,
 }
 
 impl Metrics {
@@ -228,6 +233,7 @@ impl Metrics {
                     .buckets(vec![0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]),
             )
             .expect("static metric definition"),
+            latency: LatencyMetrics::new(),
             registry,
         };
         metrics.register_all();
@@ -265,6 +271,7 @@ impl Metrics {
             // Names are static and unique, so registration cannot collide.
             let _ = self.registry.register(collector);
         }
+        self.latency.register(&self.registry);
     }
 
     /// Live actors of one kind (for tests and the bench client's summaries).

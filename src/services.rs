@@ -256,8 +256,12 @@ fn llm_backend(
             }
             readiness.expect_loads(llm.threads);
             let ready = Arc::clone(readiness);
-            let init: StateInit<EmbeddedModel> =
-                Arc::new(move || EmbeddedModel::load(&path).map_err(|e| e.to_string()));
+            let kv_cache_bytes = llm.kv_cache_mb as usize * 1024 * 1024;
+            let init: StateInit<EmbeddedModel> = Arc::new(move || {
+                EmbeddedModel::load(&path)
+                    .map(|model| model.with_kv_cache(kv_cache_bytes))
+                    .map_err(|e| e.to_string())
+            });
             let pool = WorkerPool::with_state(
                 "llm",
                 llm.threads,
@@ -270,7 +274,11 @@ fn llm_backend(
                 max_tokens: llm.max_tokens as usize,
                 ..GenerationParams::default()
             };
-            Ok(Some(EmbeddedBackend::new(pool, params)))
+            Ok(Some(EmbeddedBackend::new(
+                pool,
+                params,
+                Arc::clone(metrics),
+            )))
         }
     }
 }

@@ -6,12 +6,16 @@
 //! conversation's end cancels it at once: dropping the [`Generation`] stops the embedded
 //! decoder at its next token or aborts the HTTP request. A cancelled reply is stored
 //! marked as cut, so the model knows it was interrupted.
+//!
+//! A speculative reply (started on a draft transcript, before the turn is confirmed)
+//! runs like any other, but neither the user's words nor the reply are stored until
+//! [`ConfirmResponse`]; [`DiscardResponse`] drops it without a trace.
 
 use actix::prelude::*;
 use uuid::Uuid;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{CancelResponse, ChildEvent, Respond};
+use super::messages::{CancelResponse, ChildEvent, ConfirmResponse, DiscardResponse, Respond};
 use crate::llm::backend::{BackendError, Generation, GenerationRequest, LlmEvent};
 use crate::llm::chat::ChatMessage;
 use crate::metrics::{ActorKind, GaugeGuard};
@@ -24,14 +28,24 @@ const CUT_MARKER: &str = " [interrupted]";
 struct Reply {
     id: Uuid,
     text: String,
+    /// Speculative: the user's words, stored once the turn is confirmed.
+    unconfirmed: Option<String>,
     _generation: Generation,
     _inflight: GaugeGuard,
+}
+
+/// A speculative reply that finished before its turn was confirmed.
+struct Finished {
+    id: Uuid,
+    user: String,
+    text: String,
 }
 
 pub struct LlmActor {
     env: ChildEnv,
     parent: Recipient<ChildEvent>,
     current: Option<Reply>,
+    finished: Option<Finished>,
     link: ChildLink,
     _live: GaugeGuard,
 }
@@ -41,6 +55,7 @@ impl LlmActor {
         LlmActor {
             parent: env.parent.clone(),
             current: None,
+            finished: None,
             _live: env.services.metrics.actor_guard(ActorKind::Llm),
             env,
             link,
@@ -63,16 +78,31 @@ impl LlmActor {
         if cancelled {
             text.push_str(CUT_MARKER);
         }
+        match reply.unconfirmed {
+            // Stored only if its turn is confirmed; a cancelled one never will be.
+            Some(user) if !cancelled => {
+                self.finished = Some(Finished {
+                    id: reply.id,
+                    user,
+                    text,
+                });
+            }
+            Some(_) => {}
+            None => self.store_reply(text),
+        }
+        self.parent.do_send(ChildEvent::ResponseDone {
+            response_id: reply.id,
+            cancelled,
+        });
+    }
+
+    fn store_reply(&self, text: String) {
         if !text.trim().is_empty() {
             self.env
                 .services
                 .conversations
                 .push(self.conversation_id(), ChatMessage::assistant(text));
         }
-        self.parent.do_send(ChildEvent::ResponseDone {
-            response_id: reply.id,
-            cancelled,
-        });
     }
 
     fn on_event(&mut self, response_id: Uuid, event: LlmEvent) {
@@ -118,18 +148,39 @@ impl Handler<Respond> for LlmActor {
 
     fn handle(&mut self, msg: Respond, ctx: &mut Context<Self>) {
         self.cancel_current(); // barge-in: the newest utterance wins
+        self.finished = None;
         let services = &self.env.services;
         let Some(backend) = services.llm.as_ref() else {
             return;
         };
         let id = self.conversation_id();
-        services.conversations.push(id, ChatMessage::user(msg.text));
-        let request = GenerationRequest {
-            messages: services.conversations.transcript(
+        let llm = &services.config.llm;
+        let user = ChatMessage::user(msg.text.clone());
+        let mut messages = if msg.speculative {
+            // Not stored yet: the prompt is the stored history plus these words.
+            let mut messages = services.conversations.transcript(
                 id,
-                &services.config.llm.system_prompt,
-                services.config.llm.context_messages,
-            ),
+                &llm.system_prompt,
+                llm.context_messages,
+                llm.context_max_messages,
+                1,
+            );
+            messages.push(user);
+            messages
+        } else {
+            services.conversations.push(id, user);
+            services.conversations.transcript(
+                id,
+                &llm.system_prompt,
+                llm.context_messages,
+                llm.context_max_messages,
+                0,
+            )
+        };
+        messages.shrink_to_fit();
+        let request = GenerationRequest {
+            messages,
+            conversation_id: id,
             conversation: self.env.cancel.clone(),
             hold: Box::new(self.link.hold()),
         };
@@ -146,7 +197,7 @@ impl Handler<Respond> for LlmActor {
                 });
             }
         };
-        let response_id = Uuid::new_v4();
+        let response_id = msg.response_id;
         let events = std::mem::replace(&mut generation.events, tokio::sync::mpsc::channel(1).1);
         let stream = futures_util::stream::unfold(events, |mut events| async move {
             events.recv().await.map(|event| (event, events))
@@ -160,6 +211,7 @@ impl Handler<Respond> for LlmActor {
         self.current = Some(Reply {
             id: response_id,
             text: String::new(),
+            unconfirmed: msg.speculative.then_some(msg.text),
             _generation: generation,
             _inflight: GaugeGuard::new(services.metrics.llm_inflight.clone()),
         });
@@ -171,6 +223,33 @@ impl Handler<CancelResponse> for LlmActor {
 
     fn handle(&mut self, _: CancelResponse, _: &mut Context<Self>) {
         self.cancel_current();
+    }
+}
+
+impl Handler<ConfirmResponse> for LlmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConfirmResponse, _: &mut Context<Self>) {
+        let conversations = &self.env.services.conversations;
+        let id = self.conversation_id();
+        if let Some(reply) = self.current.as_mut().filter(|r| r.id == msg.response_id) {
+            if let Some(user) = reply.unconfirmed.take() {
+                conversations.push(id, ChatMessage::user(user));
+            }
+        } else if let Some(done) = self.finished.take_if(|f| f.id == msg.response_id) {
+            conversations.push(id, ChatMessage::user(done.user));
+            self.store_reply(done.text);
+        }
+    }
+}
+
+impl Handler<DiscardResponse> for LlmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DiscardResponse, _: &mut Context<Self>) {
+        // Dropping the reply stops its generation; nothing is stored or announced.
+        self.current.take_if(|r| r.id == msg.response_id);
+        self.finished.take_if(|f| f.id == msg.response_id);
     }
 }
 

@@ -80,11 +80,32 @@ pub enum SegmentKind {
     Partial,
 }
 
-/// Answer what the user said.
+/// Answer what the user said. The conversation names the reply, so it can hold back
+/// a speculative reply's events before the LLM has produced any.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct Respond {
+    pub response_id: uuid::Uuid,
     pub text: String,
+    /// Started on a draft transcript before the turn is confirmed: the user's words
+    /// and the reply enter the stored history only on [`ConfirmResponse`].
+    pub speculative: bool,
+}
+
+/// The turn a speculative reply answered is confirmed with the same words: the reply
+/// becomes the answer (its history is stored now).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ConfirmResponse {
+    pub response_id: uuid::Uuid,
+}
+
+/// A speculative reply answered words the user did not end their turn with: stop it
+/// and leave no trace of it (no history, no events).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct DiscardResponse {
+    pub response_id: uuid::Uuid,
 }
 
 /// Stop the reply being generated (barge-in or `response.cancel`).
@@ -98,7 +119,22 @@ pub struct CancelResponse;
 pub struct SpeakDelta {
     pub response_id: uuid::Uuid,
     pub text: String,
+    /// A speculative reply: synthesise its first clause, send nothing until
+    /// [`ReleaseSpeech`].
+    pub held: bool,
 }
+
+/// A held (speculative) reply is confirmed: its audio may go out.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ReleaseSpeech {
+    pub response_id: uuid::Uuid,
+}
+
+/// Speech resumed in the pause a draft was cut at: stop decoding it.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct DropDraft;
 
 /// The reply's text is complete (or was cancelled).
 #[derive(Message, Debug, Clone, Copy)]
@@ -133,6 +169,14 @@ pub enum ChildEvent {
     },
     /// Decoded input audio.
     Decoded { samples: Arc<[i16]> },
+    /// The transcript of a draft: what the user said if the current pause ends the
+    /// turn. A head start for a speculative reply; never shown to the client.
+    DraftTranscript { text: String },
+    /// Speech went on after a pause that had been handed out as a draft.
+    SpeechResumed,
+    /// The user's turn ended (sent right after its `Stopped`); `voice_end` is when the
+    /// last voiced audio arrived, where every stage time of the reply is counted from.
+    TurnEnded { voice_end: Instant },
     /// A final transcript of one speech segment; `audio_ms` is where the segment ended.
     Transcript {
         text: String,
@@ -149,6 +193,8 @@ pub enum ChildEvent {
         response_id: uuid::Uuid,
         cancelled: bool,
     },
+    /// A reply's first clause is synthesised (its audio may still be held).
+    FirstClauseReady { response_id: uuid::Uuid },
     /// A reply's first audio frame is about to go out.
     AudioStarted { response_id: uuid::Uuid },
     /// One frame of reply audio, in the session's codec.

@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{ChildEvent, SegmentKind, Transcribe};
+use super::messages::{ChildEvent, DropDraft, SegmentKind, Transcribe};
 use crate::audio::pcm::i16_to_f32;
 use crate::audio::segmenter::SpeechSegment;
 use crate::metrics::{ActorKind, GaugeGuard};
 use crate::protocol::ErrorCode;
-use crate::workers::JobError;
+use crate::workers::{JobError, Priority};
 
 /// Segments of one conversation queued or running at once (drafts included).
 const MAX_QUEUED_SEGMENTS: usize = 4;
@@ -114,11 +114,13 @@ impl SttActor {
         });
     }
 
-    /// Queue one decode; `stop` ends it early (drafts).
+    /// Queue one decode; `stop` ends it early (drafts). Finals and drafts are the
+    /// current turn (urgent); partials only guide later decodes.
     fn decode(
         &self,
         segment: &SpeechSegment,
         stop: Option<Arc<AtomicBool>>,
+        priority: Priority,
     ) -> Result<impl Future<Output = (u64, Decode)> + 'static, JobError> {
         let pool = self
             .env
@@ -132,13 +134,19 @@ impl SttActor {
             _ => Vec::new(),
         };
         let token = self.env.cancel.clone();
-        let answer = pool.submit(&self.env.cancel, self.link.hold(), move |moonshine| {
-            let started = Instant::now();
-            let stopped =
-                || token.is_cancelled() || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
-            let transcription = moonshine.transcribe_guided(&samples, &guess, &stopped);
-            (transcription, started.elapsed())
-        })?;
+        let answer = pool.submit_with(
+            priority,
+            &self.env.cancel,
+            self.link.hold(),
+            move |moonshine| {
+                let started = Instant::now();
+                let stopped = || {
+                    token.is_cancelled() || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire))
+                };
+                let transcription = moonshine.transcribe_guided(&samples, &guess, &stopped);
+                (transcription, started.elapsed())
+            },
+        )?;
         let start_ms = segment.start_ms;
         Ok(async move {
             let decode = match answer.await {
@@ -219,7 +227,7 @@ impl SttActor {
             return self.overloaded("speech recognition is behind; a segment was skipped");
         }
         let audio_ms = segment.end_ms;
-        let decode = match self.decode(&segment, None) {
+        let decode = match self.decode(&segment, None, Priority::Urgent) {
             Ok(decode) => decode,
             Err(JobError::Overloaded { .. }) => {
                 return self.overloaded("speech recognition is at capacity; a segment was skipped")
@@ -257,7 +265,7 @@ impl SttActor {
         }
         self.drop_draft();
         let stop = Arc::new(AtomicBool::new(false));
-        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop))) else {
+        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop)), Priority::Urgent) else {
             return; // A draft is optional: a full pool just means no head start.
         };
         self.drafts_started += 1;
@@ -285,7 +293,7 @@ impl SttActor {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop))) else {
+        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop)), Priority::Normal) else {
             return;
         };
         self.queued += 1;
@@ -316,6 +324,12 @@ impl SttActor {
                 self.guess = None;
             }
             (Decode::Text { text, elapsed, .. }, _) => {
+                if !text.is_empty() {
+                    // A head start for a speculative reply.
+                    let draft_text = text.clone();
+                    self.parent
+                        .do_send(ChildEvent::DraftTranscript { text: draft_text });
+                }
                 let state = DraftState::Done { text, elapsed };
                 self.draft = Some(Draft { state, ..draft });
             }
@@ -349,6 +363,16 @@ impl Handler<Transcribe> for SttActor {
             SegmentKind::Final => self.transcribe_final(msg.segment, ctx),
             SegmentKind::Draft => self.start_draft(msg.segment, ctx),
             SegmentKind::Partial => self.start_partial(msg.segment, ctx),
+        }
+    }
+}
+
+impl Handler<DropDraft> for SttActor {
+    type Result = ();
+
+    fn handle(&mut self, _: DropDraft, _: &mut Context<Self>) {
+        if !self.draft_claimed() {
+            self.drop_draft();
         }
     }
 }

@@ -7,6 +7,11 @@
 //! at real-time pace, at most `tts.lead_ms` ahead, so a barge-in (`StopSpeaking`)
 //! silences the reply within one frame of being processed and drops everything queued.
 //! The conversation's registry entry shows `tts_active` while audio is going out.
+//!
+//! A speculative reply arrives *held*: its first piece is synthesised at once, so the
+//! audio is ready when the turn is confirmed, but nothing goes out (and nothing more
+//! is synthesised) until [`ReleaseSpeech`]. A held reply that is dropped never made a
+//! sound.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,7 +21,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{ChildEvent, SpeakDelta, SpeakEnd, StopSpeaking};
+use super::messages::{ChildEvent, ReleaseSpeech, SpeakDelta, SpeakEnd, StopSpeaking};
 use crate::audio::opus_codec::OpusEncoder;
 use crate::audio::pcm::{encode_pcm16, f32_to_i16};
 use crate::audio::resample::StreamResampler;
@@ -24,7 +29,7 @@ use crate::metrics::{ActorKind, GaugeGuard};
 use crate::protocol::{AudioCodec, ErrorCode};
 use crate::registry::SetTtsActive;
 use crate::tts::SentenceSplitter;
-use crate::workers::JobError;
+use crate::workers::{JobError, Priority};
 
 /// One frame of audio on the wire.
 const FRAME: Duration = Duration::from_millis(20);
@@ -41,6 +46,10 @@ struct Speech {
     /// When the current run of frames started, and how much of it has been sent.
     clock: Option<(Instant, Duration)>,
     audio_started: bool,
+    /// Speculative and not yet confirmed: synthesise the first piece, send nothing.
+    held: bool,
+    /// Pieces sent to synthesis so far.
+    pieces_started: usize,
 }
 
 pub struct TtsActor {
@@ -117,24 +126,37 @@ impl TtsActor {
         let Some(tts) = self.env.services.tts.as_ref() else {
             return;
         };
-        let Some(speech) = self.speech.as_mut().filter(|s| !s.synthesizing) else {
+        let Some(speech) = self
+            .speech
+            .as_mut()
+            .filter(|s| !s.synthesizing && !(s.held && s.pieces_started > 0))
+        else {
             return;
         };
         let Some((sentence, queued)) = speech.queue.pop_front() else {
             return;
         };
         speech.synthesizing = true;
+        speech.pieces_started += 1;
+        let first_piece = speech.pieces_started == 1;
+        let response_id = speech.response_id;
         let phonemizer = std::sync::Arc::clone(&tts.phonemizer);
         let (codec, rate) = (self.env.params.codec, self.env.params.sample_rate);
-        let job = tts
-            .voices
-            .submit(&self.env.cancel, self.link.hold(), move |voice| {
-                let _queued = queued;
-                let samples = voice
-                    .speak(&phonemizer, &sentence)
-                    .map_err(|e| e.to_string())?;
-                encode(&samples, voice.sample_rate(), rate, codec)
-            });
+        // The first clause is what the listener waits for: ahead of other replies' rest.
+        let priority = if first_piece {
+            Priority::Urgent
+        } else {
+            Priority::Normal
+        };
+        let job =
+            tts.voices
+                .submit_with(priority, &self.env.cancel, self.link.hold(), move |voice| {
+                    let _queued = queued;
+                    let samples = voice
+                        .speak(&phonemizer, &sentence)
+                        .map_err(|e| e.to_string())?;
+                    encode(&samples, voice.sample_rate(), rate, codec)
+                });
         let epoch = self.epoch;
         let answer = match job {
             Ok(answer) => answer,
@@ -149,10 +171,18 @@ impl TtsActor {
             }
             match result {
                 Ok(Ok(Ok(frames))) => {
+                    if first_piece {
+                        act.parent
+                            .do_send(ChildEvent::FirstClauseReady { response_id });
+                    }
+                    let mut held = false;
                     if let Some(speech) = act.speech.as_mut() {
                         speech.frames.extend(frames);
+                        held = speech.held;
                     }
-                    act.start_ticker(ctx);
+                    if !held {
+                        act.start_ticker(ctx);
+                    }
                 }
                 Ok(Ok(Err(error))) | Ok(Err(JobError::Panicked(error))) => act.report(error),
                 Ok(Err(JobError::Cancelled)) => return,
@@ -210,7 +240,7 @@ impl TtsActor {
 
     fn finish_if_done(&mut self, ctx: &mut Context<Self>) {
         let done = self.speech.as_ref().is_some_and(|s| {
-            s.text_done && s.queue.is_empty() && !s.synthesizing && s.frames.is_empty()
+            !s.held && s.text_done && s.queue.is_empty() && !s.synthesizing && s.frames.is_empty()
         });
         if done {
             self.close(false, ctx);
@@ -255,15 +285,18 @@ impl Handler<SpeakDelta> for TtsActor {
         }
         if self.speech.as_ref().map(|s| s.response_id) != Some(msg.response_id) {
             self.stop(ctx); // a new reply replaces whatever was being said
+            let early_words = self.env.services.config.tts.first_piece_words;
             self.speech = Some(Speech {
                 response_id: msg.response_id,
-                splitter: SentenceSplitter::new(),
+                splitter: SentenceSplitter::with_first_piece_words(early_words),
                 queue: VecDeque::new(),
                 synthesizing: false,
                 text_done: false,
                 frames: VecDeque::new(),
                 clock: None,
                 audio_started: false,
+                held: msg.held,
+                pieces_started: 0,
             });
         }
         let sentences = match self.speech.as_mut() {
@@ -301,6 +334,26 @@ impl Handler<StopSpeaking> for TtsActor {
 
     fn handle(&mut self, _: StopSpeaking, ctx: &mut Context<Self>) {
         self.stop(ctx);
+    }
+}
+
+impl Handler<ReleaseSpeech> for TtsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseSpeech, ctx: &mut Context<Self>) {
+        let Some(speech) = self
+            .speech
+            .as_mut()
+            .filter(|s| s.response_id == msg.response_id && s.held)
+        else {
+            return;
+        };
+        speech.held = false;
+        if !speech.frames.is_empty() {
+            self.start_ticker(ctx);
+        }
+        self.pump(ctx);
+        self.finish_if_done(ctx);
     }
 }
 

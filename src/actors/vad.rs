@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
 use super::messages::{AudioFrames, ChildEvent, FlushSpeech, SegmentKind};
 use crate::audio::ingest::{Ingest, IngestError, IngestOutput, VadEngine, WebrtcVadConfig};
-use crate::audio::segmenter::SegmenterConfig;
+use crate::audio::segmenter::{SegmenterConfig, SpeechEvent};
 use crate::config;
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::ErrorCode;
@@ -38,6 +39,9 @@ pub struct VadActor {
     ingest: Option<Box<Ingest>>,
     pending: Vec<Bytes>,
     flush_pending: bool,
+    /// When the newest pending audio arrived: with the audio clock, it dates the end
+    /// of speech on the wall clock (audio arrives in real time).
+    last_arrival: Option<Instant>,
     max_pending: usize,
     forward_decoded: bool,
     link: ChildLink,
@@ -64,6 +68,8 @@ impl VadActor {
             } else {
                 0
             },
+            turn_check_after_ms: 0,
+            turn_max_silence_ms: config.vad.turn_max_silence_ms,
             // Segments are only kept when a recogniser will read them.
             collect_audio: config.stt.enabled,
         };
@@ -82,6 +88,7 @@ impl VadActor {
             ingest: Some(Box::new(ingest)),
             pending: Vec::new(),
             flush_pending: false,
+            last_arrival: None,
             _live: env.services.metrics.actor_guard(ActorKind::Vad),
             env,
             link,
@@ -98,6 +105,7 @@ impl VadActor {
         };
         let frames = std::mem::take(&mut self.pending);
         let flush = std::mem::take(&mut self.flush_pending);
+        let arrival = self.last_arrival.unwrap_or_else(Instant::now);
         let (services, token, hold) = (&self.env.services, &self.env.cancel, self.link.hold());
         let dropped = || Err(JobError::PoolClosed { pool: "vad" });
         let answer: Pin<Box<dyn Future<Output = VadReply>>> = match services.silero.as_ref() {
@@ -123,10 +131,11 @@ impl VadActor {
         ctx.spawn(
             answer
                 .into_actor(self)
-                .map(|result, act, ctx| match result {
+                .map(move |result, act, ctx| match result {
                     Ok((ingest, out)) => {
+                        let clock_ms = ingest.clock_ms();
                         act.ingest = Some(ingest);
-                        act.deliver(out);
+                        act.deliver(out, arrival, clock_ms);
                         act.dispatch(ctx);
                     }
                     Err(JobError::Cancelled) => {}
@@ -135,7 +144,9 @@ impl VadActor {
         );
     }
 
-    fn deliver(&mut self, out: IngestOutput) {
+    /// Hand a job's results to the conversation. `arrival` is when the newest audio of
+    /// the job arrived and `clock_ms` where the audio clock stood after it.
+    fn deliver(&mut self, out: IngestOutput, arrival: Instant, clock_ms: u64) {
         let metrics = &self.env.services.metrics;
         for error in out.errors {
             let kind = match error {
@@ -155,8 +166,16 @@ impl VadActor {
             let samples: Arc<[i16]> = out.native.into();
             self.parent.do_send(ChildEvent::Decoded { samples });
         }
+        if out.speech.resumed {
+            self.parent.do_send(ChildEvent::SpeechResumed);
+        }
         for event in out.speech.events {
             self.parent.do_send(ChildEvent::Speech { event });
+            if let SpeechEvent::Stopped { audio_ms } = event {
+                let behind = Duration::from_millis(clock_ms.saturating_sub(audio_ms));
+                let voice_end = arrival.checked_sub(behind).unwrap_or(arrival);
+                self.parent.do_send(ChildEvent::TurnEnded { voice_end });
+            }
         }
         let segments = [
             (out.speech.partials, SegmentKind::Partial),
@@ -187,6 +206,7 @@ impl Handler<AudioFrames> for VadActor {
 
     fn handle(&mut self, audio: AudioFrames, ctx: &mut Context<Self>) {
         self.pending.extend(audio.frames);
+        self.last_arrival = Some(Instant::now());
         let excess = self.pending.len().saturating_sub(self.max_pending);
         if excess > 0 {
             // The workers are behind: shed the oldest audio rather than grow.

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::opus_codec::OpusDecoder;
 use super::pcm::{decode_pcm16_into, f32_to_i16, i16_to_f32};
 use super::resample::StreamResampler;
-use super::segmenter::{Segmenter, SegmenterConfig, SegmenterOutput};
+use super::segmenter::{PauseKey, Segmenter, SegmenterConfig, SegmenterOutput};
 use super::MODEL_RATE;
 use crate::models::{SileroState, WINDOW_SAMPLES};
 use crate::protocol::AudioCodec;
@@ -185,6 +185,20 @@ impl Ingest {
         }
     }
 
+    /// An end-of-turn verdict for the pause `key` (see `Segmenter::end_turn`).
+    pub fn apply_turn_verdict(&mut self, key: PauseKey, complete: bool, out: &mut IngestOutput) {
+        if complete {
+            self.segmenter.end_turn(key, &mut out.speech);
+        } else {
+            self.segmenter.turn_incomplete(key);
+        }
+    }
+
+    /// Milliseconds of 16 kHz audio analysed so far.
+    pub fn clock_ms(&self) -> u64 {
+        self.segmenter.clock_ms()
+    }
+
     /// Feed the scores of the pending windows (in order) to the segmenter.
     pub fn apply_silero(&mut self, scores: &[f32], out: &mut IngestOutput) {
         if let Detector::Silero { windows, .. } = &mut self.detector {
@@ -277,6 +291,8 @@ mod tests {
             pad_ms: 200,
             max_segment_ms: 30_000,
             draft_after_ms: 0,
+            turn_check_after_ms: 0,
+            turn_max_silence_ms: 0,
             partial_every_ms: 0,
             collect_audio: false,
         }

@@ -12,6 +12,12 @@
 //! final segment arrives with the same start and the same last voiced sample, the
 //! draft's transcript is the final's, and most of the decode has already happened
 //! during the pause.
+//!
+//! Semantic end of turn: with `turn_check_after_ms` set, that far into a pause the
+//! turn so far is handed out as a [`TurnCheck`] for an end-of-turn model. Its verdict
+//! comes back through [`Segmenter::end_turn`] (complete: the segment ends at once) or
+//! [`Segmenter::turn_incomplete`] (the pause may last up to `turn_max_silence_ms`).
+//! Without a verdict the segment ends after `min_silence_ms`, as with silence alone.
 
 use std::collections::VecDeque;
 
@@ -29,9 +35,33 @@ pub struct SegmenterConfig {
     pub draft_after_ms: u32,
     /// While speech goes on, a partial draft every this many ms; 0: none.
     pub partial_every_ms: u32,
+    /// Silence after which the turn is handed out for an end-of-turn verdict; 0: the
+    /// turn ends on silence alone.
+    pub turn_check_after_ms: u32,
+    /// Longest pause inside a turn the end-of-turn model called incomplete.
+    pub turn_max_silence_ms: u32,
     /// Keep segment audio (only needed when a recogniser listens).
     pub collect_audio: bool,
 }
+
+/// Which pause of which segment: a verdict applies only to the pause it was asked
+/// about (speech since then moves `voiced_end_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseKey {
+    pub start_ms: u64,
+    pub voiced_end_ms: u64,
+}
+
+/// The turn so far, for an end-of-turn model: the newest [`TURN_CHECK_MS`] of the
+/// segment's audio up to now, trailing pause included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnCheck {
+    pub key: PauseKey,
+    pub samples: Vec<i16>,
+}
+
+/// Audio an end-of-turn check looks at (Smart Turn reads the last 8 s).
+pub const TURN_CHECK_MS: u32 = 8_000;
 
 /// A boundary the client hears about, in milliseconds of the session's audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +95,11 @@ pub struct SegmenterOutput {
     pub drafts: Vec<SpeechSegment>,
     /// The segment so far, while speech goes on: its transcript guides later ones.
     pub partials: Vec<SpeechSegment>,
+    /// Speech went on after a pause that had been handed out as a draft: whatever
+    /// was started on that draft is stale.
+    pub resumed: bool,
+    /// Pauses to ask the end-of-turn model about.
+    pub turn_checks: Vec<TurnCheck>,
 }
 
 pub struct Segmenter {
@@ -83,6 +118,8 @@ pub struct Segmenter {
     last_voiced_end: u64,
     /// Clock from which the next partial draft is due.
     next_partial_at: u64,
+    /// The end-of-turn model called the current pause incomplete.
+    pause_incomplete: bool,
 }
 
 fn ms_to_samples(ms: u32) -> u64 {
@@ -108,11 +145,17 @@ impl Segmenter {
             segment_start: 0,
             last_voiced_end: 0,
             next_partial_at: 0,
+            pause_incomplete: false,
         }
     }
 
     pub fn in_speech(&self) -> bool {
         self.in_speech
+    }
+
+    /// Milliseconds of audio seen so far: the audio clock.
+    pub fn clock_ms(&self) -> u64 {
+        samples_to_ms(self.clock)
     }
 
     /// Feed one analysed frame with its speech score.
@@ -161,13 +204,21 @@ impl Segmenter {
             self.segment.extend_from_slice(frame);
         }
         let before = self.run;
+        let draft_at = ms_to_samples(self.config.draft_after_ms);
         if score >= self.config.end_threshold {
             self.run = 0;
             self.last_voiced_end = self.clock;
+            self.pause_incomplete = false;
+            if self.config.draft_after_ms > 0 && before >= draft_at {
+                out.resumed = true;
+            }
         } else {
             self.run += frame.len() as u64;
         }
-        let draft_at = ms_to_samples(self.config.draft_after_ms);
+        let check_at = ms_to_samples(self.config.turn_check_after_ms);
+        if self.config.turn_check_after_ms > 0 && before < check_at && self.run >= check_at {
+            out.turn_checks.extend(self.turn_check());
+        }
         if self.config.draft_after_ms > 0 && before < draft_at && self.run >= draft_at {
             out.drafts.extend(self.draft());
         }
@@ -176,13 +227,57 @@ impl Segmenter {
             out.partials.extend(self.draft());
             self.next_partial_at = self.last_voiced_end + every;
         }
-        if self.run >= ms_to_samples(self.config.min_silence_ms) {
+        let end_after = if self.pause_incomplete {
+            self.config
+                .turn_max_silence_ms
+                .max(self.config.min_silence_ms)
+        } else {
+            self.config.min_silence_ms
+        };
+        if self.run >= ms_to_samples(end_after) {
             self.finish_segment(out);
         } else if self.clock - self.segment_start >= ms_to_samples(self.config.max_segment_ms) {
             // Cut an overlong segment; speech continues into a fresh one.
             let cut = self.take_segment(self.clock);
             out.segments.extend(cut);
             self.segment_start = self.clock;
+        }
+    }
+
+    fn pause_key(&self) -> PauseKey {
+        PauseKey {
+            start_ms: samples_to_ms(self.segment_start),
+            voiced_end_ms: samples_to_ms(self.last_voiced_end),
+        }
+    }
+
+    fn turn_check(&self) -> Option<TurnCheck> {
+        if !self.config.collect_audio {
+            return None;
+        }
+        let keep = ms_to_samples(TURN_CHECK_MS) as usize;
+        let from = self.segment.len().saturating_sub(keep);
+        Some(TurnCheck {
+            key: self.pause_key(),
+            samples: self.segment[from..].to_vec(),
+        })
+    }
+
+    /// The end-of-turn model found the turn complete at the pause `key`: end the
+    /// segment now, if that pause still goes on.
+    pub fn end_turn(&mut self, key: PauseKey, out: &mut SegmenterOutput) -> bool {
+        let current = self.in_speech && self.run > 0 && self.pause_key() == key;
+        if current {
+            self.finish_segment(out);
+        }
+        current
+    }
+
+    /// The end-of-turn model found the turn incomplete at the pause `key`: let it run
+    /// up to `turn_max_silence_ms`.
+    pub fn turn_incomplete(&mut self, key: PauseKey) {
+        if self.in_speech && self.pause_key() == key {
+            self.pause_incomplete = true;
         }
     }
 
@@ -223,6 +318,7 @@ impl Segmenter {
         out.segments.extend(self.take_segment(end));
         self.in_speech = false;
         self.run = 0;
+        self.pause_incomplete = false;
     }
 
     fn take_segment(&mut self, end: u64) -> Option<SpeechSegment> {
@@ -255,6 +351,8 @@ mod tests {
             max_segment_ms: 30_000,
             draft_after_ms: 0,
             partial_every_ms: 0,
+            turn_check_after_ms: 0,
+            turn_max_silence_ms: 0,
             collect_audio: true,
         }
     }
@@ -355,8 +453,77 @@ mod tests {
         feed(&mut seg, 400, 1.0, &mut out);
         feed(&mut seg, 500, 0.0, &mut out);
         assert_eq!(out.drafts.len(), 2, "a draft at each pause");
+        assert!(out.resumed, "speech after the first draft's pause");
         assert!(!out.drafts[0].anticipates(&out.segments[0]));
         assert!(out.drafts[1].anticipates(&out.segments[0]));
+    }
+
+    fn smart() -> SegmenterConfig {
+        SegmenterConfig {
+            turn_check_after_ms: 100,
+            turn_max_silence_ms: 1000,
+            ..config()
+        }
+    }
+
+    #[test]
+    fn a_complete_verdict_ends_the_turn_at_once() {
+        let mut seg = Segmenter::new(smart());
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 500, 0.0, &mut out);
+        feed(&mut seg, 800, 1.0, &mut out);
+        feed(&mut seg, 100, 0.0, &mut out);
+        assert_eq!(out.turn_checks.len(), 1, "one check 100 ms into the pause");
+        assert!(out.segments.is_empty());
+        let check = out.turn_checks[0].clone();
+        assert_eq!(check.key.voiced_end_ms, 1300);
+        assert_eq!(
+            check.samples.len(),
+            16 * (100 + 800 + 100),
+            "pad, speech, pause"
+        );
+        assert!(seg.end_turn(check.key, &mut out));
+        assert_eq!(out.segments.len(), 1);
+        assert_eq!(
+            out.events.last(),
+            Some(&SpeechEvent::Stopped { audio_ms: 1300 })
+        );
+        assert!(!seg.end_turn(check.key, &mut out), "a verdict applies once");
+    }
+
+    #[test]
+    fn an_incomplete_verdict_lets_the_pause_run_to_the_longer_bound() {
+        let mut seg = Segmenter::new(smart());
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 500, 0.0, &mut out);
+        feed(&mut seg, 800, 1.0, &mut out);
+        feed(&mut seg, 100, 0.0, &mut out);
+        seg.turn_incomplete(out.turn_checks[0].key);
+        feed(&mut seg, 800, 0.0, &mut out);
+        assert!(
+            out.segments.is_empty(),
+            "min_silence_ms (200) passed, the turn goes on"
+        );
+        feed(&mut seg, 300, 0.0, &mut out);
+        assert_eq!(out.segments.len(), 1, "ended at turn_max_silence_ms");
+    }
+
+    #[test]
+    fn a_late_verdict_for_a_pause_that_ended_changes_nothing() {
+        let mut seg = Segmenter::new(smart());
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 800, 1.0, &mut out);
+        feed(&mut seg, 100, 0.0, &mut out);
+        let key = out.turn_checks[0].key;
+        feed(&mut seg, 200, 1.0, &mut out); // speech resumed
+        assert!(!seg.end_turn(key, &mut out));
+        seg.turn_incomplete(key);
+        feed(&mut seg, 200, 0.0, &mut out);
+        assert_eq!(
+            out.segments.len(),
+            1,
+            "no verdict for this pause: min_silence_ms"
+        );
     }
 
     #[test]

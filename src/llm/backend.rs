@@ -11,10 +11,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use super::chat::ChatMessage;
 use super::embedded::EmbeddedModel;
 use super::generation::GenerationParams;
+use crate::metrics::Metrics;
 use crate::workers::{CancelToken, JobError, WorkerPool};
 
 /// Deltas buffered between a generator and its actor before the generator waits.
@@ -39,6 +41,8 @@ pub enum BackendError {
 /// What a backend needs to start a reply.
 pub struct GenerationRequest {
     pub messages: Vec<ChatMessage>,
+    /// Whose reply: the embedded model keeps each conversation's attention state.
+    pub conversation_id: Uuid,
     /// The conversation's token: its end stops the generation too.
     pub conversation: CancelToken,
     /// Released when the generation is completely gone.
@@ -87,11 +91,20 @@ pub trait LlmBackend: Send + Sync {
 pub struct EmbeddedBackend {
     pool: WorkerPool<EmbeddedModel>,
     params: GenerationParams,
+    metrics: Arc<Metrics>,
 }
 
 impl EmbeddedBackend {
-    pub fn new(pool: WorkerPool<EmbeddedModel>, params: GenerationParams) -> Arc<Self> {
-        Arc::new(EmbeddedBackend { pool, params })
+    pub fn new(
+        pool: WorkerPool<EmbeddedModel>,
+        params: GenerationParams,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(EmbeddedBackend {
+            pool,
+            params,
+            metrics,
+        })
     }
 }
 
@@ -101,6 +114,7 @@ impl LlmBackend for EmbeddedBackend {
         let stop = CancelToken::new();
         let (params, messages) = (self.params.clone(), request.messages);
         let (stopped, conversation) = (stop.clone(), request.conversation.clone());
+        let (id, metrics) = (request.conversation_id, Arc::clone(&self.metrics));
         let job = self
             .pool
             .submit(&request.conversation, request.hold, move |model| {
@@ -116,8 +130,26 @@ impl LlmBackend for EmbeddedBackend {
                         ControlFlow::Continue(())
                     }
                 };
-                let last = match model.generate(&messages, &params, &mut on_token) {
-                    Ok(_) => LlmEvent::Finished,
+                let kept_before = model.kv_cache_bytes();
+                let outcome = model.generate_for(Some(id), &messages, &params, &mut on_token);
+                let latency = &metrics.latency;
+                let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
+                latency.llm_kv_cache_bytes.add(kept);
+                let last = match outcome {
+                    Ok(outcome) => {
+                        let cached = outcome.cached_tokens;
+                        latency.count_prompt_tokens(outcome.prompt_tokens - cached, cached);
+                        tracing::debug!(
+                            conversation_id = %id,
+                            prompt_tokens = outcome.prompt_tokens,
+                            cached_tokens = cached,
+                            first_token_ms = outcome.first_token_ms,
+                            tokens = outcome.tokens,
+                            total_ms = outcome.total_ms,
+                            "reply generated"
+                        );
+                        LlmEvent::Finished
+                    }
                     Err(error) => LlmEvent::Failed(error.to_string()),
                 };
                 let _ = events.blocking_send(last);

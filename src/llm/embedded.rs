@@ -4,9 +4,13 @@
 //! the reply between tokens. It blocks for the whole reply, so it belongs on the
 //! inference worker thread that owns the model, never on an actix arbiter.
 //!
-//! Nothing survives a call: each one works on a fresh clone of the weights handle
-//! (the weights themselves are shared `Arc`s), so its KV cache and candle's
-//! attention-mask cache are dropped when the call returns, whatever way it returns.
+//! Each call works on a clone of a model state (the weights themselves are shared
+//! `Arc`s): the pristine weights, or a state kept in the [`PrefixCache`] that has
+//! already read the start of the prompt (the conversation so far, or the system
+//! prompt), so a turn reads only its new tokens. A reply that ends normally leaves
+//! its state, end-of-turn marker included, as its conversation's entry; a cancelled
+//! one leaves nothing, so a discarded speculative reply never displaces the state the
+//! next turn will start from.
 //!
 //! Threads: candle splits each quantized matmul over one process-wide pool of
 //! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the core count) minus one
@@ -30,7 +34,9 @@ use super::chat::{encode_prompt, ChatMessage, ChatMlIds};
 use super::error::LlmError;
 use super::generation::{sampling, FinishReason, GenerationOutcome, GenerationParams};
 use super::gguf;
+use super::prefix_cache::{Owner, PrefixCache};
 use super::tokenizer::{StreamDecoder, Tokenizer};
+use uuid::Uuid;
 
 /// Prompt tokens run per forward pass. The attention scores of one chunk take
 /// `heads × chunk × context × 4` bytes (9 × 512 × 4096 × 4 = 75 MB at the largest), so
@@ -40,8 +46,8 @@ const PROMPT_CHUNK_TOKENS: usize = 512;
 /// A loaded GGUF chat model and its tokenizer. `Send`; `clone()` is cheap and shares
 /// the weights, so a pool loads once and gives each inference thread its own handle.
 /// One copy of SmolLM2 holds ~310 MB resident (Q8_0 weights, plus the embedding table
-/// that candle keeps in f32), with a ~440 MB peak while loading.
-#[derive(Clone)]
+/// that candle keeps in f32), with a ~440 MB peak while loading. A clone starts with an
+/// empty [`PrefixCache`] of the same size.
 pub struct EmbeddedModel {
     /// Pristine weights with empty caches; only ever cloned, never run.
     weights: ModelWeights,
@@ -50,8 +56,28 @@ pub struct EmbeddedModel {
     stop_ids: Vec<u32>,
     /// Positions the model can hold: candle precomputes RoPE for `MAX_SEQ_LEN` only.
     context_limit: usize,
+    /// Bytes of KV state per token read: layers × 2 × KV heads × head size × 4.
+    kv_bytes_per_token: usize,
+    /// This handle's kept states (empty in a fresh clone: each thread has its own).
+    cache: PrefixCache<ModelWeights>,
     device: Device,
     path: PathBuf,
+}
+
+impl Clone for EmbeddedModel {
+    fn clone(&self) -> Self {
+        EmbeddedModel {
+            weights: self.weights.clone(),
+            tokenizer: Arc::clone(&self.tokenizer),
+            chatml: self.chatml,
+            stop_ids: self.stop_ids.clone(),
+            context_limit: self.context_limit,
+            kv_bytes_per_token: self.kv_bytes_per_token,
+            cache: self.cache.empty_like(),
+            device: self.device.clone(),
+            path: self.path.clone(),
+        }
+    }
 }
 
 impl EmbeddedModel {
@@ -80,6 +106,7 @@ impl EmbeddedModel {
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .map_or(quantized_llama::MAX_SEQ_LEN, |n| n as usize);
+        let kv_bytes_per_token = kv_bytes_per_token(&content.metadata);
         let mut fast = gguf::requantize_for_cpu(&content, &mut reader).map_err(model_err)?;
         let device = Device::Cpu;
         let weights =
@@ -92,6 +119,8 @@ impl EmbeddedModel {
             chatml,
             stop_ids,
             context_limit: trained.min(quantized_llama::MAX_SEQ_LEN),
+            kv_bytes_per_token,
+            cache: PrefixCache::new(0, kv_bytes_per_token),
             device,
             path,
         })
@@ -107,6 +136,17 @@ impl EmbeddedModel {
         &self.path
     }
 
+    /// Keep up to `bytes` of attention state between calls (0: none).
+    pub fn with_kv_cache(mut self, bytes: usize) -> Self {
+        self.cache = PrefixCache::new(bytes, self.kv_bytes_per_token);
+        self
+    }
+
+    /// Bytes of attention state this handle keeps now.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// Most tokens a prompt and its reply can hold together.
     pub fn context_limit(&self) -> usize {
         self.context_limit
@@ -114,9 +154,23 @@ impl EmbeddedModel {
 
     /// Generates the assistant's reply to `messages`, calling `on_token` with each
     /// piece of text as soon as it is whole UTF-8. Returning `Break` from `on_token`
-    /// stops the reply before the next token is computed.
+    /// stops the reply before the next token is computed. Nothing is kept for later
+    /// calls but the shared system-prompt state.
     pub fn generate(
         &mut self,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerationOutcome, LlmError> {
+        self.generate_for(None, messages, params, on_token)
+    }
+
+    /// [`generate`](Self::generate) for a conversation: the prompt starts from the
+    /// state its last finished reply left, when the prompt extends it, and a reply that
+    /// ends normally leaves its state for the next turn.
+    pub fn generate_for(
+        &mut self,
+        conversation: Option<Uuid>,
         messages: &[ChatMessage],
         params: &GenerationParams,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
@@ -131,9 +185,15 @@ impl EmbeddedModel {
             });
         }
         let max_new = params.max_tokens.min(limit - prompt.len());
-        // A fresh handle: empty KV cache, empty mask cache, both dropped on return.
-        let mut model = self.weights.clone();
-        let mut logits = self.run_prompt(&mut model, &prompt)?;
+        let system_len = match messages.first() {
+            Some(m) if m.role == super::Role::System => {
+                let header = encode_prompt(&self.tokenizer, self.chatml, &[]).len();
+                encode_prompt(&self.tokenizer, self.chatml, &messages[..1]).len() - header
+            }
+            _ => 0,
+        };
+        let (mut model, cached) = self.start_state(conversation, &prompt, system_len)?;
+        let mut logits = self.run_prompt(&mut model, &prompt, cached)?;
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         let mut reply: Vec<u32> = Vec::with_capacity(max_new);
         let mut decoder = StreamDecoder::default();
@@ -159,6 +219,10 @@ impl EmbeddedModel {
                 logits = self.forward(&mut model, &[next], position)?;
             }
         };
+        if let (Some(id), false) = (conversation, finish_reason == FinishReason::Cancelled) {
+            let last_unread = finish_reason == FinishReason::Length;
+            self.keep_turn(id, model, &prompt, &reply, last_unread)?;
+        }
         if finish_reason != FinishReason::Cancelled {
             let tail = decoder.finish();
             if !tail.is_empty() {
@@ -172,16 +236,72 @@ impl EmbeddedModel {
             cancelled: finish_reason == FinishReason::Cancelled,
             finish_reason,
             prompt_tokens: prompt.len(),
+            cached_tokens: cached,
             first_token_ms,
             total_ms: elapsed_ms(start),
         })
     }
 
-    /// Runs the prompt from position 0 in chunks; returns the last position's logits.
-    fn run_prompt(&self, model: &mut ModelWeights, prompt: &[u32]) -> Result<Tensor, LlmError> {
+    /// The state to read `prompt` from, and how many of its tokens that state has read:
+    /// a kept one, or the pristine weights after reading (and sharing) the system prompt.
+    fn start_state(
+        &mut self,
+        conversation: Option<Uuid>,
+        prompt: &[u32],
+        system_len: usize,
+    ) -> Result<(ModelWeights, usize), LlmError> {
+        if let Some(hit) = self.cache.lookup(conversation, prompt) {
+            if hit.tokens >= system_len {
+                return Ok((hit.state, hit.tokens));
+            }
+        }
+        let mut model = self.weights.clone();
+        if system_len == 0 || system_len >= prompt.len() {
+            return Ok((model, 0));
+        }
+        self.run_prompt(&mut model, &prompt[..system_len], 0)?;
+        self.cache
+            .insert(Owner::Shared, prompt[..system_len].to_vec(), model.clone());
+        Ok((model, system_len))
+    }
+
+    /// Keep the state of a finished turn for the conversation's next one: read what the
+    /// next prompt will hold after the reply (its last token, when `max_tokens` cut it
+    /// before it was read, then `<|im_end|>\n`), so the next turn starts exactly where
+    /// its new message begins.
+    fn keep_turn(
+        &mut self,
+        conversation: Uuid,
+        mut model: ModelWeights,
+        prompt: &[u32],
+        reply: &[u32],
+        last_unread: bool,
+    ) -> Result<(), LlmError> {
+        let read_reply = reply.len() - usize::from(last_unread && !reply.is_empty());
+        let mut read: Vec<u32> = [prompt, &reply[..read_reply]].concat();
+        let mut tail: Vec<u32> = reply[read_reply..].to_vec();
+        tail.push(self.chatml.im_end);
+        tail.extend(self.tokenizer.encode("\n"));
+        if read.len() + tail.len() >= self.context_limit {
+            return Ok(());
+        }
+        self.run_prompt(&mut model, &tail, read.len())?;
+        read.extend(tail);
+        self.cache
+            .insert(Owner::Conversation(conversation), read, model);
+        Ok(())
+    }
+
+    /// Runs `tokens` from `position` in chunks; returns the last position's logits.
+    fn run_prompt(
+        &self,
+        model: &mut ModelWeights,
+        tokens: &[u32],
+        position: usize,
+    ) -> Result<Tensor, LlmError> {
         let mut logits = None;
-        for (i, chunk) in prompt.chunks(PROMPT_CHUNK_TOKENS).enumerate() {
-            logits = Some(self.forward(model, chunk, i * PROMPT_CHUNK_TOKENS)?);
+        for (i, chunk) in tokens.chunks(PROMPT_CHUNK_TOKENS).enumerate() {
+            logits = Some(self.forward(model, chunk, position + i * PROMPT_CHUNK_TOKENS)?);
         }
         // `encode_prompt` always yields at least `<|im_start|>assistant\n`.
         logits.ok_or_else(|| LlmError::Inference(candle_core::Error::Msg("empty prompt".into())))
@@ -219,6 +339,21 @@ impl EmbeddedModel {
         )?;
         Ok(sampler.sample(&penalised)?)
     }
+}
+
+/// Bytes of f32 KV state per token: layers × (key + value) × KV heads × head size × 4.
+fn kv_bytes_per_token(metadata: &std::collections::HashMap<String, gguf_file::Value>) -> usize {
+    let get = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize)
+    };
+    let layers = get("llama.block_count").unwrap_or(30);
+    let heads = get("llama.attention.head_count").unwrap_or(9).max(1);
+    let kv_heads = get("llama.attention.head_count_kv").unwrap_or(heads);
+    let width = get("llama.embedding_length").unwrap_or(576);
+    layers * 2 * kv_heads * (width / heads) * 4
 }
 
 fn elapsed_ms(since: Instant) -> f64 {

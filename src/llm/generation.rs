@@ -54,6 +54,8 @@ pub struct GenerationOutcome {
     pub finish_reason: FinishReason,
     /// Length of the encoded ChatML prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens a kept state had already read (see `prefix_cache`).
+    pub cached_tokens: usize,
     /// From the call to the first text piece; `None` if there was none.
     pub first_token_ms: Option<f64>,
     pub total_ms: f64,

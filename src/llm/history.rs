@@ -21,6 +21,19 @@ struct Entry {
     touched: Instant,
 }
 
+/// How many of a conversation's `total` messages to leave out of its prompt, so the
+/// prompt holds at least `min` and at most `max` of the newest, and its start only
+/// moves in jumps of `max - min`: between jumps each prompt extends the last one, so
+/// the model's kept attention state covers all but the new messages.
+pub fn context_skip(total: usize, min: usize, max: usize) -> usize {
+    let max = max.max(min);
+    if total <= max {
+        return 0;
+    }
+    let step = (max - min).max(1);
+    (total - max).div_ceil(step) * step
+}
+
 pub struct ConversationStore {
     entries: Mutex<HashMap<Uuid, Entry>>,
     ttl: Duration,
@@ -96,9 +109,17 @@ impl ConversationStore {
         });
     }
 
-    /// The messages to send to the model: the system prompt, then the last `recent`
-    /// stored turns (all are kept for resumption; the prompt takes the newest).
-    pub fn transcript(&self, id: Uuid, default_system: &str, recent: usize) -> Vec<ChatMessage> {
+    /// The messages to send to the model: the system prompt, then the newest stored
+    /// messages as [`context_skip`] picks them. `pending` messages not stored yet (a
+    /// speculative turn's words) will follow and count toward the window.
+    pub fn transcript(
+        &self,
+        id: Uuid,
+        default_system: &str,
+        min_recent: usize,
+        max_recent: usize,
+        pending: usize,
+    ) -> Vec<ChatMessage> {
         let now = Instant::now();
         self.with(|entries| {
             let entry = entries.get(&id).filter(|e| self.live(e, now));
@@ -107,7 +128,8 @@ impl ConversationStore {
                 .unwrap_or_else(|| default_system.to_string());
             let mut messages = vec![ChatMessage::system(system)];
             if let Some(entry) = entry {
-                let skip = entry.messages.len().saturating_sub(recent);
+                let total = entry.messages.len() + pending;
+                let skip = context_skip(total, min_recent, max_recent).min(entry.messages.len());
                 messages.extend(entry.messages.iter().skip(skip).cloned());
             }
             messages
@@ -145,11 +167,11 @@ mod tests {
         for i in 0..5 {
             store.push(id, ChatMessage::user(format!("turn {i}")));
         }
-        let messages = store.transcript(id, "be brief", 40);
+        let messages = store.transcript(id, "be brief", 40, 40, 0);
         assert_eq!(messages[0], ChatMessage::system("be brief"));
         let turns: Vec<&str> = messages[1..].iter().map(|m| m.content.as_str()).collect();
         assert_eq!(turns, ["turn 2", "turn 3", "turn 4"]);
-        let recent = store.transcript(id, "be brief", 2);
+        let recent = store.transcript(id, "be brief", 2, 2, 0);
         let turns: Vec<&str> = recent[1..].iter().map(|m| m.content.as_str()).collect();
         assert_eq!(
             turns,
@@ -158,9 +180,33 @@ mod tests {
         );
         store.set_system_prompt(id, "be a pirate".into());
         assert_eq!(
-            store.transcript(id, "be brief", 40)[0].content,
+            store.transcript(id, "be brief", 40, 40, 0)[0].content,
             "be a pirate"
         );
+    }
+
+    #[test]
+    fn the_context_window_grows_then_jumps() {
+        let kept: Vec<usize> = (1..=16).map(|n| n - context_skip(n, 3, 9)).collect();
+        assert_eq!(kept, [1, 2, 3, 4, 5, 6, 7, 8, 9, 4, 5, 6, 7, 8, 9, 4]);
+        let skips: Vec<usize> = (1..=16).map(|n| context_skip(n, 3, 9)).collect();
+        assert!(
+            skips.windows(2).all(|w| w[0] <= w[1]),
+            "the start never moves back"
+        );
+        assert_eq!(context_skip(5, 3, 3), 2, "min == max keeps exactly min");
+    }
+
+    #[test]
+    fn a_pending_message_counts_toward_the_window() {
+        let store = ConversationStore::new(Duration::from_secs(60), 40, 10);
+        let id = Uuid::new_v4();
+        for i in 0..9 {
+            store.push(id, ChatMessage::user(format!("turn {i}")));
+        }
+        assert_eq!(store.transcript(id, "s", 3, 9, 0).len(), 1 + 9);
+        // With one more message to come, the window jumps: 10 - 6 = 4 kept, 3 stored.
+        assert_eq!(store.transcript(id, "s", 3, 9, 1).len(), 1 + 3);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - The embedded model itself: [`embedded`] (candle quantized llama), weights from
 //!   [`gguf`], its byte-level BPE [`tokenizer`] (word splitting in [`pretokenize`]), the
 //!   ChatML format in [`chat`], parameters and outcome in [`generation`], errors in
-//!   [`error`]. `EmbeddedModel::generate` blocks: it runs on inference threads only.
+//!   [`error`], attention state kept between turns in [`prefix_cache`]. `EmbeddedModel::generate` blocks: it runs on inference threads only.
 
 pub mod backend;
 pub mod breaker;
@@ -18,6 +18,7 @@ pub mod generation;
 pub mod gguf;
 pub mod history;
 pub mod openai;
+pub mod prefix_cache;
 pub mod pretokenize;
 pub mod tokenizer;
 

@@ -5,4 +5,5 @@ pub mod native;
 
 pub use native::{
     AudioCodec, ClientEvent, ErrorCode, ParseError, ServerEvent, SessionParams, SessionQuery,
+    TurnLatency,
 };

@@ -182,6 +182,22 @@ pub enum ErrorCode {
 }
 
 /// Server → client text frames.
+/// Milliseconds from the end of the user's last voiced audio to each stage of the
+/// reply; a stage the reply never went through is absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TurnLatency {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_decided: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_clause: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_audio: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
 pub enum ServerEvent {
@@ -207,7 +223,12 @@ pub enum ServerEvent {
     #[serde(rename = "response.done")]
     ResponseDone { response_id: Uuid, cancelled: bool },
     #[serde(rename = "response.audio.started")]
-    ResponseAudioStarted { response_id: Uuid },
+    ResponseAudioStarted {
+        response_id: Uuid,
+        /// Stage times of the turn this reply answers, when it answers a spoken turn.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        latency_ms: Option<TurnLatency>,
+    },
     #[serde(rename = "response.audio.done")]
     ResponseAudioDone { response_id: Uuid, cancelled: bool },
     #[serde(rename = "pong")]

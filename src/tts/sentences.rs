@@ -6,7 +6,13 @@
 //! piece, so the first audio of a long sentence leaves early. A period after
 //! a common abbreviation ("Mr.", "e.g."), an initial ("J.") or a list number
 //! ("1.") does not end a sentence, and "3.5" or "10:30" never split because no
-//! whitespace follows the mark. [`clauses`] applies the same rules to one
+//! whitespace follows the mark.
+//!
+//! The first words of a reply are what the listener waits for, so until
+//! [`SentenceSplitter::with_first_piece_words`] words have been handed out, a piece
+//! ends at any clause mark or once it reaches the words still missing. "Sure," alone
+//! is too short to hide the synthesis of what follows, so the next piece is cut early
+//! too; after that, pieces are whole sentences, synthesised while earlier ones play. [`clauses`] applies the same rules to one
 //! finished sentence, for the Piper voice, which phonemises clause by clause.
 
 /// A clause mark (`,;:`) ends a streamed piece only once the piece is longer
@@ -29,11 +35,22 @@ const ABBREVIATIONS: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct SentenceSplitter {
     pending: String,
+    /// Words still to hand out in early-cut pieces (see the module doc).
+    early_words: usize,
 }
 
 impl SentenceSplitter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Ends the first piece at its first clause mark or after `words` whole words
+    /// (0: like every other piece).
+    pub fn with_first_piece_words(words: usize) -> Self {
+        SentenceSplitter {
+            early_words: words,
+            ..Self::default()
+        }
     }
 
     /// Appends `delta` and returns the sentences (or long clauses) it
@@ -42,7 +59,10 @@ impl SentenceSplitter {
         self.pending.push_str(delta);
         let mut pieces: Vec<String> = Vec::new();
         while let Some(end) = self.next_boundary() {
-            pieces.push(self.pending.drain(..end).collect());
+            let piece: String = self.pending.drain(..end).collect();
+            let words = piece.split_whitespace().count();
+            self.early_words = self.early_words.saturating_sub(words);
+            pieces.push(piece);
         }
         if self.pending.trim_start().chars().count() > MAX_PENDING_CHARS {
             if let Some(cut) = self.pending.trim_end().rfind(char::is_whitespace) {
@@ -67,8 +87,11 @@ impl SentenceSplitter {
     /// Byte offset just past the first confirmed boundary in `pending`.
     fn next_boundary(&self) -> Option<usize> {
         let text = self.pending.as_str();
+        let first = self.early_words > 0;
         // Characters of the piece so far, not counting leading whitespace.
         let mut length = 0;
+        let mut words = 0;
+        let mut in_word = false;
         for (i, c) in text.char_indices() {
             if c == '\n' {
                 return Some(i + 1);
@@ -76,7 +99,19 @@ impl SentenceSplitter {
             if length > 0 || !c.is_whitespace() {
                 length += 1;
             }
-            let long = length > CLAUSE_MIN_CHARS;
+            if c.is_whitespace() {
+                if in_word {
+                    words += 1;
+                }
+                in_word = false;
+                // A word is whole once whitespace follows it.
+                if first && words >= self.early_words {
+                    return Some(i);
+                }
+            } else {
+                in_word = true;
+            }
+            let long = first || length > CLAUSE_MIN_CHARS;
             if is_sentence_mark(c) || (long && is_clause_mark(c)) {
                 match scan(text, i, false) {
                     Scan::Boundary(end) => return Some(end),
@@ -195,6 +230,35 @@ fn is_closer(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_piece_ends_at_a_comma_or_after_a_few_words() {
+        let mut splitter = SentenceSplitter::with_first_piece_words(4);
+        let pieces = splitter.push("Sure, the capital of France is Paris. ");
+        assert_eq!(pieces, ["Sure,", "the capital of", "France is Paris."]);
+        let mut splitter = SentenceSplitter::with_first_piece_words(4);
+        let mut pieces = Vec::new();
+        for word in
+            "The capital of France is Paris, a city of light. It is big.".split_inclusive(' ')
+        {
+            pieces.extend(splitter.push(word));
+        }
+        pieces.extend(splitter.finish());
+        assert_eq!(
+            pieces,
+            [
+                "The capital of France",
+                "is Paris, a city of light.",
+                "It is big."
+            ],
+            "only the first piece is cut early"
+        );
+        let mut splitter = SentenceSplitter::with_first_piece_words(4);
+        assert!(
+            splitter.push("The capital of Fra").is_empty(),
+            "a word is whole only once whitespace follows"
+        );
+    }
 
     /// Feeds `text` in `step`-character deltas; returns every piece, tail last.
     fn split(text: &str, step: usize) -> Vec<String> {

@@ -10,3 +10,4 @@ pub mod silero_batcher;
 
 pub use cancel::CancelToken;
 pub use pool::{JobError, WorkerPool};
+pub use queue::Priority;

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::cancel::CancelToken;
 use super::denormals::flush_denormals;
-use super::queue::{JobQueue, PushError, Skip};
+use super::queue::{JobQueue, Priority, PushError, Skip};
 use crate::metrics::{GaugeGuard, Metrics};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,6 +131,22 @@ impl<S: 'static> WorkerPool<S> {
         F: FnOnce(&mut S) -> T + Send + 'static,
         H: Send + 'static,
     {
+        self.submit_with(Priority::Normal, token, hold, work)
+    }
+
+    /// [`submit`](Self::submit) with a priority: urgent jobs go ahead of normal ones.
+    pub fn submit_with<T, F, H>(
+        &self,
+        priority: Priority,
+        token: &CancelToken,
+        hold: H,
+        work: F,
+    ) -> Result<oneshot::Receiver<Result<T, JobError>>, JobError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> T + Send + 'static,
+        H: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
         let metrics = Arc::clone(&self.metrics);
@@ -158,13 +174,15 @@ impl<S: 'static> WorkerPool<S> {
             drop(inflight);
             drop(hold);
         }));
-        self.queue.push(token_of_job, task).map_err(|e| match e {
-            PushError::Full(_) => {
-                self.metrics.overloaded.inc();
-                JobError::Overloaded { pool: self.name }
-            }
-            PushError::Closed(_) => JobError::PoolClosed { pool: self.name },
-        })?;
+        self.queue
+            .push_with(token_of_job, priority, task)
+            .map_err(|e| match e {
+                PushError::Full(_) => {
+                    self.metrics.overloaded.inc();
+                    JobError::Overloaded { pool: self.name }
+                }
+                PushError::Closed(_) => JobError::PoolClosed { pool: self.name },
+            })?;
         Ok(answer)
     }
 

@@ -5,6 +5,11 @@
 //! skipped, on the cancelling thread: a conversation that ends while its jobs wait
 //! behind other conversations' work is torn down in microseconds instead of when a
 //! worker reaches them (measured before: one second and more with ten busy sessions).
+//!
+//! Two priorities: work the listener is waiting for right now (the current turn's
+//! transcript, a reply's first clause) is [`Priority::Urgent`] and goes ahead of every
+//! [`Priority::Normal`] job (the rest of a reply, guidance decodes), first come first
+//! served within each class.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -18,6 +23,15 @@ pub(crate) trait Skip: Send {
     fn skip(self);
 }
 
+/// Where a job joins the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// The listener waits for it now: ahead of every normal job.
+    Urgent,
+    #[default]
+    Normal,
+}
+
 pub(crate) enum PushError<T> {
     Full(T),
     Closed(T),
@@ -25,12 +39,25 @@ pub(crate) enum PushError<T> {
 
 struct Queued<T> {
     owner: CancelToken,
+    priority: Priority,
     job: T,
 }
 
 struct State<T> {
+    /// Urgent jobs first (the first `urgent` entries), then normal ones.
     jobs: VecDeque<Queued<T>>,
+    urgent: usize,
     closed: bool,
+}
+
+impl<T> State<T> {
+    fn pop(&mut self) -> Option<T> {
+        let queued = self.jobs.pop_front()?;
+        if queued.priority == Priority::Urgent {
+            self.urgent -= 1;
+        }
+        Some(queued.job)
+    }
 }
 
 pub(crate) struct JobQueue<T> {
@@ -48,6 +75,7 @@ impl<T: Skip + 'static> JobQueue<T> {
         Arc::new_cyclic(|this| JobQueue {
             state: Mutex::new(State {
                 jobs: VecDeque::with_capacity(capacity.min(1024)),
+                urgent: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -58,6 +86,15 @@ impl<T: Skip + 'static> JobQueue<T> {
     }
 
     pub fn push(&self, owner: &CancelToken, job: T) -> Result<(), PushError<T>> {
+        self.push_with(owner, Priority::Normal, job)
+    }
+
+    pub fn push_with(
+        &self,
+        owner: &CancelToken,
+        priority: Priority,
+        job: T,
+    ) -> Result<(), PushError<T>> {
         let this: Weak<dyn Purge> = self.this.clone();
         owner.watch(this);
         {
@@ -68,10 +105,19 @@ impl<T: Skip + 'static> JobQueue<T> {
             if state.jobs.len() >= self.capacity {
                 return Err(PushError::Full(job));
             }
-            state.jobs.push_back(Queued {
+            let queued = Queued {
                 owner: owner.clone(),
+                priority,
                 job,
-            });
+            };
+            match priority {
+                Priority::Urgent => {
+                    let at = state.urgent;
+                    state.jobs.insert(at, queued);
+                    state.urgent += 1;
+                }
+                Priority::Normal => state.jobs.push_back(queued),
+            }
         }
         self.ready.notify_one();
         // Cancelled between `watch` and the push: `cancel` may have purged already.
@@ -85,8 +131,8 @@ impl<T: Skip + 'static> JobQueue<T> {
     pub fn pop(&self) -> Option<T> {
         let mut state = self.lock();
         loop {
-            if let Some(queued) = state.jobs.pop_front() {
-                return Some(queued.job);
+            if let Some(job) = state.pop() {
+                return Some(job);
             }
             if state.closed {
                 return None;
@@ -100,7 +146,7 @@ impl<T: Skip + 'static> JobQueue<T> {
 
     /// The next job if one is waiting.
     pub fn try_pop(&self) -> Option<T> {
-        self.lock().jobs.pop_front().map(|queued| queued.job)
+        self.lock().pop()
     }
 
     /// No more jobs; workers drain what is queued and then stop.
@@ -121,6 +167,10 @@ impl<T: Skip + 'static> Purge for JobQueue<T> {
             let (gone, kept) = std::mem::take(&mut state.jobs)
                 .into_iter()
                 .partition::<Vec<_>, _>(|queued| queued.owner.is_cancelled());
+            state.urgent = kept
+                .iter()
+                .filter(|q| q.priority == Priority::Urgent)
+                .count();
             state.jobs = kept.into();
             gone.into_iter().map(|queued| queued.job).collect()
         };
@@ -163,6 +213,60 @@ mod tests {
         assert!(queue.try_pop().is_some());
         assert!(queue.try_pop().is_none());
         assert_eq!(queue.skipped.get(), 2);
+    }
+
+    #[test]
+    fn urgent_jobs_go_first_in_arrival_order() {
+        let queue = JobQueue::new(8, counter());
+        let owner = CancelToken::new();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Named(usize, Arc<std::sync::Mutex<Vec<usize>>>);
+        impl Skip for Named {
+            fn skip(self) {}
+        }
+        let jobs = [
+            (1, Priority::Normal),
+            (2, Priority::Urgent),
+            (3, Priority::Normal),
+            (4, Priority::Urgent),
+        ];
+        for (n, priority) in jobs {
+            assert!(queue
+                .push_with(&owner, priority, Named(n, Arc::clone(&order)))
+                .is_ok());
+        }
+        while let Some(Named(n, log)) = queue.try_pop() {
+            log.lock().unwrap_or_else(PoisonError::into_inner).push(n);
+        }
+        let order = order.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(order, [2, 4, 1, 3]);
+    }
+
+    #[test]
+    fn purging_keeps_the_urgent_count_right() {
+        let queue = JobQueue::new(8, counter());
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let (leaving, staying) = (CancelToken::new(), CancelToken::new());
+        let push = |owner: &CancelToken, priority| {
+            assert!(queue
+                .push_with(owner, priority, Job(Arc::clone(&skipped)))
+                .is_ok());
+        };
+        push(&leaving, Priority::Urgent);
+        push(&staying, Priority::Urgent);
+        push(&staying, Priority::Normal);
+        leaving.cancel();
+        push(&staying, Priority::Urgent);
+        assert_eq!(queue.lock().urgent, 2);
+        assert_eq!(
+            queue
+                .lock()
+                .jobs
+                .iter()
+                .map(|q| q.priority)
+                .collect::<Vec<_>>(),
+            [Priority::Urgent, Priority::Urgent, Priority::Normal]
+        );
     }
 
     #[test]

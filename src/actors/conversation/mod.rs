@@ -9,8 +9,9 @@
 //! registry [`Lease`] (the last field) publishes `connection_disconnected`.
 
 mod routing;
+mod turn;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use actix::prelude::*;
 use crate::actors::child::{child_link, ChildEnv, ChildOutcome, ChildRole, ChildWatch};
 use crate::actors::llm::LlmActor;
 use crate::actors::messages::{
-    CancelResponse, InjectFailure, Outbound, SessionEnded, StopChild, StopSpeaking,
+    CancelResponse, DiscardResponse, InjectFailure, Outbound, Respond, SessionEnded, StopChild,
+    StopSpeaking,
 };
 use crate::actors::recorder::RecorderActor;
 use crate::actors::stt::SttActor;
@@ -66,6 +68,11 @@ pub struct ConversationActor {
     restarts: u32,
     ending: bool,
     overload_notice: NoticeThrottle,
+    /// The reply started on a draft transcript, held until its turn is confirmed.
+    speculation: Option<turn::Speculation>,
+    /// Replies discarded lately: their events still in flight are dropped unseen.
+    discarded: VecDeque<uuid::Uuid>,
+    turn: turn::TurnTimes,
     cancel: CancelOnDrop,
     _live: GaugeGuard,
     /// Dropped last: publishes the disconnect once everything above is gone.
@@ -91,6 +98,9 @@ impl ConversationActor {
             restarts: 0,
             ending: false,
             overload_notice: NoticeThrottle::default(),
+            speculation: None,
+            discarded: VecDeque::new(),
+            turn: turn::TurnTimes::default(),
             cancel: CancelOnDrop(crate::workers::CancelToken::new()),
             _live: live,
             lease,
@@ -255,13 +265,51 @@ impl ConversationActor {
         }
     }
 
-    fn cancel_reply(&self) {
+    fn cancel_reply(&mut self) {
+        self.discard_speculation();
         if let Some(llm) = self.children.llm.as_ref() {
             llm.do_send(CancelResponse);
         }
         if let Some(tts) = self.children.tts.as_ref() {
             tts.do_send(StopSpeaking);
         }
+    }
+
+    /// Answer `text`: a speculative reply (`speculative`) or the turn's answer.
+    fn respond(&mut self, text: String, speculative: bool) {
+        let Some(llm) = self.children.llm.as_ref() else {
+            return;
+        };
+        let response_id = uuid::Uuid::new_v4();
+        if speculative {
+            self.speculation = Some(turn::Speculation::new(response_id, text.clone()));
+        }
+        llm.do_send(Respond {
+            response_id,
+            text,
+            speculative,
+        });
+        self.turn.reply_started(response_id);
+    }
+
+    /// Drop the speculative reply unseen: the LLM stores nothing of it, the TTS drops
+    /// its held audio, and its events still on their way are ignored.
+    fn discard_speculation(&mut self) {
+        let Some(speculation) = self.speculation.take() else {
+            return;
+        };
+        self.services.metrics.latency.count_preemptive(false);
+        let response_id = speculation.response_id;
+        if let Some(llm) = self.children.llm.as_ref() {
+            llm.do_send(DiscardResponse { response_id });
+        }
+        if let Some(tts) = self.children.tts.as_ref() {
+            tts.do_send(StopSpeaking);
+        }
+        if self.discarded.len() >= 4 {
+            self.discarded.pop_front();
+        }
+        self.discarded.push_back(response_id);
     }
 
     fn inject_failure(&mut self, role: &str, mode: crate::protocol::native::FailureMode) {

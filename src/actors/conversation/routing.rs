@@ -6,8 +6,8 @@ use actix::prelude::*;
 
 use super::ConversationActor;
 use crate::actors::messages::{
-    AudioFrames, ChildEvent, ClientCommand, FlushSpeech, Outbound, Record, Respond, SegmentKind,
-    SpeakDelta, SpeakEnd, Transcribe,
+    AudioFrames, ChildEvent, ClientCommand, ConfirmResponse, DropDraft, FlushSpeech, Outbound,
+    Record, ReleaseSpeech, SegmentKind, SpeakDelta, SpeakEnd, Transcribe,
 };
 use crate::audio::segmenter::SpeechEvent;
 use crate::protocol::native::ClientEvent;
@@ -57,14 +57,17 @@ impl Handler<ChildEvent> for ConversationActor {
 
     fn handle(&mut self, event: ChildEvent, ctx: &mut Context<Self>) {
         match event {
-            ChildEvent::Speech { event } => self.to_client(match event {
-                SpeechEvent::Started { audio_ms } => {
-                    // Barge-in: the user talks over the reply.
-                    self.cancel_reply();
-                    ServerEvent::SpeechStarted { audio_ms }
-                }
-                SpeechEvent::Stopped { audio_ms } => ServerEvent::SpeechStopped { audio_ms },
-            }),
+            ChildEvent::Speech { event } => {
+                let event = match event {
+                    SpeechEvent::Started { audio_ms } => {
+                        // Barge-in: the user talks over the reply.
+                        self.cancel_reply();
+                        ServerEvent::SpeechStarted { audio_ms }
+                    }
+                    SpeechEvent::Stopped { audio_ms } => ServerEvent::SpeechStopped { audio_ms },
+                };
+                self.to_client(event)
+            }
             ChildEvent::Segment { segment, kind } => {
                 if let Some(stt) = self.children.stt.as_ref() {
                     let refused = stt.try_send(Transcribe { segment, kind }).is_err();
@@ -81,46 +84,82 @@ impl Handler<ChildEvent> for ConversationActor {
                     }
                 }
             }
+            ChildEvent::SpeechResumed => {
+                self.discard_speculation();
+                if let Some(stt) = self.children.stt.as_ref() {
+                    stt.do_send(DropDraft);
+                }
+            }
+            ChildEvent::TurnEnded { voice_end } => self.turn.turn_ended(voice_end),
+            ChildEvent::DraftTranscript { text } => {
+                let same = self.speculation.as_ref().is_some_and(|s| s.text == text);
+                if !same {
+                    self.discard_speculation();
+                    self.respond(text, true);
+                }
+            }
             ChildEvent::Transcript {
                 text,
                 audio_ms,
                 stt_ms,
             } => {
-                if let Some(llm) = self.children.llm.as_ref() {
-                    llm.do_send(Respond { text: text.clone() });
-                }
+                self.turn.transcript();
                 self.to_client(ServerEvent::TranscriptFinal {
-                    text,
+                    text: text.clone(),
                     audio_ms,
                     stt_ms,
-                })
+                });
+                self.answer(text);
             }
             ChildEvent::ResponseDelta { response_id, text } => {
+                if self.discarded.contains(&response_id) {
+                    return;
+                }
+                self.turn.first_token(response_id);
+                let held = self.is_held(response_id);
                 if let Some(tts) = self.children.tts.as_ref() {
                     tts.do_send(SpeakDelta {
                         response_id,
                         text: text.clone(),
+                        held,
                     });
                 }
-                self.to_client(ServerEvent::ResponseTextDelta { response_id, text })
+                self.reply_event(ServerEvent::ResponseTextDelta { response_id, text })
             }
             ChildEvent::ResponseDone {
                 response_id,
                 cancelled,
             } => {
+                if self.discarded.contains(&response_id) {
+                    return;
+                }
                 if let Some(tts) = self.children.tts.as_ref() {
                     tts.do_send(SpeakEnd {
                         response_id,
                         cancelled,
                     });
                 }
-                self.to_client(ServerEvent::ResponseDone {
+                self.reply_event(ServerEvent::ResponseDone {
                     response_id,
                     cancelled,
                 })
             }
+            ChildEvent::FirstClauseReady { response_id } => self.turn.first_clause(response_id),
             ChildEvent::AudioStarted { response_id } => {
-                self.to_client(ServerEvent::ResponseAudioStarted { response_id })
+                let metrics = &self.services.metrics.latency;
+                let latency_ms = self.turn.first_audio(response_id, metrics);
+                if let Some(latency) = latency_ms {
+                    tracing::debug!(
+                        conversation_id = %self.params.conversation_id,
+                        %response_id,
+                        ?latency,
+                        "reply audio starts"
+                    );
+                }
+                self.to_client(ServerEvent::ResponseAudioStarted {
+                    response_id,
+                    latency_ms,
+                })
             }
             ChildEvent::Audio { frame } => {
                 if self.session_alive {
@@ -139,5 +178,55 @@ impl Handler<ChildEvent> for ConversationActor {
             }
             ChildEvent::Failed { role, error } => self.on_child_failed(role, error, ctx),
         }
+    }
+}
+
+impl ConversationActor {
+    /// The turn is confirmed with `text`: the speculative reply on the same words
+    /// becomes the answer (its held events go out now), or a reply starts.
+    fn answer(&mut self, text: String) {
+        match self.speculation.take_if(|s| s.text == text) {
+            Some(speculation) => {
+                self.services.metrics.latency.count_preemptive(true);
+                let response_id = speculation.response_id;
+                if let Some(llm) = self.children.llm.as_ref() {
+                    llm.do_send(ConfirmResponse { response_id });
+                }
+                if let Some(tts) = self.children.tts.as_ref() {
+                    tts.do_send(ReleaseSpeech { response_id });
+                }
+                for event in speculation.release() {
+                    self.to_client(event);
+                }
+            }
+            None => {
+                self.discard_speculation();
+                self.respond(text, false);
+            }
+        }
+    }
+
+    fn is_held(&self, response_id: uuid::Uuid) -> bool {
+        self.speculation
+            .as_ref()
+            .is_some_and(|s| s.response_id == response_id)
+    }
+
+    /// An event of a reply: to the client, or held with its unconfirmed speculation.
+    fn reply_event(&mut self, event: ServerEvent) {
+        match self.speculation.as_mut() {
+            Some(speculation) if reply_id(&event) == Some(speculation.response_id) => {
+                speculation.hold(event)
+            }
+            _ => self.to_client(event),
+        }
+    }
+}
+
+fn reply_id(event: &ServerEvent) -> Option<uuid::Uuid> {
+    match event {
+        ServerEvent::ResponseTextDelta { response_id, .. }
+        | ServerEvent::ResponseDone { response_id, .. } => Some(*response_id),
+        _ => None,
     }
 }
