@@ -16,7 +16,7 @@ use prometheus::{
 use crate::lifecycle::ExitReason;
 
 mod latency;
-pub use latency::{LatencyMetrics, TurnStage};
+pub use latency::{LatencyMetrics, Preemptive, TurnStage};
 
 /// Teardown histogram buckets in seconds: the target is p99 < 5 ms, so resolve well below it.
 const TEARDOWN_BUCKETS: &[f64] = &[

@@ -207,3 +207,67 @@ fn tokenizer_matches_hugging_face_on_the_real_vocabulary() {
         tok.encode_with_specials(&build_prompt(&messages))
     );
 }
+
+/// The conversation so far, as the LLM actor would send it.
+fn conversation(turns: &[(&str, Option<&str>)]) -> Vec<ChatMessage> {
+    let mut messages = vec![ChatMessage::system(hearken::config::DEFAULT_SYSTEM_PROMPT)];
+    for (user, assistant) in turns {
+        messages.push(ChatMessage::user(*user));
+        messages.extend(assistant.map(ChatMessage::assistant));
+    }
+    messages
+}
+
+fn reply_for(
+    model: &mut EmbeddedModel,
+    id: Option<uuid::Uuid>,
+    messages: &[ChatMessage],
+) -> (String, GenerationOutcome) {
+    let mut reply = String::new();
+    let outcome = model
+        .generate_for(id, messages, &params(24), &|| false, &mut |piece| {
+            reply.push_str(piece);
+            ControlFlow::Continue(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)));
+    (reply, outcome)
+}
+
+#[test]
+fn a_kept_turn_reads_only_new_tokens_and_answers_as_a_whole_prompt_would() {
+    let mut fresh = model();
+    let mut kept = fresh.clone().with_kv_cache(64 << 20);
+    let id = uuid::Uuid::new_v4();
+    let first = conversation(&[("What is the capital of France?", None)]);
+    let (reply1, outcome1) = reply_for(&mut kept, Some(id), &first);
+    assert!(kept.kv_cache_bytes() > 0, "the finished turn is kept");
+    let second = conversation(&[
+        ("What is the capital of France?", Some(&reply1)),
+        ("And of Spain?", None),
+    ]);
+    let (reply2, outcome2) = reply_for(&mut kept, Some(id), &second);
+    let new_tokens = outcome2.prompt_tokens - outcome2.cached_tokens;
+    assert!(
+        new_tokens < 12,
+        "only the new question is read: {new_tokens} of {} (first turn read {})",
+        outcome2.prompt_tokens,
+        outcome1.prompt_tokens - outcome1.cached_tokens
+    );
+    let (whole, outcome) = reply_for(&mut fresh, None, &second);
+    assert_eq!(outcome.cached_tokens, 0);
+    assert_eq!(reply2, whole, "kept state changes nothing in the reply");
+    // Another conversation starts from the shared system prompt, never from this one.
+    let other = conversation(&[("And of Spain?", None)]);
+    let (_, outcome3) = reply_for(&mut kept, Some(uuid::Uuid::new_v4()), &other);
+    let system = encode_prompt(
+        kept.tokenizer(),
+        ChatMlIds::find(kept.tokenizer()).expect("chatml"),
+        &other[..1],
+    )
+    .len()
+        - 3;
+    assert_eq!(
+        outcome3.cached_tokens, system,
+        "the system prompt is shared"
+    );
+}

@@ -131,7 +131,9 @@ impl LlmBackend for EmbeddedBackend {
                     }
                 };
                 let kept_before = model.kv_cache_bytes();
-                let outcome = model.generate_for(Some(id), &messages, &params, &mut on_token);
+                let cancelled = || stopped.is_cancelled() || conversation.is_cancelled();
+                let outcome =
+                    model.generate_for(Some(id), &messages, &params, &cancelled, &mut on_token);
                 let latency = &metrics.latency;
                 let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
                 latency.llm_kv_cache_bytes.add(kept);

@@ -38,10 +38,10 @@ use super::prefix_cache::{Owner, PrefixCache};
 use super::tokenizer::{StreamDecoder, Tokenizer};
 use uuid::Uuid;
 
-/// Prompt tokens run per forward pass. The attention scores of one chunk take
-/// `heads × chunk × context × 4` bytes (9 × 512 × 4096 × 4 = 75 MB at the largest), so
-/// a long history cannot spike memory, while a short prompt still runs in one pass.
-const PROMPT_CHUNK_TOKENS: usize = 512;
+/// Prompt tokens run per forward pass. Between passes the reply can be cancelled, so a
+/// chunk bounds how long a barge-in or a teardown waits for a long prompt (about 0.3 s
+/// for 32 tokens here); it also bounds the attention scores' memory.
+const PROMPT_CHUNK_TOKENS: usize = 32;
 
 /// A loaded GGUF chat model and its tokenizer. `Send`; `clone()` is cheap and shares
 /// the weights, so a pool loads once and gives each inference thread its own handle.
@@ -162,17 +162,19 @@ impl EmbeddedModel {
         params: &GenerationParams,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutcome, LlmError> {
-        self.generate_for(None, messages, params, on_token)
+        self.generate_for(None, messages, params, &|| false, on_token)
     }
 
     /// [`generate`](Self::generate) for a conversation: the prompt starts from the
-    /// state its last finished reply left, when the prompt extends it, and a reply that
-    /// ends normally leaves its state for the next turn.
+    /// longest state kept for it (or the shared system prompt) that it extends, and the
+    /// reply leaves its state for the next turn. `cancelled` is also asked between
+    /// prompt chunks, so a long prompt stops within one chunk.
     pub fn generate_for(
         &mut self,
         conversation: Option<Uuid>,
         messages: &[ChatMessage],
         params: &GenerationParams,
+        cancelled: &dyn Fn() -> bool,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutcome, LlmError> {
         let start = Instant::now();
@@ -192,8 +194,21 @@ impl EmbeddedModel {
             }
             _ => 0,
         };
-        let (mut model, cached) = self.start_state(conversation, &prompt, system_len)?;
-        let mut logits = self.run_prompt(&mut model, &prompt, cached)?;
+        let (mut model, position, cached) = self.start_state(conversation, &prompt, system_len)?;
+        let outcome = |tokens, finish_reason, first_token_ms| GenerationOutcome {
+            tokens,
+            cancelled: finish_reason == FinishReason::Cancelled,
+            finish_reason,
+            prompt_tokens: prompt.len(),
+            cached_tokens: cached,
+            first_token_ms,
+            total_ms: elapsed_ms(start),
+        };
+        let Some(mut logits) =
+            self.run_prompt(&mut model, &prompt[position..], position, cancelled)?
+        else {
+            return Ok(outcome(0, FinishReason::Cancelled, None));
+        };
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         let mut reply: Vec<u32> = Vec::with_capacity(max_new);
         let mut decoder = StreamDecoder::default();
@@ -219,9 +234,8 @@ impl EmbeddedModel {
                 logits = self.forward(&mut model, &[next], position)?;
             }
         };
-        if let (Some(id), false) = (conversation, finish_reason == FinishReason::Cancelled) {
-            let last_unread = finish_reason == FinishReason::Length;
-            self.keep_turn(id, model, &prompt, &reply, last_unread)?;
+        if let Some(id) = conversation {
+            self.keep_turn(id, model, &prompt, &reply, finish_reason)?;
         }
         if finish_reason != FinishReason::Cancelled {
             let tail = decoder.finish();
@@ -231,80 +245,86 @@ impl EmbeddedModel {
                 let _ = on_token(&tail);
             }
         }
-        Ok(GenerationOutcome {
-            tokens: reply.len(),
-            cancelled: finish_reason == FinishReason::Cancelled,
-            finish_reason,
-            prompt_tokens: prompt.len(),
-            cached_tokens: cached,
-            first_token_ms,
-            total_ms: elapsed_ms(start),
-        })
+        Ok(outcome(reply.len(), finish_reason, first_token_ms))
     }
 
-    /// The state to read `prompt` from, and how many of its tokens that state has read:
-    /// a kept one, or the pristine weights after reading (and sharing) the system prompt.
+    /// The state to read `prompt` from, the position it starts reading at, and how
+    /// many of those tokens came from a kept state (the rest were read just now): a kept
+    /// state, or the pristine weights after reading (and sharing) the system prompt.
     fn start_state(
         &mut self,
         conversation: Option<Uuid>,
         prompt: &[u32],
         system_len: usize,
-    ) -> Result<(ModelWeights, usize), LlmError> {
+    ) -> Result<(ModelWeights, usize, usize), LlmError> {
         if let Some(hit) = self.cache.lookup(conversation, prompt) {
             if hit.tokens >= system_len {
-                return Ok((hit.state, hit.tokens));
+                return Ok((hit.state, hit.tokens, hit.tokens));
             }
         }
         let mut model = self.weights.clone();
         if system_len == 0 || system_len >= prompt.len() {
-            return Ok((model, 0));
+            return Ok((model, 0, 0));
         }
-        self.run_prompt(&mut model, &prompt[..system_len], 0)?;
+        self.run_prompt(&mut model, &prompt[..system_len], 0, &|| false)?;
         self.cache
             .insert(Owner::Shared, prompt[..system_len].to_vec(), model.clone());
-        Ok((model, system_len))
+        Ok((model, system_len, 0))
     }
 
-    /// Keep the state of a finished turn for the conversation's next one: read what the
-    /// next prompt will hold after the reply (its last token, when `max_tokens` cut it
-    /// before it was read, then `<|im_end|>\n`), so the next turn starts exactly where
-    /// its new message begins.
+    /// Keep a reply's state for the conversation's next turn. A finished reply also
+    /// reads what the next prompt holds after it (its last token, when `max_tokens` cut
+    /// it before it was read, then `<|im_end|>\n`), so the next turn starts exactly
+    /// where its new message begins. A cancelled one is kept as it stands: after a
+    /// barge-in the history holds its text and a cut marker, which the next prompt
+    /// reads on from there (a discarded speculative reply's state simply never matches).
     fn keep_turn(
         &mut self,
         conversation: Uuid,
         mut model: ModelWeights,
         prompt: &[u32],
         reply: &[u32],
-        last_unread: bool,
+        finish: FinishReason,
     ) -> Result<(), LlmError> {
-        let read_reply = reply.len() - usize::from(last_unread && !reply.is_empty());
+        let last_unread = finish != FinishReason::Stop && !reply.is_empty();
+        let read_reply = reply.len() - usize::from(last_unread);
         let mut read: Vec<u32> = [prompt, &reply[..read_reply]].concat();
-        let mut tail: Vec<u32> = reply[read_reply..].to_vec();
-        tail.push(self.chatml.im_end);
-        tail.extend(self.tokenizer.encode("\n"));
-        if read.len() + tail.len() >= self.context_limit {
-            return Ok(());
+        if finish != FinishReason::Cancelled {
+            let mut tail: Vec<u32> = reply[read_reply..].to_vec();
+            tail.push(self.chatml.im_end);
+            tail.extend(self.tokenizer.encode("\n"));
+            if read.len() + tail.len() >= self.context_limit {
+                return Ok(());
+            }
+            self.run_prompt(&mut model, &tail, read.len(), &|| false)?;
+            read.extend(tail);
         }
-        self.run_prompt(&mut model, &tail, read.len())?;
-        read.extend(tail);
         self.cache
             .insert(Owner::Conversation(conversation), read, model);
         Ok(())
     }
 
-    /// Runs `tokens` from `position` in chunks; returns the last position's logits.
+    /// Runs `tokens` from `position` in chunks; returns the last position's logits, or
+    /// `None` if `cancelled` said so between chunks.
     fn run_prompt(
         &self,
         model: &mut ModelWeights,
         tokens: &[u32],
         position: usize,
-    ) -> Result<Tensor, LlmError> {
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>, LlmError> {
         let mut logits = None;
         for (i, chunk) in tokens.chunks(PROMPT_CHUNK_TOKENS).enumerate() {
+            if cancelled() {
+                return Ok(None);
+            }
             logits = Some(self.forward(model, chunk, position + i * PROMPT_CHUNK_TOKENS)?);
         }
-        // `encode_prompt` always yields at least `<|im_start|>assistant\n`.
-        logits.ok_or_else(|| LlmError::Inference(candle_core::Error::Msg("empty prompt".into())))
+        // A lookup never covers a whole prompt, and `encode_prompt` always yields at
+        // least `<|im_start|>assistant\n`: there is always a token to read.
+        logits
+            .map(Some)
+            .ok_or_else(|| LlmError::Inference(candle_core::Error::Msg("empty prompt".into())))
     }
 
     /// One forward pass of `tokens` starting at `position`, on the calling thread.

@@ -26,6 +26,10 @@ pub enum Owner {
 /// Shared entries kept at most (distinct system prompts in use).
 const MAX_SHARED: usize = 4;
 
+/// Entries kept per conversation: its last reply's state, and the one before, which
+/// is still the right start when the last was a speculative reply that was discarded.
+const PER_CONVERSATION: usize = 2;
+
 struct Entry<S> {
     owner: Owner,
     tokens: Vec<u32>,
@@ -96,33 +100,28 @@ impl<S: Clone> PrefixCache<S> {
         })
     }
 
-    /// Keep `state` (having read `tokens`) for `owner`: it replaces that conversation's
-    /// entry, or joins the shared ones. Entries too big for the whole cache are not kept.
+    /// Keep `state` (having read `tokens`) for `owner`: it replaces the least recently
+    /// used of that conversation's entries once it has [`PER_CONVERSATION`], or joins
+    /// the shared ones. Entries too big for the whole cache are not kept.
     pub fn insert(&mut self, owner: Owner, tokens: Vec<u32>, state: S) {
         if self.cost(tokens.len()) > self.capacity_bytes || tokens.is_empty() {
             return;
         }
         let now = self.tick();
-        match owner {
-            Owner::Conversation(_) => self.entries.retain(|e| e.owner != owner),
-            Owner::Shared => {
-                if let Some(same) = self
-                    .entries
-                    .iter_mut()
-                    .find(|e| e.owner == owner && e.tokens == tokens)
-                {
-                    same.last_used = now;
-                    return;
-                }
-                let shared = self
-                    .entries
-                    .iter()
-                    .filter(|e| e.owner == Owner::Shared)
-                    .count();
-                if shared >= MAX_SHARED {
-                    self.evict(|e| e.owner == Owner::Shared);
-                }
-            }
+        if let Some(same) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.owner == owner && e.tokens == tokens)
+        {
+            same.last_used = now;
+            return;
+        }
+        let most = match owner {
+            Owner::Conversation(_) => PER_CONVERSATION,
+            Owner::Shared => MAX_SHARED,
+        };
+        if self.entries.iter().filter(|e| e.owner == owner).count() >= most {
+            self.evict(|e| e.owner == owner);
         }
         let needed = self.cost(tokens.len());
         while self.bytes() + needed > self.capacity_bytes && !self.entries.is_empty() {
@@ -187,13 +186,26 @@ mod tests {
     }
 
     #[test]
-    fn a_conversation_keeps_one_entry() {
+    fn a_conversation_keeps_its_two_latest_entries() {
         let mut cache = PrefixCache::new(1000, 1);
-        cache.insert(Owner::Conversation(id(1)), vec![1, 2], "old");
-        cache.insert(Owner::Conversation(id(1)), vec![1, 2, 3], "new");
-        assert_eq!(cache.bytes(), 3);
-        let hit = cache.lookup(Some(id(1)), &[1, 2, 3, 4]).map(|h| h.state);
-        assert_eq!(hit, Some("new"));
+        let me = Owner::Conversation(id(1));
+        cache.insert(me, vec![1, 2], "turn 1");
+        // Turn 2 starts from turn 1 and is kept; then a discarded speculative reply.
+        assert!(cache.lookup(Some(id(1)), &[1, 2, 3]).is_some());
+        cache.insert(me, vec![1, 2, 3, 4], "turn 2");
+        cache.insert(me, vec![1, 2, 3, 4, 9, 9], "discarded");
+        let hit = cache.lookup(Some(id(1)), &[1, 2, 3, 4, 5]).map(|h| h.state);
+        assert_eq!(
+            hit,
+            Some("turn 2"),
+            "the discarded reply did not displace it"
+        );
+        cache.insert(me, vec![1, 2, 3, 4, 5, 6], "turn 3");
+        assert_eq!(
+            cache.bytes(),
+            4 + 6,
+            "the least recently used (discarded) went"
+        );
     }
 
     #[test]

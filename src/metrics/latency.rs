@@ -45,6 +45,26 @@ impl TurnStage {
     }
 }
 
+/// What became of a reply started on a draft transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preemptive {
+    Started,
+    /// Its turn was confirmed with the same words: it is the answer.
+    Used,
+    /// Speech resumed or the words differed: dropped unseen.
+    Discarded,
+}
+
+impl Preemptive {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preemptive::Started => "started",
+            Preemptive::Used => "used",
+            Preemptive::Discarded => "discarded",
+        }
+    }
+}
+
 pub struct LatencyMetrics {
     turn_stage_seconds: HistogramVec,
     preemptive_replies: IntCounterVec,
@@ -70,10 +90,16 @@ impl LatencyMetrics {
         for stage in TurnStage::ALL {
             let _ = turn_stage_seconds.with_label_values(&[stage.as_str()]);
         }
+        let zero = |vec: &IntCounterVec, labels: &[&str]| {
+            for label in labels {
+                vec.with_label_values(&[label]).reset();
+            }
+        };
         let preemptive_replies = IntCounterVec::new(
             Opts::new(
                 "hearken_preemptive_replies_total",
-                "Replies started on a draft transcript, by outcome (used, discarded)",
+                "Replies started on a draft transcript (started), and what became of them \
+                 (used, discarded)",
             ),
             &["outcome"],
         )
@@ -96,6 +122,9 @@ impl LatencyMetrics {
             &["source"],
         )
         .expect("static metric definition");
+        zero(&preemptive_replies, &["started", "used", "discarded"]);
+        zero(&turn_decisions, &["complete", "incomplete", "silence"]);
+        zero(&llm_prompt_tokens, &["read", "cached"]);
         LatencyMetrics {
             turn_stage_seconds,
             preemptive_replies,
@@ -137,15 +166,17 @@ impl LatencyMetrics {
             .observe(seconds);
     }
 
-    /// A speculative reply became the answer (`used`) or was dropped.
-    pub fn count_preemptive(&self, used: bool) {
-        let outcome = if used { "used" } else { "discarded" };
-        self.preemptive_replies.with_label_values(&[outcome]).inc();
+    /// A speculative reply started, became the answer, or was dropped.
+    pub fn count_preemptive(&self, outcome: Preemptive) {
+        self.preemptive_replies
+            .with_label_values(&[outcome.as_str()])
+            .inc();
     }
 
-    pub fn preemptive(&self, used: bool) -> u64 {
-        let outcome = if used { "used" } else { "discarded" };
-        self.preemptive_replies.with_label_values(&[outcome]).get()
+    pub fn preemptive(&self, outcome: Preemptive) -> u64 {
+        self.preemptive_replies
+            .with_label_values(&[outcome.as_str()])
+            .get()
     }
 
     /// `complete`, `incomplete` or `silence`.

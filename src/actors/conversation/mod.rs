@@ -29,7 +29,7 @@ use crate::actors::throttle::NoticeThrottle;
 use crate::actors::tts::TtsActor;
 use crate::actors::vad::VadActor;
 use crate::lifecycle::ExitReason;
-use crate::metrics::{ActorKind, GaugeGuard};
+use crate::metrics::{ActorKind, GaugeGuard, Preemptive};
 use crate::protocol::{ErrorCode, ServerEvent, SessionParams};
 use crate::registry::{EndSession, Lease};
 use crate::services::Services;
@@ -283,6 +283,8 @@ impl ConversationActor {
         let response_id = uuid::Uuid::new_v4();
         if speculative {
             self.speculation = Some(turn::Speculation::new(response_id, text.clone()));
+            let metrics = &self.services.metrics.latency;
+            metrics.count_preemptive(Preemptive::Started);
         }
         llm.do_send(Respond {
             response_id,
@@ -298,7 +300,8 @@ impl ConversationActor {
         let Some(speculation) = self.speculation.take() else {
             return;
         };
-        self.services.metrics.latency.count_preemptive(false);
+        let metrics = &self.services.metrics.latency;
+        metrics.count_preemptive(Preemptive::Discarded);
         let response_id = speculation.response_id;
         if let Some(llm) = self.children.llm.as_ref() {
             llm.do_send(DiscardResponse { response_id });

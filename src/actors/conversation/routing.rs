@@ -10,6 +10,7 @@ use crate::actors::messages::{
     Record, ReleaseSpeech, SegmentKind, SpeakDelta, SpeakEnd, Transcribe,
 };
 use crate::audio::segmenter::SpeechEvent;
+use crate::metrics::Preemptive;
 use crate::protocol::native::ClientEvent;
 use crate::protocol::ServerEvent;
 
@@ -187,7 +188,8 @@ impl ConversationActor {
     fn answer(&mut self, text: String) {
         match self.speculation.take_if(|s| s.text == text) {
             Some(speculation) => {
-                self.services.metrics.latency.count_preemptive(true);
+                let metrics = &self.services.metrics.latency;
+                metrics.count_preemptive(Preemptive::Used);
                 let response_id = speculation.response_id;
                 if let Some(llm) = self.children.llm.as_ref() {
                     llm.do_send(ConfirmResponse { response_id });
