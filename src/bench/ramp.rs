@@ -16,10 +16,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::launcher::{join_all, status_line, Launcher, StreamOpts};
 use super::metrics_scrape::{self, format_deltas, REJECTED_COUNTER};
 use super::plot::{self, LimitMark, RampPlot, RampPoint};
 use super::progress::Progress;
+use super::session::Shared;
 use super::stats::{format_counts, Summary, Window, BEHIND_P95_MS};
 
 #[derive(Debug, clap::Args)]

@@ -3,10 +3,11 @@
 //! audio it names was sent. The writer and the reader run as two halves of one task, so a
 //! send held up by backpressure never delays the timestamp of an arriving event. Replies
 //! (text, `response.audio.started`, audio frames) are paired with the speech they answer
-//! by a [`ReplyTracker`] and timed from its voice end.
+//! by a [`ReplyTracker`] and timed from its voice end. Every session of a run records into
+//! one [`Shared`] window (it lives here, below the launcher that creates it).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant, MissedTickB
 use tokio_tungstenite::tungstenite::Message;
 
 use super::audio_src::{AudioLoop, FRAME_MS};
-use super::launcher::Shared;
 use super::replies::{take_stop, ReplyEvent, ReplyNote, ReplyTracker};
 use super::stats::{Hist, Window};
 use super::wsconn::{self, stopped};
@@ -51,6 +51,27 @@ pub struct StreamPlan {
     pub drain: Duration,
     pub shared: Arc<Shared>,
     pub stop: watch::Receiver<bool>,
+}
+
+/// What every session of a run shares.
+pub struct Shared {
+    pub window: Mutex<Window>,
+    pub live: AtomicU64,
+    pub run_start: Instant,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            window: Mutex::new(Window::default()),
+            live: AtomicU64::new(0),
+            run_start: Instant::now(),
+        })
+    }
+
+    pub fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
+        f(&mut self.window.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// State the writer and reader halves share.

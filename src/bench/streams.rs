@@ -19,11 +19,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::launcher::{join_all, status_line, Launcher, StreamOpts};
 use super::metrics_scrape::{self, format_deltas, REJECTED_COUNTER};
 use super::plot::{self, StreamsPlot};
 use super::progress::Progress;
 use super::replies::ReplyCounts;
+use super::session::Shared;
 use super::stats::{format_counts, print_table, Summary, TimelinePoint, Window};
 
 #[derive(Debug, clap::Args)]
