@@ -393,6 +393,7 @@ fn ramp_plot(args: &RampArgs, steps: &[Step], best: Option<usize>) -> RampPlot {
                 decision_p95_ms: s.vad_decision_lag.p95_ms,
                 transcript_p95_ms: p95(&s.transcript_after_voice_end),
                 reply_audio_p95_ms: p95(&s.reply_audio_after_voice_end),
+                stage_p95_ms: Stage::ALL.map(|stage| p95(&s.reply_stages.get(stage))),
                 pass: s.pass,
             })
             .collect(),

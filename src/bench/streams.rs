@@ -120,6 +120,10 @@ fn streams_plot<'a>(args: &StreamsArgs, w: &'a Window) -> StreamsPlot<'a> {
             ("transcript after speech_stopped", &w.transcript_timeline),
             ("reply first audio after voice end", &w.reply_timeline),
         ],
+        stages: Stage::ALL
+            .into_iter()
+            .map(|stage| (stage.label(), w.reply_stages.get(stage)))
+            .collect(),
     }
 }
 

@@ -1,10 +1,11 @@
 //! SVG charts of bench results (`--plot FILE.svg`), drawn with plotters' SVG backend,
 //! one file per chart: `streams.rs` composes the `streams` chart from its panels
-//! (`percentiles.rs`: latency percentile curves from the HDR histograms; `timeline.rs`:
-//! every VAD decision lag, with its p95 per time bucket, transcript and reply over the
-//! run); `ramp.rs`: p95 latencies against the session count, with the 200 ms verdict line,
-//! the highest count sustained and, when the server's session limit refused sessions,
-//! where. This file holds what they share: colours, log ranges, axis labels.
+//! (`percentiles.rs`: latency percentile curves from the HDR histograms, the client's and
+//! the server's stage times; `timeline.rs`: every VAD decision lag, with its p95 per time
+//! bucket, transcript and reply over the run); `ramp.rs`: p95 latencies against the
+//! session count, with the 200 ms verdict line, the highest count sustained and, when the
+//! server's session limit refused sessions, where, then the p95 of the server's stage
+//! times. This file holds what they share: colours, log ranges, axis labels.
 //!
 //! Latencies are drawn on log scales: VAD lags are tens of ms, transcripts and replies
 //! seconds, and the interesting part of a percentile curve is its tail.

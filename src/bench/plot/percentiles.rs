@@ -8,8 +8,12 @@ use crate::bench::stats::Hist;
 /// Points per percentile curve: 1/(1-q) = 10^(k/20) for k = 0..=60, from p0 to p99.9.
 const CURVE_STEPS: i32 = 60;
 
-/// Latency against percentile, from each histogram.
-pub(super) fn percentile_curves(area: &Area, curves: &[(&str, &Hist)]) -> anyhow::Result<()> {
+/// Latency against percentile, from each histogram, under `caption`.
+pub(super) fn percentile_curves(
+    area: &Area,
+    caption: &str,
+    curves: &[(&str, &Hist)],
+) -> anyhow::Result<()> {
     // Colours follow the position in `curves`, so a series keeps its colour when an
     // empty one before it is left out.
     let curves: Vec<_> = curves
@@ -23,10 +27,7 @@ pub(super) fn percentile_curves(area: &Area, curves: &[(&str, &Hist)]) -> anyhow
             .flat_map(|(_, (_, h))| [h.quantile_ms(0.0), h.quantile_ms(1.0)]),
     );
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            "latency by percentile (from the HDR histograms)",
-            ("sans-serif", 18),
-        )
+        .caption(caption, ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)

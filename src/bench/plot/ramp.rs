@@ -1,18 +1,28 @@
 //! The `ramp` chart: p95 latencies against the session count, with the 200 ms verdict
 //! line, failed steps crossed out, and a marker at the highest count sustained or where
-//! the server's session limit refused sessions.
+//! the server's session limit refused sessions; below it, when replies carried them, the
+//! p95 of the server's stage times against the session count.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::Context as _;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{format_ms, log_range, COLORS};
+use super::{format_ms, log_range, Area, COLORS};
+use crate::bench::replies::Stage;
 use crate::bench::stats::BEHIND_P95_MS;
 
 /// Size of the `ramp` chart, in pixels.
 const RAMP_SIZE: (u32, u32) = (1000, 600);
+/// Size of the chart with the server's stage times as a second panel (px).
+const RAMP_WITH_STAGES_SIZE: (u32, u32) = (RAMP_SIZE.0, RAMP_SIZE.1 + STAGES_HEIGHT);
+/// Height of the stage-time panel (px).
+const STAGES_HEIGHT: u32 = 500;
+
+const STAGES_CAPTION: &str =
+    "server stage times p95 (latency_ms: from the voice end the server heard)";
 
 /// One `ramp` step, as `ramp --plot` draws it.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +31,9 @@ pub struct RampPoint {
     pub decision_p95_ms: f64,
     pub transcript_p95_ms: Option<f64>,
     pub reply_audio_p95_ms: Option<f64>,
+    /// p95 of the server's stage times, in the order of [`Stage::ALL`]; `None` for a
+    /// stage no reply of the step reported.
+    pub stage_p95_ms: [Option<f64>; Stage::ALL.len()],
     pub pass: bool,
 }
 
@@ -61,10 +74,39 @@ pub struct LimitMark {
 }
 
 pub fn ramp(path: &Path, plot: &RampPlot) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, RAMP_SIZE).into_drawing_area();
+    let with_stages = plot
+        .points
+        .iter()
+        .any(|p| p.stage_p95_ms.iter().any(Option::is_some));
+    let size = if with_stages {
+        RAMP_WITH_STAGES_SIZE
+    } else {
+        RAMP_SIZE
+    };
+    let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE)?;
+    if with_stages {
+        let (top, bottom) = root.split_vertically(RAMP_SIZE.1);
+        latencies(&top, plot)?;
+        stages(&bottom, plot)?;
+    } else {
+        latencies(&root, plot)?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Session counts on the x axis: from none to a little past the most carried.
+fn x_range(plot: &RampPlot) -> Range<f64> {
     let most = plot.points.iter().map(|p| p.sessions).max().unwrap_or(1);
-    let x_range = 0.0..(most as f64 * 1.1).max(1.0);
+    0.0..(most as f64 * 1.1).max(1.0)
+}
+
+/// The client's p95 latencies against the session count, with the verdict line, failed
+/// steps and the sustained count or the session limit.
+fn latencies(area: &Area, plot: &RampPlot) -> anyhow::Result<()> {
+    let x_range = x_range(plot);
     let values = plot.points.iter().flat_map(|p| {
         [
             Some(p.decision_p95_ms),
@@ -76,7 +118,7 @@ pub fn ramp(path: &Path, plot: &RampPlot) -> anyhow::Result<()> {
     });
     let y_range = log_range(values.chain([BEHIND_P95_MS]));
     let (y_lo, y_hi) = (y_range.start, y_range.end);
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(area)
         .caption(&plot.title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
@@ -170,8 +212,61 @@ pub fn ramp(path: &Path, plot: &RampPlot) -> anyhow::Result<()> {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The p95 of each server stage time against the session count.
+fn stages(area: &Area, plot: &RampPlot) -> anyhow::Result<()> {
+    let x_range = x_range(plot);
+    let y_range = log_range(
+        plot.points
+            .iter()
+            .flat_map(|p| p.stage_p95_ms.into_iter().flatten()),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(STAGES_CAPTION, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_range, y_range.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent sessions")
+        .y_desc("p95 from voice end (ms)")
+        .y_labels(12)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|v| format_ms(*v))
+        .draw()?;
+    for stage in Stage::ALL {
+        let points: Vec<(f64, f64)> = plot
+            .points
+            .iter()
+            .filter_map(|p| {
+                p.stage_p95_ms[stage.index()]
+                    .filter(|v| *v > 0.0)
+                    .map(|v| (p.sessions as f64, v))
+            })
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        let color = COLORS[stage.index() % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(format!("{} p95", stage.label()))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 
@@ -187,6 +282,7 @@ mod tests {
             decision_p95_ms: p95,
             transcript_p95_ms: None,
             reply_audio_p95_ms: None,
+            stage_p95_ms: [None; 5],
             pass,
         };
         let path = temp_svg("ramp");
@@ -227,6 +323,46 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.contains("max sustained: 50"));
+        assert!(
+            !svg.contains(STAGES_CAPTION),
+            "no stage panel without stage times"
+        );
+    }
+
+    #[test]
+    fn stage_times_get_a_panel_below() {
+        let point = |sessions, first_audio| RampPoint {
+            sessions,
+            decision_p95_ms: 30.0,
+            transcript_p95_ms: Some(900.0),
+            reply_audio_p95_ms: Some(1_500.0),
+            stage_p95_ms: [Some(190.0), None, None, None, first_audio],
+            pass: true,
+        };
+        let path = temp_svg("ramp-stages");
+        ramp(
+            &path,
+            &RampPlot {
+                title: "ramp".into(),
+                points: vec![
+                    point(10, Some(450.0)),
+                    point(20, Some(700.0)),
+                    point(30, None),
+                ],
+                max_sustained: Some(30),
+                limit: None,
+            },
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains(STAGES_CAPTION));
+        assert!(svg.contains("turn decided p95") && svg.contains("first audio p95"));
+        assert!(
+            !svg.contains("first clause p95"),
+            "stages never reported are left out"
+        );
+        assert!(svg.contains(&format!("height=\"{}\"", RAMP_WITH_STAGES_SIZE.1)));
     }
 
     #[test]

@@ -43,6 +43,17 @@ impl Stage {
         }
     }
 
+    /// Its name on charts.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::TurnDecided => "turn decided",
+            Stage::Transcript => "transcript",
+            Stage::FirstToken => "first token",
+            Stage::FirstClause => "first clause",
+            Stage::FirstAudio => "first audio",
+        }
+    }
+
     /// Its row in the printed latency table.
     pub fn row_label(self) -> &'static str {
         match self {
