@@ -1,10 +1,10 @@
 //! Starting streaming sessions for `streams` and `ramp`: the options they share, the
-//! state every session of a run writes into, the launcher that spreads session starts
-//! over time and over the audio loop, and the live status line.
+//! launcher that spreads session starts over time and over the audio loop, and the live
+//! status line.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -12,8 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use super::audio_src::{AudioLoop, Codec, FRAME_MS};
-use super::session::{self, Hysteresis, StreamPlan};
-use super::stats::Window;
+use super::session::{self, Hysteresis, Shared, StreamPlan};
 
 /// Options every streaming command shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,27 +49,6 @@ pub struct StreamOpts {
     /// count of refused upgrades (`hearken_rejected_connections_total`) over the run.
     #[arg(long)]
     pub metrics_url: Option<String>,
-}
-
-/// What every session of a run shares.
-pub struct Shared {
-    pub window: Mutex<Window>,
-    pub live: AtomicU64,
-    pub run_start: Instant,
-}
-
-impl Shared {
-    pub fn new() -> Arc<Shared> {
-        Arc::new(Shared {
-            window: Mutex::new(Window::default()),
-            live: AtomicU64::new(0),
-            run_start: Instant::now(),
-        })
-    }
-
-    pub fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
-        f(&mut self.window.lock().unwrap_or_else(|p| p.into_inner()))
-    }
 }
 
 /// Starts sessions, each with a fresh conversation and its own place in the audio loop.

@@ -4,18 +4,19 @@
 //! protocol of DESIGN.md §3, `GET /metrics`) and, when given the server's pid, through
 //! `/proc`. Each subcommand lives in its own file:
 //! - [`streams`]: N sessions streaming WAV audio in real time; VAD-event lag,
-//!   end-of-speech → transcript and → first reply audio latency, with an explicit
-//!   "falling behind" verdict.
+//!   end-of-speech → transcript and → first reply audio latency, the server's own stage
+//!   times of each reply, with an explicit "falling behind" verdict.
 //! - [`ramp`]: streams at growing session counts until the server falls behind, or its
 //!   session limit refuses sessions while the admitted ones keep up.
 //! - [`idle`]: N idle sessions; memory per session and mass-teardown time.
 //! - [`churn`]: connect / stream / leave cycles in every leaving style; leak deltas.
 //!
 //! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
-//! clients), [`replies`] (pairing replies with the speech they answer), [`stats`]
-//! (latency histograms), [`plot`] (`--plot` SVG charts), [`metrics_scrape`] (Prometheus
-//! text and `/proc`), [`progress`] (the live line on stderr), [`wsconn`] (open, refusals,
-//! close, stop signal). `anyhow` is allowed here (STYLE.md rule 12).
+//! clients), [`replies`] (pairing replies with the speech they answer, their outcomes and
+//! the server's stage times), [`stats`] (latency histograms), [`plot`] (`--plot` SVG
+//! charts), [`metrics_scrape`] (Prometheus text and `/proc`), [`progress`] (the live line
+//! on stderr), [`wsconn`] (open, refusals, close, stop signal). `anyhow` is allowed here
+//! (STYLE.md rule 12).
 
 mod audio_src;
 mod churn;

@@ -3,7 +3,9 @@
 //! fails, or the server's session limit refuses sessions while every admitted one keeps
 //! up (the limit enforced: the ramp stops there, it has not fallen behind). Reports the
 //! highest session count that kept p95 VAD decision lag under 200 ms with no failed
-//! session. `--plot` draws the p95 latencies against the session count as SVG.
+//! session, and the p95 of the server's own stage times of replies (`latency_ms`) at each
+//! step when the server reports them. `--plot` draws the p95 latencies against the
+//! session count as SVG.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,11 +18,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::launcher::{join_all, status_line, Launcher, StreamOpts};
 use super::metrics_scrape::{self, format_deltas, REJECTED_COUNTER};
 use super::plot::{self, LimitMark, RampPlot, RampPoint};
 use super::progress::Progress;
-use super::stats::{format_counts, Summary, Window, BEHIND_P95_MS};
+use super::replies::Stage;
+use super::session::Shared;
+use super::stats::{format_counts, StageSummaries, Summary, Window, BEHIND_P95_MS};
 
 #[derive(Debug, clap::Args)]
 pub struct RampArgs {
@@ -68,6 +72,8 @@ pub struct Step {
     pub transcript_after_speech_stopped: Summary,
     pub transcript_after_voice_end: Summary,
     pub reply_audio_after_voice_end: Summary,
+    /// The server's stage times of the step's replies, from its own voice end.
+    pub reply_stages: StageSummaries,
     pub errors: BTreeMap<String, u64>,
     /// Every admitted session kept up, with no failure and no error.
     pub pass: bool,
@@ -186,6 +192,9 @@ pub async fn run(args: RampArgs) -> anyhow::Result<()> {
     for step in &steps {
         println!("{}", step_line(step));
     }
+    for line in stage_table(&steps) {
+        println!("{line}");
+    }
     let limit = steps
         .iter()
         .find(|s| s.limit_enforced)
@@ -294,6 +303,7 @@ fn judge(sessions: usize, live: u64, warmup: &Window, measured: &Window) -> Step
         transcript_after_speech_stopped: measured.transcript_after_stop.summary(),
         transcript_after_voice_end: measured.transcript_after_voice.summary(),
         reply_audio_after_voice_end: measured.reply_audio_after_voice.summary(),
+        reply_stages: measured.reply_stages.summaries(),
         errors: measured.errors.clone(),
         pass,
         limit_enforced: pass && refused > 0,
@@ -334,6 +344,35 @@ fn step_line(step: &Step) -> String {
     )
 }
 
+/// The p95 of the server's stage times at each step, as lines of a table; none when no
+/// reply of the ramp carried them.
+fn stage_table(steps: &[Step]) -> Vec<String> {
+    if steps.iter().all(|s| s.reply_stages.reported == 0) {
+        return Vec::new();
+    }
+    let mut header = format!("{:>8} {:>7}", "sessions", "replies");
+    for stage in Stage::ALL {
+        header.push_str(&format!(" {:>12}", stage.key()));
+    }
+    let mut lines = vec![
+        "server stage times, p95 (ms from the voice end the server heard):".to_string(),
+        header,
+    ];
+    for step in steps {
+        let mut line = format!("{:>8} {:>7}", step.sessions, step.reply_stages.reported);
+        for stage in Stage::ALL {
+            let s = step.reply_stages.get(stage);
+            if s.count > 0 {
+                line.push_str(&format!(" {:>12.1}", s.p95_ms));
+            } else {
+                line.push_str(&format!(" {:>12}", "-"));
+            }
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 /// The chart of a ramp: each step at the sessions it carried (the admitted ones, where
 /// the limit refused some).
 fn ramp_plot(args: &RampArgs, steps: &[Step], best: Option<usize>) -> RampPlot {
@@ -354,6 +393,7 @@ fn ramp_plot(args: &RampArgs, steps: &[Step], best: Option<usize>) -> RampPlot {
                 decision_p95_ms: s.vad_decision_lag.p95_ms,
                 transcript_p95_ms: p95(&s.transcript_after_voice_end),
                 reply_audio_p95_ms: p95(&s.reply_audio_after_voice_end),
+                stage_p95_ms: Stage::ALL.map(|stage| p95(&s.reply_stages.get(stage))),
                 pass: s.pass,
             })
             .collect(),
@@ -369,6 +409,7 @@ fn ramp_plot(args: &RampArgs, steps: &[Step], best: Option<usize>) -> RampPlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::replies::ReplyStages;
 
     /// A measured window of `n` sessions keeping up (30 ms decision lag).
     fn keeping_up(events: u64) -> Window {
@@ -414,5 +455,44 @@ mod tests {
         // Without refusals, every requested session must be live.
         let step = judge(10, 8, &Window::default(), &keeping_up(50));
         assert!(step.reasons.iter().any(|r| r.contains("only 8 of 10")));
+    }
+
+    #[test]
+    fn each_step_reports_the_server_stage_times_it_measured() {
+        let mut warmup = keeping_up(10);
+        warmup
+            .reply_stages
+            .record(&ReplyStages::of(&[(Stage::FirstAudio, 9_000)]));
+        let mut measured = keeping_up(100);
+        for ms in [400, 450, 500] {
+            measured.reply_stages.record(&ReplyStages::of(&[
+                (Stage::TurnDecided, 180),
+                (Stage::FirstAudio, ms),
+            ]));
+        }
+        let step = judge(10, 10, &warmup, &measured);
+        // The warm-up is not measured.
+        assert_eq!(step.reply_stages.reported, 3);
+        assert!((step.reply_stages.first_audio.max_ms - 500.0).abs() < 0.5);
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(json["reply_stages"]["turn_decided"]["count"], 3);
+        assert_eq!(json["reply_stages"]["first_clause"]["count"], 0);
+
+        let quiet = judge(20, 20, &Window::default(), &keeping_up(100));
+        let table = stage_table(&[step, quiet]);
+        assert_eq!(table.len(), 4, "{table:#?}");
+        assert!(table[1].contains("turn_decided") && table[1].contains("first_audio"));
+        assert!(
+            table[2].trim_start().starts_with("10       3"),
+            "{}",
+            table[2]
+        );
+        assert!(
+            table[2].contains("500.") && table[2].contains(" -"),
+            "{}",
+            table[2]
+        );
+        assert!(table[3].trim_end().ends_with('-'), "{}", table[3]);
+        assert!(stage_table(&[judge(5, 5, &Window::default(), &keeping_up(9))]).is_empty());
     }
 }

@@ -3,10 +3,12 @@
 //! audio it names was sent. The writer and the reader run as two halves of one task, so a
 //! send held up by backpressure never delays the timestamp of an arriving event. Replies
 //! (text, `response.audio.started`, audio frames) are paired with the speech they answer
-//! by a [`ReplyTracker`] and timed from its voice end.
+//! by a [`ReplyTracker`] and timed from its voice end; the server's own stage times of a
+//! reply (`latency_ms`) are recorded as they come. Every session of a run records into
+//! one [`Shared`] window (it lives here, below the launcher that creates it).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +19,7 @@ use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant, MissedTickB
 use tokio_tungstenite::tungstenite::Message;
 
 use super::audio_src::{AudioLoop, FRAME_MS};
-use super::launcher::Shared;
-use super::replies::{take_stop, ReplyEvent, ReplyNote, ReplyTracker};
+use super::replies::{take_stop, ReplyEvent, ReplyNote, ReplyStages, ReplyTracker};
 use super::stats::{Hist, Window};
 use super::wsconn::{self, stopped};
 
@@ -51,6 +52,27 @@ pub struct StreamPlan {
     pub drain: Duration,
     pub shared: Arc<Shared>,
     pub stop: watch::Receiver<bool>,
+}
+
+/// What every session of a run shares.
+pub struct Shared {
+    pub window: Mutex<Window>,
+    pub live: AtomicU64,
+    pub run_start: Instant,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            window: Mutex::new(Window::default()),
+            live: AtomicU64::new(0),
+            run_start: Instant::now(),
+        })
+    }
+
+    pub fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
+        f(&mut self.window.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// State the writer and reader halves share.
@@ -254,6 +276,9 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
     let kind = event["type"].as_str().unwrap_or("unknown").to_string();
     let audio_ms = event["audio_ms"].as_u64().unwrap_or(0);
     let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+    // The server's own stage times of a reply, recorded whether or not the reply pairs
+    // with a transcript here: the server timed them from its own voice end.
+    let stages = ReplyStages::from_event(event);
     let mut st = lock(state);
     let (raw, decision) = match kind.as_str() {
         "vad.speech_started" | "vad.speech_stopped" => {
@@ -325,6 +350,9 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
         }
         for note in notes {
             w.note_reply(note, elapsed);
+        }
+        if let Some(stages) = &stages {
+            w.reply_stages.record(stages);
         }
         if kind == "error" {
             let code = event["code"].as_str().unwrap_or("unknown");

@@ -1,5 +1,6 @@
 //! Latency statistics for the bench: HDR histograms in microseconds, the per-window record
-//! every streaming session writes into, and the "falling behind" verdict.
+//! every streaming session writes into (the server's own stage times of replies among
+//! them), and the "falling behind" verdict.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::audio_src::{Codec, FRAME_MS};
-use super::replies::{ReplyCounts, ReplyNote};
+use super::replies::{ReplyCounts, ReplyNote, ReplyStages, Stage};
 
 /// Longest latency a histogram resolves: 10 minutes, in microseconds.
 const MAX_US: u64 = 600_000_000;
@@ -88,6 +89,68 @@ pub struct Summary {
     pub max_ms: f64,
 }
 
+/// The server's stage times of a window's replies (the `latency_ms` of their
+/// `response.audio.started`), one histogram per stage, from the server's voice end.
+#[derive(Default)]
+pub struct StageHists {
+    /// Replies whose `response.audio.started` carried `latency_ms`.
+    pub reported: u64,
+    hists: [Hist; Stage::ALL.len()],
+}
+
+impl StageHists {
+    pub fn record(&mut self, stages: &ReplyStages) {
+        self.reported += 1;
+        for stage in Stage::ALL {
+            if let Some(ms) = stages.get(stage) {
+                self.hists[stage.index()].record(Duration::from_millis(ms));
+            }
+        }
+    }
+
+    pub fn get(&self, stage: Stage) -> &Hist {
+        &self.hists[stage.index()]
+    }
+
+    pub fn summaries(&self) -> StageSummaries {
+        let of = |stage| self.get(stage).summary();
+        StageSummaries {
+            reported: self.reported,
+            turn_decided: of(Stage::TurnDecided),
+            transcript: of(Stage::Transcript),
+            first_token: of(Stage::FirstToken),
+            first_clause: of(Stage::FirstClause),
+            first_audio: of(Stage::FirstAudio),
+        }
+    }
+}
+
+/// Quantiles of each server stage time, in ms from the server's voice end (`reply_stages`
+/// in the JSON reports). A stage's `count` is the replies that went through it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageSummaries {
+    /// Replies whose `response.audio.started` carried `latency_ms`: 0 from a server
+    /// without stage times.
+    pub reported: u64,
+    pub turn_decided: Summary,
+    pub transcript: Summary,
+    pub first_token: Summary,
+    pub first_clause: Summary,
+    pub first_audio: Summary,
+}
+
+impl StageSummaries {
+    pub fn get(&self, stage: Stage) -> Summary {
+        match stage {
+            Stage::TurnDecided => self.turn_decided,
+            Stage::Transcript => self.transcript,
+            Stage::FirstToken => self.first_token,
+            Stage::FirstClause => self.first_clause,
+            Stage::FirstAudio => self.first_audio,
+        }
+    }
+}
+
 /// What all streaming sessions recorded during one window: a whole `streams` run, or one
 /// `ramp` step. Sessions write into it under a mutex: a few events per second each.
 #[derive(Default)]
@@ -116,6 +179,9 @@ pub struct Window {
     pub reply_started_after_voice: Hist,
     /// Voice end → first binary audio frame of that reply.
     pub reply_audio_after_voice: Hist,
+    /// The server's stage times of every reply whose `response.audio.started` carries
+    /// them (paired with a transcript or not: the server timed it from its own voice end).
+    pub reply_stages: StageHists,
     /// Replies by how they ended (spoken, cut, cancelled before audio, ...).
     pub replies: ReplyCounts,
     /// Binary frames (reply audio) received, and their bytes.
@@ -280,15 +346,22 @@ pub struct TimelinePoint {
     pub p95_ms: f64,
 }
 
-/// A latency table on stdout.
+/// Narrowest name column of a latency table (characters).
+const NAME_WIDTH: usize = 34;
+
+/// A latency table on stdout, its name column as wide as the longest name.
 pub fn print_table(rows: &[(&str, Summary)]) {
+    let width = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .fold(NAME_WIDTH, usize::max);
     println!(
-        "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "{:<width$} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "latency (ms)", "count", "p50", "p95", "p99", "max"
     );
     for (name, s) in rows {
         println!(
-            "{:<34} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:<width$} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             name, s.count, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
         );
     }
@@ -333,6 +406,60 @@ mod tests {
             reasons.iter().any(|r| r.contains("transcripts")),
             "{reasons:?}"
         );
+    }
+
+    #[test]
+    fn stage_times_go_to_their_own_histograms() {
+        let mut stages = StageHists::default();
+        for (decided, audio) in [(180, 450), (200, 500), (220, 550)] {
+            stages.record(&ReplyStages::of(&[
+                (Stage::TurnDecided, decided),
+                (Stage::Transcript, decided + 60),
+                (Stage::FirstAudio, audio),
+            ]));
+        }
+        // A reply to no spoken turn's stages, or a report with none of them.
+        stages.record(&ReplyStages::default());
+        let s = stages.summaries();
+        assert_eq!(s.reported, 4);
+        assert_eq!(s.turn_decided.count, 3);
+        assert_eq!(s.transcript.count, 3);
+        assert_eq!(s.first_token.count, 0);
+        assert_eq!(s.first_clause.count, 0);
+        assert_eq!(s.first_audio.count, 3);
+        assert!((s.turn_decided.p50_ms - 200.0).abs() < 0.5, "{s:?}");
+        assert!((s.transcript.max_ms - 280.0).abs() < 0.5, "{s:?}");
+        assert!(
+            (s.get(Stage::FirstAudio).max_ms - 550.0).abs() < 0.5,
+            "{s:?}"
+        );
+        assert_eq!(stages.get(Stage::FirstAudio).len(), 3);
+    }
+
+    #[test]
+    fn stage_summaries_serialise_one_summary_per_stage() {
+        let mut stages = StageHists::default();
+        stages.record(&ReplyStages::of(&[(Stage::FirstClause, 420)]));
+        let json = serde_json::to_value(stages.summaries()).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut expected: Vec<&str> = Stage::ALL.iter().map(|s| s.key()).collect();
+        expected.push("reported");
+        keys.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(json["reported"], 1);
+        assert_eq!(json["first_clause"]["count"], 1);
+        let p95 = json["first_clause"]["p95_ms"].as_f64().unwrap();
+        assert!((p95 - 420.0).abs() < 0.5, "{p95}");
+        assert_eq!(json["first_audio"]["count"], 0);
+        for field in ["count", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+            assert!(json["turn_decided"].get(field).is_some(), "{field}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `hearken bench streams`: N sessions stream WAV audio in real time for a while; the
 //! report gives VAD-event lag, end-of-speech → transcript and → reply latencies (first
-//! text, `response.audio.started`, first audio frame), how replies ended, sessions refused
+//! text, `response.audio.started`, first audio frame), the server's own stage times of
+//! each reply (`latency_ms`: turn decided, transcript, first token, first clause, first
+//! audio, from the voice end as the server heard it), how replies ended, sessions refused
 //! at the server's limits, errors, close codes and an explicit verdict on whether the
 //! server keeps up with real time. `--plot` draws it as SVG.
 //!
@@ -19,12 +21,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::launcher::{join_all, status_line, Launcher, Shared, StreamOpts};
+use super::launcher::{join_all, status_line, Launcher, StreamOpts};
 use super::metrics_scrape::{self, format_deltas, REJECTED_COUNTER};
 use super::plot::{self, StreamsPlot};
 use super::progress::Progress;
-use super::replies::ReplyCounts;
-use super::stats::{format_counts, print_table, Summary, TimelinePoint, Window};
+use super::replies::{ReplyCounts, Stage};
+use super::session::Shared;
+use super::stats::{format_counts, print_table, StageSummaries, Summary, TimelinePoint, Window};
 
 #[derive(Debug, clap::Args)]
 pub struct StreamsArgs {
@@ -117,6 +120,10 @@ fn streams_plot<'a>(args: &StreamsArgs, w: &'a Window) -> StreamsPlot<'a> {
             ("transcript after speech_stopped", &w.transcript_timeline),
             ("reply first audio after voice end", &w.reply_timeline),
         ],
+        stages: Stage::ALL
+            .into_iter()
+            .map(|stage| (stage.label(), w.reply_stages.get(stage)))
+            .collect(),
     }
 }
 
@@ -159,6 +166,9 @@ pub struct StreamsReport {
     pub reply_audio_started_after_voice_end: Summary,
     /// Voice end → first binary audio frame of the reply.
     pub reply_audio_after_voice_end: Summary,
+    /// The server's stage times of the replies, from its own voice end (the `latency_ms`
+    /// of `response.audio.started`): where the time of the client's figures goes.
+    pub reply_stages: StageSummaries,
     pub replies: ReplyCounts,
     pub audio_received: AudioReceived,
     pub send_slip: Summary,
@@ -211,6 +221,7 @@ impl StreamsReport {
             reply_text_after_voice_end: w.reply_text_after_voice.summary(),
             reply_audio_started_after_voice_end: w.reply_started_after_voice.summary(),
             reply_audio_after_voice_end: w.reply_audio_after_voice.summary(),
+            reply_stages: w.reply_stages.summaries(),
             replies: w.replies,
             audio_received: AudioReceived {
                 frames: w.audio_frames_received,
@@ -230,6 +241,46 @@ impl StreamsReport {
                 .saturating_sub(count("transcript.final")),
             timeline: w.timeline_buckets(),
         }
+    }
+
+    /// The latency table: the client's measurements, then the server's stage times when
+    /// any reply carried them.
+    fn table_rows(&self) -> Vec<(&'static str, Summary)> {
+        let mut rows = vec![
+            ("VAD event lag (raw, both kinds)", self.vad_lag),
+            ("  vad.speech_started (raw)", self.vad_lag_started),
+            ("  vad.speech_stopped (raw)", self.vad_lag_stopped),
+            ("VAD decision lag (past hysteresis)", self.vad_decision_lag),
+            (
+                "transcript after speech_stopped",
+                self.transcript_after_speech_stopped,
+            ),
+            (
+                "transcript after last voiced audio",
+                self.transcript_after_last_voice,
+            ),
+            (
+                "reply first text after voice end",
+                self.reply_text_after_voice_end,
+            ),
+            (
+                "reply audio.started after voice end",
+                self.reply_audio_started_after_voice_end,
+            ),
+            (
+                "reply first audio after voice end",
+                self.reply_audio_after_voice_end,
+            ),
+        ];
+        if self.reply_stages.reported > 0 {
+            rows.extend(
+                Stage::ALL
+                    .into_iter()
+                    .map(|stage| (stage.row_label(), self.reply_stages.get(stage))),
+            );
+        }
+        rows.push(("send slip vs real-time schedule", self.send_slip));
+        rows
     }
 
     fn print(&self) {
@@ -257,33 +308,22 @@ impl StreamsReport {
             self.frames_sent,
             self.duration_s
         );
-        print_table(&[
-            ("VAD event lag (raw, both kinds)", self.vad_lag),
-            ("  vad.speech_started (raw)", self.vad_lag_started),
-            ("  vad.speech_stopped (raw)", self.vad_lag_stopped),
-            ("VAD decision lag (past hysteresis)", self.vad_decision_lag),
-            (
-                "transcript after speech_stopped",
-                self.transcript_after_speech_stopped,
-            ),
-            (
-                "transcript after last voiced audio",
-                self.transcript_after_last_voice,
-            ),
-            (
-                "reply first text after voice end",
-                self.reply_text_after_voice_end,
-            ),
-            (
-                "reply audio.started after voice end",
-                self.reply_audio_started_after_voice_end,
-            ),
-            (
-                "reply first audio after voice end",
-                self.reply_audio_after_voice_end,
-            ),
-            ("send slip vs real-time schedule", self.send_slip),
-        ]);
+        print_table(&self.table_rows());
+        let audio_started = self
+            .events
+            .get("response.audio.started")
+            .copied()
+            .unwrap_or(0);
+        if self.reply_stages.reported > 0 {
+            println!(
+                "server stage times: from {} of {} response.audio.started (ms from the voice end \
+                 as the server heard it; the client rows above also hold the network)",
+                self.reply_stages.reported, audio_started
+            );
+        } else if audio_started > 0 {
+            println!("server stage times: none (response.audio.started carries no latency_ms)");
+        }
+
         let r = &self.replies;
         if r.total() > 0 || r.transcripts_without_reply > 0 {
             println!(
@@ -330,5 +370,73 @@ impl StreamsReport {
         } else {
             println!("verdict: keeping up with real time");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::bench::replies::ReplyStages;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: StreamsArgs,
+    }
+
+    fn report(w: &Window) -> StreamsReport {
+        let args = Cli::try_parse_from(["streams", "--audio", "speech.wav"])
+            .expect("valid arguments")
+            .args;
+        StreamsReport::new(&args, 4_000, w, None)
+    }
+
+    #[test]
+    fn stage_times_get_a_row_each_and_an_object_in_the_json() {
+        let mut w = Window::default();
+        w.reply_stages.record(&ReplyStages::of(&[
+            (Stage::TurnDecided, 180),
+            (Stage::FirstToken, 120),
+            (Stage::FirstAudio, 450),
+        ]));
+        let report = report(&w);
+        let rows = report.table_rows();
+        let labels: Vec<&str> = rows.iter().map(|(label, _)| *label).collect();
+        let stage_rows: Vec<&str> = Stage::ALL.iter().map(|s| s.row_label()).collect();
+        // After the client's reply rows, before the send slip.
+        let first = labels
+            .iter()
+            .position(|l| *l == stage_rows[0])
+            .expect("stage rows");
+        assert_eq!(labels[first..first + 5], stage_rows[..]);
+        assert_eq!(labels[first - 1], "reply first audio after voice end");
+        assert_eq!(labels.last(), Some(&"send slip vs real-time schedule"));
+        let first_audio = rows[first + 4].1;
+        assert_eq!(first_audio.count, 1);
+        assert!((first_audio.p50_ms - 450.0).abs() < 0.5);
+        assert_eq!(rows[first + 1].1.count, 0, "no transcript stage reported");
+
+        let json = serde_json::to_value(&report).unwrap();
+        let stages = &json["reply_stages"];
+        assert_eq!(stages["reported"], 1);
+        assert_eq!(stages["turn_decided"]["count"], 1);
+        assert_eq!(stages["transcript"]["count"], 0);
+        assert!((stages["first_token"]["max_ms"].as_f64().unwrap() - 120.0).abs() < 0.5);
+        // The client's own measurements keep their keys.
+        assert!(json["reply_audio_after_voice_end"]["p95_ms"].is_number());
+    }
+
+    #[test]
+    fn a_server_without_stage_times_adds_no_rows() {
+        let report = report(&Window::default());
+        assert!(!report
+            .table_rows()
+            .iter()
+            .any(|(label, _)| label.starts_with("server stage")));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["reply_stages"]["reported"], 0);
+        assert_eq!(json["reply_stages"]["first_audio"]["count"], 0);
     }
 }

@@ -1,7 +1,7 @@
 //! Pairing one session's server events with the speech they answer: each transcript with
 //! the `vad.speech_stopped` that ended its segment, and each reply with the transcript it
-//! answers. Pure bookkeeping on arrival times; [`super::session`] feeds it the events and
-//! writes the [`ReplyNote`]s it returns into the shared window.
+//! answers. Pure bookkeeping on arrival times; [`crate::bench::session`] feeds it the
+//! events and writes the [`ReplyNote`]s it returns into the shared window.
 //!
 //! What the server guarantees, and what the pairing relies on (src/actors/conversation):
 //! - every reply is a `response_id`; its events come in the order text deltas →
@@ -19,10 +19,10 @@
 //! `transcript_after_voice`.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
+
+use super::counts::{ReplyNote, ReplyOutcome};
 
 /// Take the `vad.speech_stopped` (arrival time, `audio_ms`) that ended the segment of a
 /// transcript whose `audio_ms` (the segment's end, at most `pad_ms` after the stop) is
@@ -47,85 +47,6 @@ pub enum ReplyEvent {
     Done { cancelled: bool },
     AudioStarted,
     AudioDone { cancelled: bool },
-}
-
-/// How a reply ended, counted once per reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyOutcome {
-    /// Its audio reached the client and played to the end.
-    Spoken,
-    /// Its audio reached the client and was cut (barge-in, or a newer reply).
-    CutWhileSpeaking,
-    /// Its audio reached the client and was still playing when the session ended.
-    SpeakingAtEnd,
-    /// Cancelled (barge-in, a newer transcript, a failed generation) before any audio.
-    CancelledBeforeAudio,
-    /// Its text finished but no audio came (TTS off, or a newer reply replaced it).
-    CompletedWithoutAudio,
-    /// Still running, with no audio yet, when the session ended.
-    Unfinished,
-}
-
-/// What the tracker asks the window to record. Latencies are from the voice end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyNote {
-    FirstText(Duration),
-    AudioStarted(Duration),
-    FirstAudio(Duration),
-    Outcome(ReplyOutcome),
-    /// The reply just counted had no transcript to pair with (its latencies are not
-    /// recorded).
-    Unpaired,
-    /// A transcript that got no reply (LLM off or overloaded).
-    TranscriptWithoutReply,
-}
-
-/// Reply counts of a window, by how each reply ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ReplyCounts {
-    /// Replies whose audio reached the client (the next two included).
-    pub with_audio: u64,
-    pub cut_while_speaking: u64,
-    pub speaking_at_end: u64,
-    pub cancelled_before_audio: u64,
-    pub completed_without_audio: u64,
-    pub unfinished: u64,
-    pub unpaired: u64,
-    pub transcripts_without_reply: u64,
-}
-
-impl ReplyCounts {
-    pub fn count(&mut self, note: ReplyNote) {
-        match note {
-            ReplyNote::Outcome(ReplyOutcome::Spoken) => self.with_audio += 1,
-            ReplyNote::Outcome(ReplyOutcome::CutWhileSpeaking) => {
-                self.with_audio += 1;
-                self.cut_while_speaking += 1;
-            }
-            ReplyNote::Outcome(ReplyOutcome::SpeakingAtEnd) => {
-                self.with_audio += 1;
-                self.speaking_at_end += 1;
-            }
-            ReplyNote::Outcome(ReplyOutcome::CancelledBeforeAudio) => {
-                self.cancelled_before_audio += 1
-            }
-            ReplyNote::Outcome(ReplyOutcome::CompletedWithoutAudio) => {
-                self.completed_without_audio += 1
-            }
-            ReplyNote::Outcome(ReplyOutcome::Unfinished) => self.unfinished += 1,
-            ReplyNote::Unpaired => self.unpaired += 1,
-            ReplyNote::TranscriptWithoutReply => self.transcripts_without_reply += 1,
-            ReplyNote::FirstText(_) | ReplyNote::AudioStarted(_) | ReplyNote::FirstAudio(_) => {}
-        }
-    }
-
-    /// Replies counted, however they ended (`unpaired` ones are among them).
-    pub fn total(&self) -> u64 {
-        self.with_audio
-            + self.cancelled_before_audio
-            + self.completed_without_audio
-            + self.unfinished
-    }
 }
 
 /// One transcript: the reference the latencies of its reply are measured from.
@@ -408,6 +329,9 @@ impl ReplyTracker {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::super::counts::ReplyCounts;
     use super::*;
 
     fn ms(n: u64) -> Duration {
