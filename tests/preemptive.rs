@@ -49,6 +49,19 @@ async fn pause_until_upstream_asked(ws: &mut Ws, upstream: &FakeLlm, requests: u
     panic!("no speculative reply reached the upstream during the pause");
 }
 
+/// The fixture's speech without the silence around it (100 ms kept), so a turn made
+/// of it twice holds only the pause the test makes: a recogniser given seconds of
+/// silence inside a segment may hear nothing at all.
+fn spoken(name: &str) -> (Vec<i16>, u32) {
+    let (samples, rate) = fixture(name);
+    let loud = |s: &i16| s.unsigned_abs() > 1000;
+    let first = samples.iter().position(loud).unwrap_or(0);
+    let last = samples.iter().rposition(loud).unwrap_or(samples.len());
+    let margin = rate as usize / 10;
+    let range = first.saturating_sub(margin)..(last + margin).min(samples.len());
+    (samples[range].to_vec(), rate)
+}
+
 /// Every event until `response.done` of a reply that is not cancelled.
 async fn events_until_answered(ws: &mut Ws) -> (Vec<Value>, usize) {
     let (mut events, mut audio_frames) = (Vec::new(), 0);
@@ -74,15 +87,25 @@ async fn a_preemptive_reply_discarded_because_speech_resumed_leaves_no_trace() {
     cfg.tts.enabled = false;
     let server = TestServer::start(cfg);
     let (mut ws, _) = start_session(&server.url("")).await;
-    let (speech, rate) = fixture("fox_16k.wav");
+    let (speech, rate) = spoken("fox_16k.wav");
 
     stream_pcm(&mut ws, &speech, rate, true).await;
     pause_until_upstream_asked(&mut ws, &upstream, 1).await;
     let latency = &server.metrics.latency;
     assert_eq!(latency.preemptive(Preemptive::Started), 1);
-    let speculative = upstream.requests.lock().map(|r| r[0].clone()).unwrap_or_default();
-    let drafted = speculative["messages"][1]["content"].as_str().unwrap_or_default().to_string();
-    assert!(drafted.to_lowercase().contains("fox"), "drafted: {drafted:?}");
+    let speculative = upstream
+        .requests
+        .lock()
+        .map(|r| r[0].clone())
+        .unwrap_or_default();
+    let drafted = speculative["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        drafted.to_lowercase().contains("quick brown"),
+        "drafted: {drafted:?}"
+    );
 
     // Speech resumes: the speculative reply is dropped, and its request with it.
     *upstream.mode.lock().expect("mode") = Upstream::Scripted("Here you go.");
@@ -102,17 +125,18 @@ async fn a_preemptive_reply_discarded_because_speech_resumed_leaves_no_trace() {
     assert_eq!(transcripts.len(), 1, "one turn: {events:?}");
     let replies: Vec<&Value> = events
         .iter()
-        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("response.")))
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("response."))
+        })
         .collect();
     let answer = &replies.last().expect("an answer")["response_id"];
     assert!(
         replies.iter().all(|e| &e["response_id"] == answer),
         "nothing of the discarded reply reached the client: {replies:?}"
     );
-    let text: String = replies
-        .iter()
-        .filter_map(|e| e["text"].as_str())
-        .collect();
+    let text: String = replies.iter().filter_map(|e| e["text"].as_str()).collect();
     assert_eq!(text, "Here you go.");
 
     // The answer's prompt holds the whole turn, and no trace of the discarded reply.
@@ -123,7 +147,11 @@ async fn a_preemptive_reply_discarded_because_speech_resumed_leaves_no_trace() {
         .and_then(|r| r.last().cloned())
         .unwrap_or_default();
     let messages = last["messages"].as_array().cloned().unwrap_or_default();
-    assert_eq!(messages.len(), 2, "system + the one user turn: {messages:?}");
+    assert_eq!(
+        messages.len(),
+        2,
+        "system + the one user turn: {messages:?}"
+    );
     assert_eq!(messages[1]["content"], transcripts[0]["text"]);
     send_close(&mut ws).await;
 }
@@ -143,7 +171,11 @@ async fn a_disconnect_while_a_preemptive_reply_runs_leaves_every_gauge_at_its_st
     drop(ws); // TCP drop mid-speculation
     let (reason, _) = disconnect_of(&mut events, &id).await;
     assert_eq!(reason, "client_disconnect");
-    assert_eq!(server.gauges(), before, "every gauge back when the event is seen");
+    assert_eq!(
+        server.gauges(),
+        before,
+        "every gauge back when the event is seen"
+    );
     tokio::time::timeout(WAIT, upstream.closed.recv())
         .await
         .expect("the speculative request was dropped");
