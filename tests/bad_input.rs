@@ -133,15 +133,18 @@ async fn bad_upgrade_parameters_are_refused_before_any_tree() {
         ("conversation_id=not-a-uuid", BadInput::BadQuery),
         ("sample_rate=fast", BadInput::BadQuery),
     ] {
+        let counted_before = server.metrics.bad_input(counted);
         match tokio_tungstenite::connect_async(server.url(query)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 400, "{query}");
             }
             other => panic!("{query}: expected 400, got {:?}", other.map(|_| ())),
         }
-        assert!(
-            server.metrics.bad_input(counted) >= 1,
-            "{query} not counted"
+        assert_eq!(
+            server.metrics.bad_input(counted),
+            counted_before + 1,
+            "{query} counted once, as {}",
+            counted.as_str()
         );
     }
     assert_eq!(server.gauges(), before);

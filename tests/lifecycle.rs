@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use futures_util::SinkExt;
+use hearken::metrics::ActorKind;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -74,9 +75,14 @@ async fn a_panicking_child_ends_only_its_own_conversation() {
     let server = TestServer::start(config);
     let before = server.gauges();
     let mut events = server.events();
+    let (mut bystander, started) = start_session(&server.url("")).await;
+    let bystander_id = conversation_id(&started);
+    // The bystander's whole tree is up (TTS is the last child started): the gauges of
+    // exactly one live conversation.
+    assert!(eventually(|| server.metrics.live_actors(ActorKind::Tts) == 1).await);
+    let one_tree = server.gauges();
     let (mut victim, started) = start_session(&server.url("")).await;
     let victim_id = conversation_id(&started);
-    let (mut bystander, _) = start_session(&server.url("")).await;
 
     send_json(
         &mut victim,
@@ -86,6 +92,8 @@ async fn a_panicking_child_ends_only_its_own_conversation() {
     assert_eq!(close_code(&mut victim).await, Some(1011));
     let (reason, _) = disconnect_of(&mut events, &victim_id).await;
     assert_eq!(reason, "server_error");
+    // When its event is out, nothing of the victim's tree is left; the bystander's is whole.
+    assert_eq!(server.gauges(), one_tree);
 
     // The other session still hears and answers.
     let (speech, rate) = fixture("fox_16k.wav");
@@ -94,12 +102,9 @@ async fn a_panicking_child_ends_only_its_own_conversation() {
     send_json(&mut bystander, json!({"type":"ping"})).await;
     next_event_of(&mut bystander, "pong").await;
     send_close(&mut bystander).await;
-    drop(bystander);
-    assert!(
-        eventually(|| server.gauges() == before).await,
-        "{:?}",
-        server.gauges()
-    );
+    let (reason, _) = disconnect_of(&mut events, &bystander_id).await;
+    assert_eq!(reason, "client_disconnect");
+    assert_eq!(server.gauges(), before);
 }
 
 #[tokio::test]
