@@ -67,6 +67,10 @@ pub enum BadInput {
     UnsupportedSampleRate,
     BadQuery,
     TextInsteadOfAudio,
+    /// Past the session's flood limit (closed with 1008).
+    Flood,
+    /// A `session.update` system prompt over `llm.max_system_prompt_bytes`.
+    PromptTooLarge,
 }
 
 impl BadInput {
@@ -80,6 +84,8 @@ impl BadInput {
             BadInput::UnsupportedSampleRate => "unsupported_sample_rate",
             BadInput::BadQuery => "bad_query",
             BadInput::TextInsteadOfAudio => "text_instead_of_audio",
+            BadInput::Flood => "flood",
+            BadInput::PromptTooLarge => "prompt_too_large",
         }
     }
 }
@@ -114,6 +120,10 @@ pub struct Metrics {
     /// Speculative transcriptions dropped because speech resumed.
     pub stt_drafts_dropped: IntCounter,
     pub stt_seconds: Histogram,
+    /// Sessions ended because their client stopped reading (`session.write_stall_ms`).
+    pub write_stalls: IntCounter,
+    /// Conversation histories evicted to stay within the store's bounds.
+    pub history_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -228,6 +238,14 @@ impl Metrics {
                     .buckets(vec![0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]),
             )
             .expect("static metric definition"),
+            write_stalls: counter(
+                "hearken_write_stalls_total",
+                "Sessions ended because the client left their output unread too long",
+            ),
+            history_evictions: counter(
+                "hearken_history_evictions_total",
+                "Conversation histories evicted to stay within the store's bounds",
+            ),
             registry,
         };
         metrics.register_all();
@@ -260,6 +278,8 @@ impl Metrics {
             Box::new(self.stt_drafts_used.clone()),
             Box::new(self.stt_drafts_dropped.clone()),
             Box::new(self.stt_seconds.clone()),
+            Box::new(self.write_stalls.clone()),
+            Box::new(self.history_evictions.clone()),
         ];
         for collector in collectors {
             // Names are static and unique, so registration cannot collide.
