@@ -1,9 +1,10 @@
 //! Lifecycle costs: what it takes to add and remove one conversation.
 //!
 //! `registry/register_lease_disconnect` is the bookkeeping floor: inside one actix
-//! system, a `Register` to the [`Registry`] actor (with a do-nothing session recipient),
-//! the lease dropped with a recorded exit reason, and the `connection_disconnected` event
-//! received on a subscription. No sockets, no conversation tree.
+//! system, a `RegistryHandle::register` to the [`Registry`] actor (with a do-nothing
+//! session recipient), the lease dropped with a recorded exit reason, and the
+//! `connection_disconnected` event received on a subscription. No sockets, no
+//! conversation tree.
 //!
 //! `teardown/...` is the real thing over a real WebSocket: a server from
 //! [`Server::start`] on `127.0.0.1:0` (webrtc-vad, no recogniser, like the tests'
@@ -28,7 +29,7 @@ use actix::prelude::*;
 use criterion::Criterion;
 use futures_util::{SinkExt, StreamExt};
 use hearken::metrics::Metrics;
-use hearken::registry::{EndSession, LifecycleEvent, Register, Registry, RegistryHandle};
+use hearken::registry::{EndSession, LifecycleEvent, Registry, RegistryHandle};
 use hearken::{Config, ExitReason, Server};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -97,14 +98,8 @@ fn registry_cycle(c: &mut Criterion) {
                     next_id += 1;
                     let conversation_id = Uuid::from_u128(next_id);
                     let mut lease = registry
-                        .addr
-                        .send(Register {
-                            conversation_id,
-                            client_id: "bench".into(),
-                            session: session.clone(),
-                        })
+                        .register(conversation_id, "bench".into(), session.clone())
                         .await
-                        .expect("registry is running")
                         .expect("lease granted");
                     lease.set_exit(ExitReason::ClientDisconnect, Instant::now());
                     drop(lease);

@@ -54,6 +54,14 @@ pub struct ServerConfig {
     /// Interval of keep-alive comments on `/v1/events`; also how soon a vanished
     /// subscriber is noticed.
     pub events_keepalive_ms: u64,
+    /// Open `/v1/events` streams at most; more are refused with 503.
+    pub max_event_subscribers: usize,
+    /// Longest wait for a complete HTTP request head after a connection opens.
+    pub request_head_timeout_ms: u64,
+    /// How long an idle keep-alive HTTP connection is kept between requests.
+    pub keep_alive_ms: u64,
+    /// How long a connection's shutdown may take before it is dropped.
+    pub client_disconnect_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +75,10 @@ impl Default for ServerConfig {
             shutdown_drain_ms: 5000,
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
             events_keepalive_ms: 10_000,
+            max_event_subscribers: 64,
+            request_head_timeout_ms: 5_000,
+            keep_alive_ms: 5_000,
+            client_disconnect_timeout_ms: 1_000,
         }
     }
 }
@@ -84,6 +96,17 @@ pub struct SessionConfig {
     pub audio_batch_ms: u32,
     /// How long a conversation waits for its children to confirm they stopped.
     pub teardown_timeout_ms: u64,
+    /// A client that leaves the session's output unread this long is disconnected
+    /// (`timeout`): the socket accepted nothing the session had waiting.
+    pub write_stall_ms: u64,
+    /// Longest wait of a reconnect for its conversation's previous session to end;
+    /// then `error` `conversation_busy` and close 1013.
+    pub register_timeout_ms: u64,
+    /// Flood control: client text frames, WebSocket Pings and error replies allowed
+    /// per second on average ...
+    pub client_events_per_s: u32,
+    /// ... and in a burst; past that the session is closed with 1008.
+    pub client_events_burst: u32,
 }
 
 impl Default for SessionConfig {
@@ -94,6 +117,10 @@ impl Default for SessionConfig {
             audio_queue_frames: 100,
             audio_batch_ms: 60,
             teardown_timeout_ms: 1000,
+            write_stall_ms: 10_000,
+            register_timeout_ms: 15_000,
+            client_events_per_s: 20,
+            client_events_burst: 60,
         }
     }
 }
@@ -253,6 +280,14 @@ pub struct LlmConfig {
     /// Attention state the embedded model keeps between turns, per LLM thread, in MiB
     /// (about 45 KiB per token for SmolLM2-135M; least recently used dropped first).
     pub kv_cache_mb: u32,
+    /// Longest `llm.system_prompt` a client may set with `session.update`, in bytes.
+    pub max_system_prompt_bytes: usize,
+    /// Bytes of history (system prompt and messages) kept per conversation; the oldest
+    /// messages go first.
+    pub history_max_bytes: usize,
+    /// Bytes of history kept for all conversations together; the least recently used
+    /// conversations go first.
+    pub history_total_bytes: usize,
 }
 
 /// Spoken replies should be short: a listener waits for all of it.
@@ -279,6 +314,9 @@ impl Default for LlmConfig {
             context_max_messages: 21,
             history_max_conversations: 10_000,
             kv_cache_mb: 256,
+            max_system_prompt_bytes: 4096,
+            history_max_bytes: 32 * 1024,
+            history_total_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -421,6 +459,48 @@ impl Config {
         if self.session.idle_timeout_ms < 100 {
             return invalid("session.idle_timeout_ms", "must be at least 100");
         }
+        if self.session.write_stall_ms < 100 {
+            return invalid("session.write_stall_ms", "must be at least 100");
+        }
+        if self.session.register_timeout_ms < 100 {
+            return invalid("session.register_timeout_ms", "must be at least 100");
+        }
+        if self.session.client_events_per_s == 0 || self.session.client_events_burst == 0 {
+            return invalid(
+                "session.client_events_per_s",
+                "flood limits (client_events_per_s, client_events_burst) must be at least 1",
+            );
+        }
+        if self.server.max_event_subscribers == 0 {
+            return invalid("server.max_event_subscribers", "must be at least 1");
+        }
+        for (key, ms) in [
+            (
+                "server.request_head_timeout_ms",
+                self.server.request_head_timeout_ms,
+            ),
+            ("server.keep_alive_ms", self.server.keep_alive_ms),
+            (
+                "server.client_disconnect_timeout_ms",
+                self.server.client_disconnect_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return invalid(key, "must be at least 1 (a zero would disable the timeout)");
+            }
+        }
+        if self.llm.history_max_bytes < self.llm.max_system_prompt_bytes {
+            return invalid(
+                "llm.history_max_bytes",
+                "must be at least llm.max_system_prompt_bytes",
+            );
+        }
+        if self.llm.history_total_bytes < self.llm.history_max_bytes {
+            return invalid(
+                "llm.history_total_bytes",
+                "must be at least llm.history_max_bytes",
+            );
+        }
         if self.session.max_frame_bytes < 320 {
             return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
         }
@@ -542,6 +622,21 @@ mod tests {
         assert!(err.to_string().contains("port"), "{err}");
         let err = Config::from_toml("[vad]\nwebrtc_mode = 7").unwrap_err();
         assert!(err.to_string().contains("vad.webrtc_mode"), "{err}");
+    }
+
+    #[test]
+    fn hardening_limits_are_validated_by_name() {
+        let err = Config::from_toml("[session]\nwrite_stall_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("session.write_stall_ms"), "{err}");
+        let err = Config::from_toml("[session]\nclient_events_burst = 0").unwrap_err();
+        assert!(
+            err.to_string().contains("session.client_events_per_s"),
+            "{err}"
+        );
+        let err = Config::from_toml("[server]\nkeep_alive_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("server.keep_alive_ms"), "{err}");
+        let err = Config::from_toml("[llm]\nhistory_total_bytes = 1").unwrap_err();
+        assert!(err.to_string().contains("llm.history_total_bytes"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const SERVER_ERROR: u16 = 1011;
-    /// No audio or ping from the client within `session.idle_timeout_ms`.
+    /// The previous session of the conversation has not ended yet: reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// No activity (audio or a client event) within `session.idle_timeout_ms`.
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// A newer connection took over this conversation.
     pub const SUPERSEDED: u16 = 4001;
@@ -30,7 +32,8 @@ pub enum ExitReason {
     ClientDisconnect,
     /// A child failed, a panic was caught, or the client broke the protocol beyond repair.
     ServerError,
-    /// No frame from the client within the idle timeout.
+    /// No activity from the client within the idle timeout, or the client stopped
+    /// reading: its output waited longer than `session.write_stall_ms`.
     Timeout,
     /// The server is shutting down (extension).
     ServerShutdown,

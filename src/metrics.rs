@@ -70,6 +70,10 @@ pub enum BadInput {
     UnsupportedSampleRate,
     BadQuery,
     TextInsteadOfAudio,
+    /// Past the session's flood limit (closed with 1008).
+    Flood,
+    /// A `session.update` system prompt over `llm.max_system_prompt_bytes`.
+    PromptTooLarge,
 }
 
 impl BadInput {
@@ -83,6 +87,8 @@ impl BadInput {
             BadInput::UnsupportedSampleRate => "unsupported_sample_rate",
             BadInput::BadQuery => "bad_query",
             BadInput::TextInsteadOfAudio => "text_instead_of_audio",
+            BadInput::Flood => "flood",
+            BadInput::PromptTooLarge => "prompt_too_large",
         }
     }
 }
@@ -119,6 +125,10 @@ pub struct Metrics {
     pub stt_seconds: Histogram,
     /// Turn stage times, speculative work, kept LLM state.
     pub latency: LatencyMetrics,
+    /// Sessions ended because their client stopped reading (`session.write_stall_ms`).
+    pub write_stalls: IntCounter,
+    /// Conversation histories evicted to stay within the store's bounds.
+    pub history_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -234,6 +244,14 @@ impl Metrics {
             )
             .expect("static metric definition"),
             latency: LatencyMetrics::new(),
+            write_stalls: counter(
+                "hearken_write_stalls_total",
+                "Sessions ended because the client left their output unread too long",
+            ),
+            history_evictions: counter(
+                "hearken_history_evictions_total",
+                "Conversation histories evicted to stay within the store's bounds",
+            ),
             registry,
         };
         metrics.register_all();
@@ -266,6 +284,8 @@ impl Metrics {
             Box::new(self.stt_drafts_used.clone()),
             Box::new(self.stt_drafts_dropped.clone()),
             Box::new(self.stt_seconds.clone()),
+            Box::new(self.write_stalls.clone()),
+            Box::new(self.history_evictions.clone()),
         ];
         for collector in collectors {
             // Names are static and unique, so registration cannot collide.

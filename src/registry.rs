@@ -5,15 +5,24 @@
 //! holds a [`Lease`]; dropping the lease (after the conversation's children have stopped,
 //! or during a panic's unwinding) is what deregisters it, so no code path can forget.
 //! A second connection for a live conversation id supersedes the first and waits for
-//! its removal before it gets a lease: never two trees for one conversation.
+//! its removal before it gets a lease: never two trees for one conversation. A request
+//! answers through its own channel, so a requester that gave up (its wait timed out, its
+//! client left) is noticed at grant time and never gets a tree, nor a started event.
+//!
+//! Event sinks (`/v1/events` streams, and later bridges) take an [`EventSubscription`]:
+//! at shutdown, once every conversation is gone, [`RegistryHandle::close_events`] ends
+//! every subscription only after it has delivered each event published before, and
+//! waits (bounded) until each sink has let go, so no sink misses a shutdown disconnect.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 use serde::Serialize;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
 use crate::lifecycle::{unix_millis, ExitReason};
@@ -47,13 +56,16 @@ pub struct EndSession {
     pub reason: ExitReason,
 }
 
-/// Ask for a lease on a conversation id.
+/// Ask for a lease on a conversation id; see [`RegistryHandle::register`].
 #[derive(Message)]
-#[rtype(result = "Result<Lease, RegisterError>")]
+#[rtype(result = "()")]
 pub struct Register {
     pub conversation_id: Uuid,
     pub client_id: String,
     pub session: Recipient<EndSession>,
+    /// The answer. Dropping the receiver withdraws the request: a lease granted to a
+    /// closed channel is discarded without any event.
+    pub reply: oneshot::Sender<Result<Lease, RegisterError>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +114,12 @@ pub struct ListConversations;
 #[rtype(result = "()")]
 pub struct DrainAll;
 
+/// End every event subscription once it has delivered what was published so far.
+/// Handled by the registry actor, so it is ordered after every earlier publish.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseEvents;
+
 struct Entry {
     lease_id: u64,
     client_id: String,
@@ -113,7 +131,6 @@ struct Entry {
 
 struct Pending {
     request: Register,
-    reply: oneshot::Sender<Result<Lease, RegisterError>>,
 }
 
 /// The registry actor. Start one per server with [`Registry::start_new`].
@@ -122,6 +139,7 @@ pub struct Registry {
     pending: HashMap<Uuid, Pending>,
     next_lease: u64,
     events: broadcast::Sender<Arc<LifecycleEvent>>,
+    sinks: Arc<watch::Sender<Sinks>>,
     metrics: Arc<Metrics>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -132,23 +150,164 @@ pub struct Registry {
 pub struct RegistryHandle {
     pub addr: Addr<Registry>,
     events: broadcast::Sender<Arc<LifecycleEvent>>,
+    sinks: Arc<watch::Sender<Sinks>>,
+}
+
+/// Open event subscriptions, and whether the stream has been closed for shutdown.
+#[derive(Debug, Default)]
+pub struct Sinks {
+    open: usize,
+    closed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("too many event subscribers")]
+    TooMany,
+    #[error("the event stream has ended: the server is shutting down")]
+    Closed,
 }
 
 impl RegistryHandle {
-    /// A new subscription to every lifecycle event published from now on.
+    /// A raw subscription to every lifecycle event published from now on. It does not
+    /// end at shutdown and shutdown does not wait for it (in-process observers, tests);
+    /// sinks that must see every event take [`RegistryHandle::try_subscribe`].
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LifecycleEvent>> {
         self.events.subscribe()
+    }
+
+    /// A sink's subscription, refused past `limit` open ones (`None`: no limit) and once
+    /// the stream is closed. Shutdown waits for it to deliver every event and end.
+    pub fn try_subscribe(&self, limit: Option<usize>) -> Result<EventSubscription, SubscribeError> {
+        let mut refused = None;
+        // Check and count under the watch's lock, so the cap holds under races.
+        self.sinks.send_if_modified(|sinks| {
+            if sinks.closed {
+                refused = Some(SubscribeError::Closed);
+            } else if limit.is_some_and(|limit| sinks.open >= limit) {
+                refused = Some(SubscribeError::TooMany);
+            } else {
+                sinks.open += 1;
+            }
+            refused.is_none()
+        });
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        Ok(EventSubscription {
+            events: self.events.subscribe(),
+            closed: self.sinks.subscribe(),
+            _sink: SinkGuard {
+                sinks: Arc::clone(&self.sinks),
+            },
+        })
+    }
+
+    /// Ask for a lease on `conversation_id`. Dropping the returned future withdraws the
+    /// request (a lease granted afterwards is discarded without any event).
+    pub fn register(
+        &self,
+        conversation_id: Uuid,
+        client_id: String,
+        session: Recipient<EndSession>,
+    ) -> impl Future<Output = Result<Lease, RegisterError>> + 'static {
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(Register {
+            conversation_id,
+            client_id,
+            session,
+            reply,
+        });
+        async move { answer.await.unwrap_or(Err(RegisterError::ShuttingDown)) }
+    }
+
+    /// End every sink's subscription after it has delivered what was published so far,
+    /// and wait until every sink has let go, at most until `deadline`. True when all did.
+    pub async fn close_events(&self, deadline: tokio::time::Instant) -> bool {
+        let mut sinks = self.sinks.subscribe();
+        let flushed = async {
+            // Through the actor: ordered after every disconnect it published before.
+            self.addr.send(CloseEvents).await.ok()?;
+            sinks.wait_for(|s| s.open == 0).await.ok()
+        };
+        let flushed = tokio::time::timeout_at(deadline, flushed).await;
+        matches!(flushed, Ok(Some(_)))
+    }
+
+    /// Open sink subscriptions.
+    pub fn sinks(&self) -> usize {
+        self.sinks.borrow().open
+    }
+}
+
+/// What an [`EventSubscription`] yields.
+#[derive(Debug, Clone)]
+pub enum SinkItem {
+    Event(Arc<LifecycleEvent>),
+    /// The sink fell this many events behind and they are lost to it.
+    Lagged(u64),
+}
+
+/// One sink's view of the lifecycle events. Holding it keeps shutdown waiting (bounded)
+/// until it has delivered every event and been dropped.
+pub struct EventSubscription {
+    events: broadcast::Receiver<Arc<LifecycleEvent>>,
+    closed: watch::Receiver<Sinks>,
+    _sink: SinkGuard,
+}
+
+impl EventSubscription {
+    /// The next event, or `None` once the stream is closed and every event published
+    /// before the close has been delivered. Cancel-safe.
+    pub async fn next(&mut self) -> Option<SinkItem> {
+        loop {
+            if self.closed.borrow_and_update().closed {
+                // Everything published before the close is already in our queue.
+                return match self.events.try_recv() {
+                    Ok(event) => Some(SinkItem::Event(event)),
+                    Err(TryRecvError::Lagged(missed)) => Some(SinkItem::Lagged(missed)),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                };
+            }
+            tokio::select! {
+                biased;
+                received = self.events.recv() => return match received {
+                    Ok(event) => Some(SinkItem::Event(event)),
+                    Err(RecvError::Lagged(missed)) => Some(SinkItem::Lagged(missed)),
+                    Err(RecvError::Closed) => None,
+                },
+                changed = self.closed.changed() => {
+                    if changed.is_err() {
+                        return None; // the registry is gone
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts one open sink until dropped.
+struct SinkGuard {
+    sinks: Arc<watch::Sender<Sinks>>,
+}
+
+impl Drop for SinkGuard {
+    fn drop(&mut self) {
+        self.sinks
+            .send_modify(|sinks| sinks.open = sinks.open.saturating_sub(1));
     }
 }
 
 impl Registry {
     pub fn start_new(metrics: Arc<Metrics>) -> RegistryHandle {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let sinks = Arc::new(watch::Sender::new(Sinks::default()));
         let registry = Registry {
             entries: HashMap::new(),
             pending: HashMap::new(),
             next_lease: 1,
             events: events.clone(),
+            sinks: Arc::clone(&sinks),
             metrics,
             draining: false,
             drained: Vec::new(),
@@ -156,6 +315,7 @@ impl Registry {
         RegistryHandle {
             addr: registry.start(),
             events,
+            sinks,
         }
     }
 
@@ -164,14 +324,8 @@ impl Registry {
         let _ = self.events.send(Arc::new(event));
     }
 
-    /// Insert the entry and hand out its lease; `None` if the requester already left.
-    fn grant(
-        &mut self,
-        request: Register,
-        resumed: bool,
-        reply: oneshot::Sender<Result<Lease, RegisterError>>,
-        me: Addr<Registry>,
-    ) {
+    /// Insert the entry and hand out its lease, unless the requester already left.
+    fn grant(&mut self, request: Register, resumed: bool, me: Addr<Registry>) {
         let lease_id = self.next_lease;
         self.next_lease += 1;
         let lease = Lease {
@@ -183,7 +337,7 @@ impl Registry {
             ended_at: None,
             gauge: Some(GaugeGuard::new(self.metrics.conversations.clone())),
         };
-        if let Err(Ok(mut lease)) = reply.send(Ok(lease)) {
+        if let Err(Ok(mut lease)) = request.reply.send(Ok(lease)) {
             // The session went away while it waited; it never started a tree.
             lease.registry = None;
             tracing::debug!(conversation_id = %request.conversation_id, "registration abandoned");
@@ -215,7 +369,13 @@ impl Registry {
         );
     }
 
+    /// Forget waiting requests whose requester gave up.
+    fn prune_abandoned(&mut self) {
+        self.pending.retain(|_, p| !p.request.reply.is_closed());
+    }
+
     fn notify_if_drained(&mut self) {
+        self.prune_abandoned();
         if self.entries.is_empty() && self.pending.is_empty() {
             for waiter in self.drained.drain(..) {
                 let _ = waiter.send(());
@@ -229,16 +389,17 @@ impl Actor for Registry {
 }
 
 impl Handler<Register> for Registry {
-    type Result = ResponseFuture<Result<Lease, RegisterError>>;
+    type Result = ();
 
-    fn handle(&mut self, request: Register, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, request: Register, ctx: &mut Context<Self>) {
         if self.draining {
-            return Box::pin(async { Err(RegisterError::ShuttingDown) });
+            let _ = request.reply.send(Err(RegisterError::ShuttingDown));
+            return;
         }
-        let (reply, answer) = oneshot::channel();
+        self.prune_abandoned();
         let id = request.conversation_id;
         match self.entries.get_mut(&id) {
-            None => self.grant(request, false, reply, ctx.address()),
+            None => self.grant(request, false, ctx.address()),
             Some(old) => {
                 // Supersede the live session; the newest waiter wins.
                 if !old.ending {
@@ -247,12 +408,11 @@ impl Handler<Register> for Registry {
                         reason: ExitReason::Superseded,
                     });
                 }
-                if let Some(earlier) = self.pending.insert(id, Pending { request, reply }) {
-                    let _ = earlier.reply.send(Err(RegisterError::Superseded));
+                if let Some(earlier) = self.pending.insert(id, Pending { request }) {
+                    let _ = earlier.request.reply.send(Err(RegisterError::Superseded));
                 }
             }
         }
-        Box::pin(async move { answer.await.unwrap_or(Err(RegisterError::ShuttingDown)) })
     }
 }
 
@@ -286,7 +446,7 @@ impl Handler<Deregister> for Registry {
             reason: msg.reason,
         });
         if let Some(waiting) = self.pending.remove(&msg.conversation_id) {
-            self.grant(waiting.request, true, waiting.reply, ctx.address());
+            self.grant(waiting.request, true, ctx.address());
         }
         self.notify_if_drained();
     }
@@ -328,7 +488,7 @@ impl Handler<DrainAll> for Registry {
     fn handle(&mut self, _: DrainAll, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
         for (_, waiting) in self.pending.drain() {
-            let _ = waiting.reply.send(Err(RegisterError::ShuttingDown));
+            let _ = waiting.request.reply.send(Err(RegisterError::ShuttingDown));
         }
         for entry in self.entries.values_mut() {
             if !entry.ending {
@@ -344,6 +504,14 @@ impl Handler<DrainAll> for Registry {
         Box::pin(async move {
             let _ = wait.await;
         })
+    }
+}
+
+impl Handler<CloseEvents> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseEvents, _: &mut Context<Self>) {
+        self.sinks.send_modify(|sinks| sinks.closed = true);
     }
 }
 
@@ -399,6 +567,104 @@ impl Drop for Lease {
             lease_id: self.lease_id,
             reason,
             ended_at: self.ended_at.unwrap_or_else(Instant::now),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session stand-in that ignores being told to end.
+    struct Deaf;
+
+    impl Actor for Deaf {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<EndSession> for Deaf {
+        type Result = ();
+
+        fn handle(&mut self, _: EndSession, _: &mut Context<Self>) {}
+    }
+
+    #[test]
+    fn a_withdrawn_reconnect_gets_no_tree_and_no_event() {
+        actix::System::new().block_on(async {
+            let registry = Registry::start_new(Metrics::new());
+            let mut events = registry.subscribe();
+            let session = Deaf.start().recipient::<EndSession>();
+            let id = Uuid::new_v4();
+            let mut first = registry
+                .register(id, "first".into(), session.clone())
+                .await
+                .expect("granted");
+            assert!(matches!(
+                &*events.recv().await.expect("started"),
+                LifecycleEvent::ConnectionStarted { .. }
+            ));
+            // A reconnect waits behind the live session, then gives up (its wait timed
+            // out, or its client left): dropping the future withdraws the request.
+            let waiting = registry.register(id, "second".into(), session);
+            drop(waiting);
+            first.set_exit(ExitReason::ClientDisconnect, Instant::now());
+            drop(first);
+            let ended = events.recv().await.expect("disconnect");
+            assert!(matches!(
+                &*ended,
+                LifecycleEvent::ConnectionDisconnected {
+                    reason: ExitReason::ClientDisconnect,
+                    ..
+                }
+            ));
+            // The grant that followed in the same handler found nobody waiting.
+            assert!(
+                matches!(events.try_recv(), Err(TryRecvError::Empty)),
+                "no tree may start for a withdrawn request"
+            );
+            let live = registry.addr.send(ListConversations).await.expect("list");
+            assert!(live.is_empty());
+        });
+    }
+
+    #[test]
+    fn closing_the_stream_delivers_what_was_published_first() {
+        actix::System::new().block_on(async {
+            let registry = Registry::start_new(Metrics::new());
+            let mut sink = registry.try_subscribe(Some(1)).expect("first sink");
+            assert_eq!(
+                registry.try_subscribe(Some(1)).err(),
+                Some(SubscribeError::TooMany)
+            );
+            let session = Deaf.start().recipient::<EndSession>();
+            let lease = registry
+                .register(Uuid::new_v4(), "c".into(), session)
+                .await
+                .expect("granted");
+            drop(lease);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let closing = registry.close_events(deadline);
+            let reading = async {
+                let mut kinds = Vec::new();
+                while let Some(item) = sink.next().await {
+                    if let SinkItem::Event(event) = item {
+                        kinds.push(match &*event {
+                            LifecycleEvent::ConnectionStarted { .. } => "started",
+                            LifecycleEvent::ConnectionDisconnected { .. } => "disconnected",
+                        });
+                    }
+                }
+                drop(sink);
+                kinds
+            };
+            let (flushed, kinds) = tokio::join!(closing, reading);
+            assert_eq!(kinds, ["started", "disconnected"]);
+            assert!(flushed, "the sink ended within the deadline");
+            assert_eq!(registry.sinks(), 0);
+            assert_eq!(
+                registry.try_subscribe(None).err(),
+                Some(SubscribeError::Closed)
+            );
         });
     }
 }

@@ -2,17 +2,21 @@
 //!
 //! [`Server::start`] binds, starts the registry, worker pools and HTTP workers, and
 //! returns a handle. Shutdown is one routine with one deadline: stop accepting, mark
-//! not-ready, end every conversation with `server_shutdown`, wait (bounded by
-//! `server.shutdown_drain_ms`) until the registry is empty, stop the HTTP server, then
-//! drop the pools (joining their threads). The binary calls it on SIGTERM/SIGINT;
-//! tests and embedders call it directly.
+//! not-ready, end every conversation with `server_shutdown`, wait until the registry is
+//! empty, close the event stream and wait until every event sink (each `/v1/events`
+//! stream) has sent every disconnect and ended — both waits together bounded by
+//! `server.shutdown_drain_ms` — then stop the HTTP server and drop the pools (joining
+//! their threads). The binary calls it on SIGTERM/SIGINT; tests and embedders call it
+//! directly.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::write_stall::ConnectionSocket;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::http::{events, ops, ws, AppState, ServerStatus};
@@ -37,9 +41,10 @@ pub enum ServerError {
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainOutcome {
-    /// Every conversation tore down within the deadline.
+    /// Every conversation tore down and every event sink ended within the deadline.
     Clean,
-    /// The deadline passed with conversations still registered.
+    /// The deadline passed with conversations still registered, or event sinks that
+    /// had not sent every disconnect yet.
     DeadlineExceeded,
 }
 
@@ -70,6 +75,7 @@ impl Server {
             status: Arc::clone(&status),
         });
         let bind_addr = format!("{}:{}", config.server.host, config.server.port);
+        let ms = Duration::from_millis;
         let mut http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -80,6 +86,16 @@ impl Server {
                 .route("/ready", web::get().to(ops::ready))
                 .route("/metrics", web::get().to(ops::metrics))
         })
+        .on_connect(|connection, extensions| {
+            // Remembered so the write-stall watchdog can abort a connection whose
+            // client stopped reading (the dispatcher itself would wait forever).
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                extensions.insert(ConnectionSocket(tcp.as_raw_fd()));
+            }
+        })
+        .client_request_timeout(ms(config.server.request_head_timeout_ms))
+        .keep_alive(ms(config.server.keep_alive_ms))
+        .client_disconnect_timeout(ms(config.server.client_disconnect_timeout_ms))
         .disable_signals()
         .shutdown_timeout(1)
         .backlog(4096)
@@ -135,18 +151,27 @@ impl Server {
 
     /// The one shutdown routine (see the module docs).
     pub async fn shutdown(self) -> Result<DrainOutcome, ServerError> {
-        let deadline = Duration::from_millis(self.services.config.server.shutdown_drain_ms);
-        tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining");
+        let drain = Duration::from_millis(self.services.config.server.shutdown_drain_ms);
+        let deadline = tokio::time::Instant::now() + drain;
+        tracing::info!(deadline_ms = drain.as_millis() as u64, "draining");
         self.status.begin_drain();
         self.http.pause().await;
         let drained = self.services.registry.addr.send(DrainAll);
-        let outcome = match tokio::time::timeout(deadline, drained).await {
+        let mut outcome = match tokio::time::timeout_at(deadline, drained).await {
             Ok(_) => DrainOutcome::Clean,
             Err(_) => {
                 tracing::error!("drain deadline passed with conversations still live");
                 DrainOutcome::DeadlineExceeded
             }
         };
+        // Every disconnect is published by now: let each sink deliver them and end.
+        if !self.services.registry.close_events(deadline).await {
+            tracing::error!(
+                sinks = self.services.registry.sinks(),
+                "drain deadline passed with event sinks still sending"
+            );
+            outcome = DrainOutcome::DeadlineExceeded;
+        }
         self.http.stop(true).await;
         self.sweeper.abort();
         let finished = self.running.await;

@@ -153,11 +153,15 @@ impl Services {
             None
         };
         let history = &config.llm;
-        let conversations = Arc::new(ConversationStore::new(
-            Duration::from_millis(history.history_ttl_ms),
-            history.history_max_messages,
-            history.history_max_conversations,
-        ));
+        let conversations = Arc::new(
+            ConversationStore::new(
+                Duration::from_millis(history.history_ttl_ms),
+                history.history_max_messages,
+                history.history_max_conversations,
+            )
+            .with_byte_limits(history.history_max_bytes, history.history_total_bytes)
+            .with_eviction_counter(metrics.history_evictions.clone()),
+        );
 
         Ok(Arc::new(Services {
             config,

@@ -133,16 +133,74 @@ async fn bad_upgrade_parameters_are_refused_before_any_tree() {
         ("conversation_id=not-a-uuid", BadInput::BadQuery),
         ("sample_rate=fast", BadInput::BadQuery),
     ] {
+        let counted_before = server.metrics.bad_input(counted);
         match tokio_tungstenite::connect_async(server.url(query)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 400, "{query}");
             }
             other => panic!("{query}: expected 400, got {:?}", other.map(|_| ())),
         }
-        assert!(
-            server.metrics.bad_input(counted) >= 1,
-            "{query} not counted"
+        assert_eq!(
+            server.metrics.bad_input(counted),
+            counted_before + 1,
+            "{query} counted once, as {}",
+            counted.as_str()
         );
     }
     assert_eq!(server.gauges(), before);
+}
+
+#[tokio::test]
+async fn a_text_flood_is_closed_with_1008_and_counted() {
+    let mut config = test_config();
+    config.session.client_events_per_s = 1;
+    config.session.client_events_burst = 20;
+    let server = TestServer::start(config);
+    let before = server.gauges();
+    let mut events = server.events();
+    let mut other = healthy_session(&server).await;
+    let (mut ws, started) = start_session(&server.url("")).await;
+
+    // Each frame and each error reply takes a token: ten frames spend the burst.
+    for _ in 0..40 {
+        if ws.send(Message::text("not json")).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+    let (reason, _) = disconnect_of(&mut events, &conversation_id(&started)).await;
+    assert_eq!(reason, "server_error");
+    assert_eq!(server.metrics.bad_input(BadInput::Flood), 1);
+    // Ten frames, or eleven if a token was earned back meanwhile (one a second).
+    let rejected = server.metrics.bad_input(BadInput::TextInsteadOfAudio);
+    assert!((10..=11).contains(&rejected), "{rejected}");
+    // Another session is not affected.
+    still_serves(&mut other).await;
+    send_json(&mut other, json!({"type": "ping"})).await;
+    next_event_of(&mut other, "pong").await;
+    send_close(&mut other).await;
+    assert!(eventually(|| server.gauges() == before).await);
+}
+
+#[tokio::test]
+async fn an_oversized_system_prompt_is_refused_and_counted() {
+    let server = TestServer::start(test_config());
+    let (mut ws, _) = start_session(&server.url("")).await;
+    let prompt = "a".repeat(hearken::Config::default().llm.max_system_prompt_bytes + 1);
+    send_json(
+        &mut ws,
+        json!({"type":"session.update","llm":{"system_prompt": prompt}}),
+    )
+    .await;
+    expect_error(&mut ws, "too_large").await;
+    assert_eq!(server.metrics.bad_input(BadInput::PromptTooLarge), 1);
+    // A prompt within the limit is accepted, and the session goes on.
+    send_json(
+        &mut ws,
+        json!({"type":"session.update","llm":{"system_prompt": "Be brief."}}),
+    )
+    .await;
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    let next = next_event_of_any(&mut ws, &["error", "pong"]).await;
+    assert_eq!(next["type"], "pong", "{next}");
 }

@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use hearken::metrics::ActorKind;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -67,6 +70,60 @@ async fn idle_session_times_out_with_4000() {
     assert_eq!(server.gauges(), before);
 }
 
+/// WebSocket Pings and empty binary frames are not activity: a client that sends only
+/// those still times out (before, each frame reset the idle timer).
+#[tokio::test]
+async fn pings_and_empty_frames_do_not_keep_a_session_alive() {
+    let mut config = light_config();
+    config.session.idle_timeout_ms = 300;
+    let server = TestServer::start(config);
+    let before = server.gauges();
+    let mut events = server.events();
+    let (ws, started) = start_session(&server.url("")).await;
+    let id = conversation_id(&started);
+    let (mut sink, mut stream) = ws.split();
+
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = sink.send(Message::Ping(b"alive?".to_vec().into())).await;
+                    let _ = sink.send(Message::binary(Vec::<u8>::new())).await;
+                }
+                message = stream.next() => match message {
+                    Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    _ => break None,
+                },
+            }
+        }
+    })
+    .await
+    .expect("the session timed out despite pings");
+    assert_eq!(code, Some(4000));
+    let (reason, _) = disconnect_of(&mut events, &id).await;
+    assert_eq!(reason, "timeout");
+    assert_eq!(server.gauges(), before);
+}
+
+/// Client events are activity: `{"type":"ping"}` keeps an otherwise silent session up.
+#[tokio::test]
+async fn ping_events_keep_a_session_alive() {
+    let mut config = light_config();
+    config.session.idle_timeout_ms = 500;
+    let server = TestServer::start(config);
+    let (mut ws, _) = start_session(&server.url("")).await;
+    // Three idle timeouts' worth of pings, five per timeout.
+    for _ in 0..15 {
+        send_json(&mut ws, json!({"type":"ping"})).await;
+        next_event_of(&mut ws, "pong").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Silence: now it times out.
+    assert_eq!(close_code(&mut ws).await, Some(4000));
+}
+
 #[tokio::test]
 async fn a_panicking_child_ends_only_its_own_conversation() {
     let mut config = test_config();
@@ -74,9 +131,14 @@ async fn a_panicking_child_ends_only_its_own_conversation() {
     let server = TestServer::start(config);
     let before = server.gauges();
     let mut events = server.events();
+    let (mut bystander, started) = start_session(&server.url("")).await;
+    let bystander_id = conversation_id(&started);
+    // The bystander's whole tree is up (TTS is the last child started): the gauges of
+    // exactly one live conversation.
+    assert!(eventually(|| server.metrics.live_actors(ActorKind::Tts) == 1).await);
+    let one_tree = server.gauges();
     let (mut victim, started) = start_session(&server.url("")).await;
     let victim_id = conversation_id(&started);
-    let (mut bystander, _) = start_session(&server.url("")).await;
 
     send_json(
         &mut victim,
@@ -86,6 +148,8 @@ async fn a_panicking_child_ends_only_its_own_conversation() {
     assert_eq!(close_code(&mut victim).await, Some(1011));
     let (reason, _) = disconnect_of(&mut events, &victim_id).await;
     assert_eq!(reason, "server_error");
+    // When its event is out, nothing of the victim's tree is left; the bystander's is whole.
+    assert_eq!(server.gauges(), one_tree);
 
     // The other session still hears and answers.
     let (speech, rate) = fixture("fox_16k.wav");
@@ -94,12 +158,9 @@ async fn a_panicking_child_ends_only_its_own_conversation() {
     send_json(&mut bystander, json!({"type":"ping"})).await;
     next_event_of(&mut bystander, "pong").await;
     send_close(&mut bystander).await;
-    drop(bystander);
-    assert!(
-        eventually(|| server.gauges() == before).await,
-        "{:?}",
-        server.gauges()
-    );
+    let (reason, _) = disconnect_of(&mut events, &bystander_id).await;
+    assert_eq!(reason, "client_disconnect");
+    assert_eq!(server.gauges(), before);
 }
 
 #[tokio::test]

@@ -131,38 +131,98 @@ async fn a_disconnect_mid_reply_leaves_nothing_running() {
         .expect("upstream saw the hang-up");
 }
 
-#[tokio::test]
-async fn the_breaker_opens_on_failures_and_recovers() {
-    let upstream = fake_llm(Upstream::Broken).await;
-    let server = TestServer::start(openai_config(&upstream.base_url));
-    let (mut ws, _) = start_session(&server.url("")).await;
-    // Failures until the breaker opens (each utterance may hold more than one segment).
-    let mut refused = None;
-    for _ in 0..4 {
-        say(&mut ws, "fox_16k.wav").await;
-        let error = next_event_of(&mut ws, "error").await;
+/// Speak until the upstream has failed `failures` times (each utterance may hold more
+/// than one segment, so count the errors, not the utterances).
+async fn fail_upstream(ws: &mut Ws, failures: usize) {
+    let mut failed = 0;
+    while failed < failures {
+        say(ws, "fox_16k.wav").await;
+        let error = next_event_of(ws, "error").await;
         assert_eq!(error["code"], "llm_unavailable");
-        if error["message"].as_str().unwrap().contains("circuit open") {
-            refused = Some(error);
-            break;
-        }
+        assert!(
+            !error["message"].as_str().unwrap().contains("circuit open"),
+            "opened early: {error}"
+        );
+        // A reply that failed upstream is also closed as cut.
+        let done = next_event_of(ws, "response.done").await;
+        assert_eq!(done["cancelled"], true);
+        failed += 1;
     }
-    assert!(refused.is_some(), "the breaker never opened");
-    // The refused request never reached upstream: every request there failed before.
-    let reached = upstream.requests.lock().unwrap().len();
-    assert!(reached >= 2);
+}
 
-    // Healthy again, and past the cool-down: the probe succeeds and closes the breaker.
+#[tokio::test]
+async fn the_breaker_opens_on_failures_and_refuses_while_open() {
+    let upstream = fake_llm(Upstream::Broken).await;
+    let mut config = openai_config(&upstream.base_url);
+    // Far longer than the test: the circuit cannot turn half-open under it.
+    config.llm.breaker_cooldown_ms = 600_000;
+    let server = TestServer::start(config);
+    let (mut ws, _) = start_session(&server.url("")).await;
+    fail_upstream(&mut ws, 2).await;
+    let reached = upstream.requests.lock().unwrap().len();
+    assert_eq!(reached, 2, "every failure was a request upstream");
+
+    // Healthy again, but the circuit is open: the reply is refused without a request.
     *upstream.mode.lock().unwrap() = Upstream::Quick;
+    say(&mut ws, "fox_16k.wav").await;
+    let refused = next_event_of_any(&mut ws, &["error", "response.done"]).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(refused["message"]
+        .as_str()
+        .unwrap()
+        .contains("circuit open"));
     assert_eq!(
         upstream.requests.lock().unwrap().len(),
         reached,
         "refused while open"
     );
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+}
+
+#[tokio::test]
+async fn the_breaker_recovers_through_a_probe_after_the_cooldown() {
+    let upstream = fake_llm(Upstream::Broken).await;
+    let mut config = openai_config(&upstream.base_url);
+    config.llm.breaker_cooldown_ms = 300;
+    let server = TestServer::start(config);
+    let (mut ws, _) = start_session(&server.url("")).await;
+    fail_upstream(&mut ws, 2).await;
+
+    *upstream.mode.lock().unwrap() = Upstream::Quick;
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the cool-down
     say(&mut ws, "fox_16k.wav").await;
-    let done = next_event_of(&mut ws, "response.done").await;
+    let done = next_event_of_any(&mut ws, &["error", "response.done"]).await;
+    assert_eq!(done["type"], "response.done", "{done}");
     assert_eq!(done["cancelled"], false);
+    assert_eq!(upstream.requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_cancelled_probe_gives_the_half_open_slot_back() {
+    let mut upstream = fake_llm(Upstream::Broken).await;
+    let mut config = openai_config(&upstream.base_url);
+    config.llm.breaker_cooldown_ms = 300;
+    let server = TestServer::start(config);
+    let (mut ws, _) = start_session(&server.url("")).await;
+    fail_upstream(&mut ws, 2).await;
+
+    // The probe goes out and is cancelled mid-reply: it never succeeds nor fails.
+    *upstream.mode.lock().unwrap() = Upstream::Endless;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    say(&mut ws, "fox_16k.wav").await;
+    next_event_of(&mut ws, "response.text.delta").await;
+    send_json(&mut ws, json!({"type":"response.cancel"})).await;
+    let done = next_event_of(&mut ws, "response.done").await;
+    assert_eq!(done["cancelled"], true);
+    tokio::time::timeout(WAIT, upstream.closed.recv())
+        .await
+        .expect("upstream saw the hang-up");
+
+    // The next reply may probe: it is answered, not refused.
+    *upstream.mode.lock().unwrap() = Upstream::Quick;
+    say(&mut ws, "fox_16k.wav").await;
+    let next = next_event_of_any(&mut ws, &["error", "response.done"]).await;
+    assert_eq!(next["type"], "response.done", "{next}");
+    assert_eq!(next["cancelled"], false);
 }
 
 #[tokio::test]

@@ -180,3 +180,109 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Read a server-sent event stream to its end; the `data:` events in it.
+async fn read_to_end(
+    mut body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+) -> Vec<serde_json::Value> {
+    let mut seen = String::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, body.next())
+        .await
+        .expect("the stream ends in time")
+    {
+        seen.push_str(std::str::from_utf8(&chunk.expect("chunk")).unwrap());
+    }
+    seen.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn event_subscribers_receive_every_shutdown_disconnect_before_the_stream_ends() {
+    let mut config = test_config();
+    config.server.events_keepalive_ms = 100;
+    let server = TestServer::start(config);
+    let response = reqwest::get(server.http("/v1/events")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(eventually(|| server.metrics.event_subscribers.get() == 1).await);
+    let mut ids = Vec::new();
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let (ws, started) = start_session(&server.url("")).await;
+        ids.push(conversation_id(&started));
+        sessions.push(ws);
+    }
+
+    let stopper = std::thread::spawn(move || server.shutdown());
+    let events = read_to_end(response.bytes_stream()).await;
+    for id in &ids {
+        let ended = events.iter().find(|e| {
+            e["type"] == "connection_disconnected" && e["conversation_id"] == id.as_str()
+        });
+        let ended = ended.unwrap_or_else(|| panic!("no disconnect for {id} in {events:?}"));
+        assert_eq!(ended["reason"], "server_shutdown");
+    }
+    assert_eq!(
+        stopper.join().expect("shutdown thread"),
+        Some(hearken::DrainOutcome::Clean)
+    );
+    drop(sessions);
+}
+
+#[tokio::test]
+async fn event_subscribers_are_capped() {
+    let mut config = test_config();
+    config.server.max_event_subscribers = 2;
+    config.server.events_keepalive_ms = 50;
+    let server = TestServer::start(config);
+    let first = reqwest::get(server.http("/v1/events")).await.unwrap();
+    let second = reqwest::get(server.http("/v1/events")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 200);
+    let third = reqwest::get(server.http("/v1/events")).await.unwrap();
+    assert_eq!(third.status(), 503);
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_subscribers");
+
+    // A subscriber that leaves frees its place (noticed at the next keep-alive).
+    drop(first);
+    assert!(eventually(|| server.registry.sinks() < 2).await);
+    let again = reqwest::get(server.http("/v1/events")).await.unwrap();
+    assert_eq!(again.status(), 200);
+    drop(second);
+}
+
+/// How long the server takes to close a raw connection after `sent` was written.
+async fn closed_after(server: &TestServer, sent: &[u8]) -> std::time::Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(sent).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the server closes the connection in time")
+        {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The HTTP timeouts come from the configuration, not actix's 5 s defaults. The bound
+/// checked is ten times the configured value and well under the defaults.
+#[tokio::test]
+async fn slow_request_heads_and_idle_keep_alive_connections_are_closed() {
+    let mut config = test_config();
+    config.server.request_head_timeout_ms = 200;
+    config.server.keep_alive_ms = 200;
+    let server = TestServer::start(config);
+    let bound = std::time::Duration::from_millis(2000);
+
+    let slow_head = closed_after(&server, b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(slow_head < bound, "slow head held {slow_head:?}");
+    let idle = closed_after(&server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(idle < bound, "idle keep-alive held {idle:?}");
+}

@@ -20,6 +20,7 @@ pub mod stt;
 pub mod throttle;
 pub mod tts;
 pub mod vad;
+pub mod write_stall;
 
 pub use conversation::ConversationActor;
 pub use session::SessionActor;

@@ -1,12 +1,18 @@
 //! `SessionActor`: the WebSocket transport of one client, and nothing else.
 //!
 //! It parses frames into typed events, writes outbound events and audio, enforces the idle
-//! timeout and frame limits, and closes the socket with the right code. It holds no
-//! pipeline state. On start it asks the registry for a lease (waiting out a superseded
-//! predecessor), then starts its conversation. However it ends — Close frame, dropped
-//! TCP, timeout, a supervisor's request, a panic — its `Drop` tells the conversation,
-//! which then tears the tree down.
+//! timeout, frame limits and flood control, and closes the socket with the right code. It
+//! holds no pipeline state. On start it asks the registry for a lease (waiting out a
+//! superseded predecessor, at most `session.register_timeout_ms`), then starts its
+//! conversation. However it ends — Close frame, dropped TCP, timeout, a write stall (the
+//! watchdog in `write_stall.rs` drops it), a supervisor's request, a panic — its `Drop`
+//! tells the conversation, which then tears the tree down.
+//!
+//! Activity, for the idle timeout, is what shows a client taking part: an audio frame
+//! that carries samples, or a client event that parses. WebSocket Ping/Pong, empty
+//! binary frames and rejected input are not activity, so they cannot keep a tree alive.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +22,15 @@ use bytes::Bytes;
 
 use super::conversation::{ConversationActor, SessionHandle};
 use super::messages::{AudioFrames, ClientCommand, Outbound, SessionEnded};
+use super::throttle::TokenBucket;
+use super::write_stall::StallSignal;
 use crate::admission::Permit;
 use crate::audio::coalesce::FrameCoalescer;
 use crate::lifecycle::{close_code, ExitReason};
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
-use crate::protocol::native::ClientEvent;
+use crate::protocol::native::{ClientEvent, LlmUpdate};
 use crate::protocol::{AudioCodec, ErrorCode, ServerEvent, SessionParams};
-use crate::registry::{EndSession, Register, RegisterError};
+use crate::registry::{EndSession, RegisterError};
 use crate::services::Services;
 
 pub struct SessionActor {
@@ -34,16 +42,31 @@ pub struct SessionActor {
     coalescer: FrameCoalescer,
     /// Hands a partial batch on when the client pauses mid-batch.
     coalesce_timer: Option<SpawnHandle>,
+    /// Last client activity (see the module docs), for the idle timeout.
     last_heard: Instant,
+    /// Flood control: client text frames, Pings and error replies take tokens.
+    flood: TokenBucket,
+    /// Set by the write-stall watchdog; read by the conversation link on drop.
+    stall: Rc<StallSignal>,
     exit: Option<ExitReason>,
     _permit: Permit,
     _live: GaugeGuard,
 }
 
 impl SessionActor {
-    pub fn new(params: SessionParams, services: Arc<Services>, permit: Permit) -> Self {
+    pub fn new(
+        params: SessionParams,
+        services: Arc<Services>,
+        permit: Permit,
+        stall: Rc<StallSignal>,
+    ) -> Self {
         let live = services.metrics.actor_guard(ActorKind::Session);
-        let coalesce_ms = services.config.session.audio_batch_ms;
+        let session = &services.config.session;
+        let coalesce_ms = session.audio_batch_ms;
+        let flood = TokenBucket::new(
+            f64::from(session.client_events_burst),
+            f64::from(session.client_events_per_s),
+        );
         SessionActor {
             coalescer: FrameCoalescer::new(params.codec, params.sample_rate, coalesce_ms),
             coalesce_timer: None,
@@ -52,10 +75,27 @@ impl SessionActor {
             conversation: None,
             link: None,
             last_heard: Instant::now(),
+            flood,
+            stall,
             exit: None,
             _permit: permit,
             _live: live,
         }
+    }
+
+    /// Take one flood-control token; past the limit the session ends with 1008.
+    /// False when the session is ending (the caller drops what it was doing).
+    fn take_token(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        if self.flood.take() {
+            return true;
+        }
+        tracing::info!(conversation_id = %self.params.conversation_id, "client flood; closing");
+        self.services.metrics.count_bad_input(BadInput::Flood);
+        self.end(ExitReason::ServerError, close_code::POLICY, ctx);
+        false
     }
 
     /// Decide the exit reason, once; false if it was already decided.
@@ -87,12 +127,20 @@ impl SessionActor {
         ctx.text(event.to_json());
     }
 
-    fn client_error(&self, code: ErrorCode, message: String, ctx: &mut ws::WebsocketContext<Self>) {
-        self.send_event(&ServerEvent::error(code, message), ctx);
+    /// An error reply to the client's input; each takes a flood-control token.
+    fn client_error(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if self.take_token(ctx) {
+            self.send_event(&ServerEvent::error(code, message), ctx);
+        }
     }
 
     fn bad_input(
-        &self,
+        &mut self,
         kind: BadInput,
         code: ErrorCode,
         message: String,
@@ -103,10 +151,14 @@ impl SessionActor {
     }
 
     fn on_audio(&mut self, data: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        if data.is_empty() {
+            return; // no samples: not audio, not activity
+        }
         if self.params.codec == AudioCodec::Pcm16 && data.len() % 2 != 0 {
             let message = format!("PCM16 frame has an odd byte count ({})", data.len());
             return self.bad_input(BadInput::OddLengthPcm, ErrorCode::BadAudio, message, ctx);
         }
+        self.last_heard = Instant::now();
         if self.conversation.is_none() {
             return;
         }
@@ -158,6 +210,9 @@ impl SessionActor {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.take_token(ctx) {
+            return;
+        }
         if !text.trim_start().starts_with('{') {
             let message = "text frames carry JSON events; send audio as binary frames".into();
             return self.bad_input(
@@ -177,8 +232,24 @@ impl SessionActor {
                 return self.bad_input(kind, code, message, ctx);
             }
         };
+        let max_prompt = self.services.config.llm.max_system_prompt_bytes;
         match event {
-            ClientEvent::Ping => self.send_event(&ServerEvent::Pong, ctx),
+            ClientEvent::SessionUpdate {
+                llm:
+                    Some(LlmUpdate {
+                        system_prompt: Some(prompt),
+                    }),
+            } if prompt.len() > max_prompt => {
+                let message = format!(
+                    "llm.system_prompt is {} bytes; the limit is {max_prompt}",
+                    prompt.len()
+                );
+                self.bad_input(BadInput::PromptTooLarge, ErrorCode::TooLarge, message, ctx);
+            }
+            ClientEvent::Ping => {
+                self.last_heard = Instant::now();
+                self.send_event(&ServerEvent::Pong, ctx)
+            }
             ClientEvent::DebugFailChild { .. } if !self.services.config.debug.fault_injection => {
                 let message = "unknown event type `debug.fail_child`".to_string();
                 self.bad_input(
@@ -189,6 +260,7 @@ impl SessionActor {
                 );
             }
             event => {
+                self.last_heard = Instant::now();
                 // Events follow the audio sent before them (`audio.end` above all).
                 self.hand_on_partial(ctx);
                 if let Some(conversation) = self.conversation.as_ref() {
@@ -229,6 +301,7 @@ impl SessionActor {
             conversation: addr.clone(),
             reason: ExitReason::ClientDisconnect,
             at: None,
+            stall: Rc::clone(&self.stall),
         });
         self.conversation = Some(addr);
         let started = ServerEvent::SessionStarted {
@@ -256,24 +329,39 @@ impl Actor for SessionActor {
         let tick = Duration::from_millis((idle_ms / 5).max(10));
         ctx.run_interval(tick, |act, ctx| act.check_idle(ctx));
 
-        let register = Register {
-            conversation_id: self.params.conversation_id,
-            client_id: self.params.client_id.clone(),
-            session: ctx.address().recipient(),
-        };
         // Wait (frames stay unread) until the registry grants the conversation: a
-        // superseded predecessor is fully torn down before this tree starts.
-        let request = self.services.registry.addr.send(register);
+        // superseded predecessor is fully torn down before this tree starts. The wait is
+        // bounded; giving up drops the request, which withdraws it.
+        let request = self.services.registry.register(
+            self.params.conversation_id,
+            self.params.client_id.clone(),
+            ctx.address().recipient(),
+        );
+        let bound = Duration::from_millis(self.services.config.session.register_timeout_ms);
         ctx.wait(
-            request
+            tokio::time::timeout(bound, request)
                 .into_actor(self)
                 .map(|answer, act, ctx| match answer {
                     Ok(Ok(lease)) => act.start_conversation(lease, ctx),
                     Ok(Err(RegisterError::Superseded)) => {
                         act.end(ExitReason::Superseded, close_code::SUPERSEDED, ctx)
                     }
-                    Ok(Err(RegisterError::ShuttingDown)) | Err(_) => {
+                    Ok(Err(RegisterError::ShuttingDown)) => {
                         act.end(ExitReason::ServerShutdown, close_code::GOING_AWAY, ctx)
+                    }
+                    Err(_) => {
+                        tracing::info!(
+                            conversation_id = %act.params.conversation_id,
+                            "the previous session of this conversation did not end in time"
+                        );
+                        let message = "the previous session of this conversation has not \
+                                       ended; try again later";
+                        act.send_event(
+                            &ServerEvent::error(ErrorCode::ConversationBusy, message),
+                            ctx,
+                        );
+                        // No tree was started, so no event: the reason is only logged.
+                        act.end(ExitReason::Timeout, close_code::TRY_AGAIN_LATER, ctx)
                     }
                 }),
         );
@@ -282,11 +370,16 @@ impl Actor for SessionActor {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
         match item {
             Ok(ws::Message::Binary(data)) => self.on_audio(data, ctx),
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            // Answered (it costs a token), but not activity: a client library's
+            // automatic pings must not hold a tree that never hears audio.
+            Ok(ws::Message::Ping(payload)) => {
+                if self.take_token(ctx) {
+                    ctx.pong(&payload)
+                }
+            }
             Ok(ws::Message::Pong(_)) => {}
             Ok(ws::Message::Close(reason)) => {
                 // Echo the client's close and end as a client disconnect.
@@ -328,6 +421,11 @@ impl Handler<Outbound> for SessionActor {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
+            // Errors about the client's input (e.g. undecodable Opus) count like the
+            // session's own replies; past the limit the client is flooding.
+            Outbound::Event(ServerEvent::Error { code, message }) if code.is_client_fault() => {
+                self.client_error(code, message, ctx)
+            }
             Outbound::Event(event) => self.send_event(&event, ctx),
             Outbound::Audio(data) => ctx.binary(data),
         }
@@ -349,18 +447,20 @@ struct ConversationLink {
     reason: ExitReason,
     /// When the end was decided; a dropped TCP stream is noticed at drop time.
     at: Option<Instant>,
+    /// A session dropped by the write-stall watchdog decided nothing itself.
+    stall: Rc<StallSignal>,
 }
 
 impl Drop for ConversationLink {
     fn drop(&mut self) {
-        let reason = if std::thread::panicking() {
-            ExitReason::ServerError
-        } else {
-            self.reason
+        let (reason, at) = match (self.at, self.stall.stalled_at()) {
+            _ if std::thread::panicking() => (ExitReason::ServerError, self.at),
+            (None, Some(stalled)) => (ExitReason::Timeout, Some(stalled)),
+            (at, _) => (self.reason, at),
         };
         self.conversation.do_send(SessionEnded {
             reason,
-            at: self.at.unwrap_or_else(Instant::now),
+            at: at.unwrap_or_else(Instant::now),
         });
     }
 }

@@ -1,5 +1,6 @@
-//! Rate-limits repeated client notices (e.g. `overloaded`) so a struggling session is
-//! told once a second, not once per dropped frame.
+//! Rate limits: [`NoticeThrottle`] tells a struggling session about repeated trouble
+//! (e.g. `overloaded`) once a second, not once per dropped frame; [`TokenBucket`] is a
+//! session's flood control over what a client can make the server do and say.
 
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,55 @@ impl NoticeThrottle {
     }
 }
 
+/// A token bucket: holds up to `burst` tokens and refills at `per_s` tokens a second.
+#[derive(Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_s: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(burst: f64, per_s: f64) -> Self {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            per_s,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Take one token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_s;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills() {
+        // One token per thousand seconds: nothing refills while the test runs.
+        let mut bucket = TokenBucket::new(3.0, 0.001);
+        assert!(bucket.take() && bucket.take() && bucket.take());
+        assert!(!bucket.take(), "burst spent");
+        bucket.per_s = 1000.0;
+        bucket.refilled = Instant::now() - Duration::from_millis(10);
+        assert!(bucket.take(), "ten ms at 1000/s earned tokens");
+    }
 
     #[test]
     fn first_notice_passes_then_repeats_are_held() {

@@ -4,7 +4,8 @@
 //! reconnect with the same `conversation_id` that must supersede the old socket (4001).
 //! `/metrics` (and `/proc/<pid>` with `--server-pid`) are read before and, once the gauges
 //! have settled (bounded), after: every gauge, disconnect counter and the teardown
-//! histogram is reported as a delta, so a leak shows as a non-zero number.
+//! histogram is reported as a delta, so a leak shows as a non-zero number. `--json FILE`
+//! writes every printed figure as one JSON object ([`ChurnReport`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,14 +13,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::SinkExt;
+use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
 use super::audio_src::{AudioLoop, Codec, FRAME_MS};
-use super::metrics_scrape::{self, print_teardown, ProcSnapshot, Scrape};
+use super::metrics_scrape::{
+    self, bucket_delta, counter_delta, print_teardown, quantile, ProcSnapshot, Scrape,
+    REJECTED_COUNTER, TEARDOWN_HISTOGRAM,
+};
 use super::progress::Progress;
 use super::stats::format_counts;
 use super::wsconn::{self, close_code, send_close, Ws};
@@ -56,6 +62,63 @@ pub struct ChurnArgs {
     /// Bound on waiting for the gauges to return to their start values (s).
     #[arg(long, default_value_t = 30.0)]
     pub settle: f64,
+    /// Also write every figure of the report to this file as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Everything `bench churn` prints, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct ChurnReport {
+    pub cycles: usize,
+    pub concurrency: usize,
+    /// Per leaving style (`Close`, `TcpDrop`, `IdleTimeout`, `Supersede`).
+    pub styles: BTreeMap<String, StyleReport>,
+    /// The idle-timeout style was left out (no `--idle-timeout-ms`).
+    pub idle_timeout_skipped: bool,
+    pub sessions_attempted: u64,
+    /// Growth of `hearken_disconnects_total`, all reasons.
+    pub disconnect_events: f64,
+    /// Whether every gauge returned to its start value within `--settle`.
+    pub gauges_settled: bool,
+    /// Per gauge series: before, after and delta.
+    pub gauges: BTreeMap<String, GaugeDelta>,
+    pub teardown: TeardownReport,
+    /// Growth of `hearken_disconnects_total` by series.
+    pub disconnects_by_reason: BTreeMap<String, f64>,
+    /// Growth of `hearken_rejected_connections_total` by reason (unmoved ones left out).
+    pub refused_upgrades: BTreeMap<String, f64>,
+    /// With `--server-pid`: the server process before and after.
+    pub server_process: Option<ProcessReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StyleReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub close_codes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GaugeDelta {
+    pub before: f64,
+    pub after: f64,
+    pub delta: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TeardownReport {
+    /// Conversations in the teardown histogram's delta.
+    pub conversations: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub before: ProcSnapshot,
+    pub after: ProcSnapshot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,9 +219,19 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     .await?;
     let tallies = tallies.lock().unwrap_or_else(|p| p.into_inner());
     let mut sessions = 0;
+    let mut styles = BTreeMap::new();
     for (style, t) in tallies.iter() {
         let per_cycle = if *style == Style::Supersede { 2 } else { 1 };
         sessions += (t.ok + t.failures.values().sum::<u64>()) * per_cycle;
+        styles.insert(
+            format!("{style:?}"),
+            StyleReport {
+                ok: t.ok,
+                failed: t.failures.values().sum(),
+                failures: t.failures.clone(),
+                close_codes: t.codes.clone(),
+            },
+        );
         println!(
             "{style:?}: ok {}, failed {} ({}), close codes {}",
             t.ok,
@@ -189,8 +262,13 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     );
     metrics_scrape::print_gauge_deltas(&before.gauges(), &after.gauges());
     print_teardown(&before, &after);
+    let mut server_process = None;
     if let (Some(pid), Some(was)) = (args.server_pid, proc_before) {
         let now = ProcSnapshot::read(pid)?;
+        server_process = Some(ProcessReport {
+            before: was,
+            after: now,
+        });
         println!(
             "server process: fds {} -> {} ({:+}), threads {} -> {} ({:+}), RSS {} -> {} KiB ({:+} KiB)",
             was.fds,
@@ -204,7 +282,73 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
             now.rss_kib as i64 - was.rss_kib as i64
         );
     }
+    if let Some(path) = &args.json {
+        let report = ChurnReport {
+            cycles: args.cycles,
+            concurrency: args.concurrency,
+            styles,
+            idle_timeout_skipped: args.idle_timeout_ms.is_none(),
+            sessions_attempted: sessions,
+            disconnect_events: disconnects,
+            gauges_settled: settled,
+            gauges: gauge_deltas(&before, &after),
+            teardown: teardown_report(&before, &after),
+            disconnects_by_reason: family_delta(&before, &after, "hearken_disconnects_total"),
+            refused_upgrades: counter_delta(&before, &after, REJECTED_COUNTER),
+            server_process,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON report written to {}", path.display());
+    }
     Ok(())
+}
+
+fn gauge_deltas(before: &Scrape, after: &Scrape) -> BTreeMap<String, GaugeDelta> {
+    let was = before.gauges();
+    after
+        .gauges()
+        .into_iter()
+        .map(|(series, after)| {
+            let before = was.get(&series).copied().unwrap_or(0.0);
+            let delta = after - before;
+            (
+                series,
+                GaugeDelta {
+                    before,
+                    after,
+                    delta,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The same figures `print_teardown` prints, from the histogram's delta.
+fn teardown_report(before: &Scrape, after: &Scrape) -> TeardownReport {
+    let delta = bucket_delta(
+        &before.buckets(TEARDOWN_HISTOGRAM),
+        &after.buckets(TEARDOWN_HISTOGRAM),
+    );
+    let ms = |q: f64| quantile(&delta, q).map(|s| s * 1000.0);
+    TeardownReport {
+        conversations: delta.last().map_or(0.0, |b| b.1),
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+    }
+}
+
+/// Growth of every series of a counter family, keyed by its labels (unmoved ones kept).
+fn family_delta(before: &Scrape, after: &Scrape, name: &str) -> BTreeMap<String, f64> {
+    let was = before.family(name);
+    after
+        .family(name)
+        .into_iter()
+        .map(|(labels, now)| {
+            let delta = now - was.get(&labels).copied().unwrap_or(0.0);
+            (labels, delta)
+        })
+        .collect()
 }
 
 /// One connect / stream / leave cycle.

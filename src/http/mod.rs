@@ -8,8 +8,6 @@ pub mod ws;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use crate::admission::Admission;
 use crate::services::Services;
 
@@ -25,17 +23,14 @@ pub struct ServerStatus {
     ready: AtomicBool,
     models: Arc<crate::services::Readiness>,
     draining: AtomicBool,
-    shutdown: watch::Sender<bool>,
 }
 
 impl ServerStatus {
     pub fn new(models: Arc<crate::services::Readiness>) -> Arc<Self> {
-        let (shutdown, _) = watch::channel(false);
         Arc::new(ServerStatus {
             ready: AtomicBool::new(false),
             models,
             draining: AtomicBool::new(false),
-            shutdown,
         })
     }
 
@@ -52,13 +47,9 @@ impl ServerStatus {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Stop admitting sessions and tell long-lived streams to end.
+    /// Stop admitting sessions. Event streams go on until the registry closes them,
+    /// after the last conversation's disconnect (see `Server::shutdown`).
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
-        let _ = self.shutdown.send(true);
-    }
-
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
     }
 }

@@ -1,6 +1,11 @@
 //! `GET /v1/ws`: validate, authenticate and admit *before* the upgrade, then hand the
 //! socket to a new [`SessionActor`]. Every refusal is an HTTP status, counted, with no
-//! actor ever started.
+//! actor ever started. The session's response body is watched for write stalls
+//! (`actors/write_stall.rs`), since a session whose client stopped reading is never
+//! polled again and cannot time itself out.
+
+use std::rc::Rc;
+use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
@@ -8,6 +13,7 @@ use serde_json::json;
 
 use super::auth::{authorised, client_ip};
 use super::AppState;
+use crate::actors::write_stall::{ConnectionSocket, StallSignal, WatchedBody};
 use crate::actors::SessionActor;
 use crate::admission::AdmissionError;
 use crate::metrics::BadInput;
@@ -108,8 +114,17 @@ pub async fn upgrade(
         %ip,
         "upgrading"
     );
-    let session = SessionActor::new(params, state.services.clone(), permit);
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(config.session.max_frame_bytes)
-        .start()
+    let mut response = ws::handshake(&req)?;
+    let stall = Rc::new(StallSignal::default());
+    let session = SessionActor::new(params, state.services.clone(), permit, Rc::clone(&stall));
+    let codec = actix_http::ws::Codec::new().max_size(config.session.max_frame_bytes);
+    let body = ws::WebsocketContext::with_codec(session, stream, codec);
+    let watched = WatchedBody::new(
+        body,
+        stall,
+        req.conn_data::<ConnectionSocket>().copied(),
+        Duration::from_millis(config.session.write_stall_ms),
+        state.services.metrics.clone(),
+    );
+    Ok(response.streaming(watched))
 }

@@ -2,8 +2,15 @@
 //! it opens and refuses requests at once (sessions get `llm_unavailable` instead of a
 //! hung reply); after `cooldown` it lets one probe through (half-open), which closes it
 //! on success or re-opens it on failure.
+//!
+//! Every request that goes out holds an [`Attempt`]. Its outcome is recorded by
+//! consuming it ([`Attempt::succeeded`], [`Attempt::failed`]); an attempt dropped
+//! without an outcome (the reply was cancelled by a barge-in, `response.cancel` or a
+//! disconnect) records nothing, but if it was the half-open probe its `Drop` gives the
+//! probe slot back. Before, a cancelled probe left the slot taken and the circuit
+//! refused every later reply for good.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +23,7 @@ pub enum BreakerState {
 struct Inner {
     failures: u32,
     opened_at: Option<Instant>,
+    /// A half-open probe is out; only its [`Attempt`] clears this.
     probing: bool,
 }
 
@@ -26,8 +34,8 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        CircuitBreaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Arc<Self> {
+        Arc::new(CircuitBreaker {
             threshold,
             cooldown,
             inner: Mutex::new(Inner {
@@ -35,7 +43,7 @@ impl CircuitBreaker {
                 opened_at: None,
                 probing: false,
             }),
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -52,32 +60,67 @@ impl CircuitBreaker {
     }
 
     /// May a request go out now? In half-open state only one probe at a time may.
-    pub fn try_acquire(&self) -> bool {
+    /// The returned attempt must travel with the request until its outcome is known.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Attempt> {
         let mut inner = self.lock();
-        match inner.opened_at {
-            None => true,
+        let probe = match inner.opened_at {
+            None => false,
             Some(at) if at.elapsed() >= self.cooldown && !inner.probing => {
                 inner.probing = true;
                 true
             }
-            Some(_) => false,
-        }
+            Some(_) => return None,
+        };
+        Some(Attempt {
+            breaker: Arc::clone(self),
+            probe,
+        })
+    }
+}
+
+/// One request let through by the breaker. Consume it with its outcome; dropping it
+/// unresolved releases a probe slot and records nothing.
+pub struct Attempt {
+    breaker: Arc<CircuitBreaker>,
+    probe: bool,
+}
+
+impl Attempt {
+    /// Whether this attempt is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
     }
 
-    pub fn record_success(&self) {
-        let mut inner = self.lock();
+    pub fn succeeded(mut self) {
+        let mut inner = self.breaker.lock();
         inner.failures = 0;
         inner.opened_at = None;
-        inner.probing = false;
+        if self.probe {
+            inner.probing = false;
+        }
+        self.probe = false;
     }
 
-    pub fn record_failure(&self) {
-        let mut inner = self.lock();
+    pub fn failed(mut self) {
+        let mut inner = self.breaker.lock();
         inner.failures += 1;
-        if inner.probing || inner.failures >= self.threshold {
+        if self.probe || inner.failures >= self.breaker.threshold {
             inner.opened_at = Some(Instant::now());
         }
-        inner.probing = false;
+        if self.probe {
+            inner.probing = false;
+        }
+        self.probe = false;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.probe {
+            // Cancelled before it told us anything: the circuit stays half-open and
+            // the next request may probe.
+            self.breaker.lock().probing = false;
+        }
     }
 }
 
@@ -88,18 +131,18 @@ mod tests {
     #[test]
     fn opens_after_threshold_and_recovers_through_a_probe() {
         let breaker = CircuitBreaker::new(2, Duration::from_millis(30));
-        assert!(breaker.try_acquire());
-        breaker.record_failure();
+        breaker.try_acquire().expect("closed").failed();
         assert_eq!(breaker.state(), BreakerState::Closed);
-        breaker.record_failure();
+        breaker.try_acquire().expect("closed").failed();
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(!breaker.try_acquire());
+        assert!(breaker.try_acquire().is_none());
 
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert!(breaker.try_acquire(), "one probe");
-        assert!(!breaker.try_acquire(), "only one probe at a time");
-        breaker.record_failure();
+        let probe = breaker.try_acquire().expect("one probe");
+        assert!(probe.is_probe());
+        assert!(breaker.try_acquire().is_none(), "only one probe at a time");
+        probe.failed();
         assert_eq!(
             breaker.state(),
             BreakerState::Open,
@@ -107,8 +150,37 @@ mod tests {
         );
 
         std::thread::sleep(Duration::from_millis(40));
-        assert!(breaker.try_acquire());
-        breaker.record_success();
+        breaker.try_acquire().expect("probe").succeeded();
         assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_dropped_probe_releases_the_half_open_slot() {
+        let breaker = CircuitBreaker::new(1, Duration::from_millis(10));
+        breaker.try_acquire().expect("closed").failed();
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.try_acquire().expect("probe");
+        assert!(breaker.try_acquire().is_none());
+        drop(probe); // cancelled mid-reply
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        let again = breaker.try_acquire().expect("the slot is free again");
+        assert!(again.is_probe());
+        again.succeeded();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_request_from_before_the_opening_does_not_free_the_probe_slot() {
+        let breaker = CircuitBreaker::new(1, Duration::from_millis(10));
+        let old = breaker.try_acquire().expect("closed");
+        breaker.try_acquire().expect("closed").failed();
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.try_acquire().expect("probe");
+        old.failed(); // re-opens, but must not release the probe's slot
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.try_acquire().is_none(), "the probe still holds it");
+        drop(probe);
+        assert!(breaker.try_acquire().is_some());
     }
 }

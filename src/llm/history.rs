@@ -1,24 +1,38 @@
 //! The conversation store: each conversation's messages, kept beyond its session so a
 //! client that reconnects with the same `conversation_id` resumes where it left off.
 //!
-//! Bounded three ways: a conversation untouched for `ttl` is removed by the periodic
-//! sweep (and treated as absent before that), each keeps at most `max_messages` turns
-//! (the oldest go first), and the store holds at most `max_conversations` (the least
-//! recently used goes first). One `std` mutex guards the map: every operation is a short
-//! map update, never held across an await.
+//! Bounded in count, time and bytes: a conversation untouched for `ttl` is removed by the
+//! periodic sweep (and treated as absent before that); each keeps at most `max_messages`
+//! turns and `max_bytes` of system prompt and messages (the oldest messages go first);
+//! the store holds at most `max_conversations` and `total_bytes` (the least recently
+//! used conversations go first). A client chooses what it says and its system prompt,
+//! so without the byte bounds a client could make the server keep ~64 KiB per
+//! conversation for the whole TTL.
+//!
+//! Conversations sit in a recency list (an index-linked list in a slab, oldest first),
+//! so finding the least recently used one and the expired ones costs O(1) per entry
+//! removed, never a scan of the store. One `std` mutex guards it: every operation is a
+//! short update, never held across an await.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use uuid::Uuid;
 
 use super::chat::ChatMessage;
 
 struct Entry {
+    id: Uuid,
     system_prompt: Option<String>,
     messages: VecDeque<ChatMessage>,
+    /// Bytes of the system prompt and message contents.
+    bytes: usize,
     touched: Instant,
+    /// Neighbours in the recency list (towards the oldest, towards the newest).
+    older: Option<usize>,
+    newer: Option<usize>,
 }
 
 /// How many of a conversation's `total` messages to leave out of its prompt, so the
@@ -34,30 +48,158 @@ pub fn context_skip(total: usize, min: usize, max: usize) -> usize {
     (total - max).div_ceil(step) * step
 }
 
-pub struct ConversationStore {
-    entries: Mutex<HashMap<Uuid, Entry>>,
-    ttl: Duration,
-    max_messages: usize,
-    max_conversations: usize,
+/// The map, the recency list over a slab of entries, and the byte total.
+#[derive(Default)]
+struct Entries {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    index: HashMap<Uuid, usize>,
+    oldest: Option<usize>,
+    newest: Option<usize>,
+    bytes: usize,
 }
 
-impl ConversationStore {
-    pub fn new(ttl: Duration, max_messages: usize, max_conversations: usize) -> Self {
-        ConversationStore {
-            entries: Mutex::new(HashMap::new()),
-            ttl,
-            max_messages,
-            max_conversations,
+impl Entries {
+    fn entry(&self, slot: usize) -> &Entry {
+        self.slots[slot]
+            .as_ref()
+            .expect("linked slots are occupied")
+    }
+
+    fn entry_mut(&mut self, slot: usize) -> &mut Entry {
+        self.slots[slot]
+            .as_mut()
+            .expect("linked slots are occupied")
+    }
+
+    fn get(&self, id: &Uuid) -> Option<&Entry> {
+        self.index.get(id).map(|slot| self.entry(*slot))
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let (older, newer) = {
+            let entry = self.entry(slot);
+            (entry.older, entry.newer)
+        };
+        match older {
+            Some(o) => self.entry_mut(o).newer = newer,
+            None => self.oldest = newer,
+        }
+        match newer {
+            Some(n) => self.entry_mut(n).older = older,
+            None => self.newest = older,
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Uuid, Entry>) -> T) -> T {
+    fn link_newest(&mut self, slot: usize) {
+        let previous = self.newest;
+        {
+            let entry = self.entry_mut(slot);
+            entry.older = previous;
+            entry.newer = None;
+        }
+        match previous {
+            Some(p) => self.entry_mut(p).newer = Some(slot),
+            None => self.oldest = Some(slot),
+        }
+        self.newest = Some(slot);
+    }
+
+    fn insert(&mut self, id: Uuid, now: Instant) -> usize {
+        let entry = Entry {
+            id,
+            system_prompt: None,
+            messages: VecDeque::new(),
+            bytes: 0,
+            touched: now,
+            older: None,
+            newer: None,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+        self.link_newest(slot);
+        slot
+    }
+
+    fn remove(&mut self, slot: usize) {
+        self.unlink(slot);
+        if let Some(entry) = self.slots[slot].take() {
+            self.index.remove(&entry.id);
+            self.bytes -= entry.bytes;
+        }
+        self.free.push(slot);
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// Bytes a message holds in the store.
+fn message_bytes(message: &ChatMessage) -> usize {
+    message.content.len()
+}
+
+pub struct ConversationStore {
+    entries: Mutex<Entries>,
+    ttl: Duration,
+    max_messages: usize,
+    max_conversations: usize,
+    max_bytes: usize,
+    total_bytes: usize,
+    evictions: Option<IntCounter>,
+}
+
+impl ConversationStore {
+    /// A store bounded in time and count; without byte bounds until
+    /// [`ConversationStore::with_byte_limits`].
+    pub fn new(ttl: Duration, max_messages: usize, max_conversations: usize) -> Self {
+        ConversationStore {
+            entries: Mutex::new(Entries::default()),
+            ttl,
+            max_messages,
+            max_conversations,
+            max_bytes: usize::MAX,
+            total_bytes: usize::MAX,
+            evictions: None,
+        }
+    }
+
+    /// Keep at most `max_bytes` per conversation and `total_bytes` in all.
+    pub fn with_byte_limits(mut self, max_bytes: usize, total_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self.total_bytes = total_bytes.max(max_bytes);
+        self
+    }
+
+    /// Count conversations evicted to stay within the bounds (not expired ones).
+    pub fn with_eviction_counter(mut self, evictions: IntCounter) -> Self {
+        self.evictions = Some(evictions);
+        self
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Entries) -> T) -> T {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut entries)
     }
 
     fn live(&self, entry: &Entry, now: Instant) -> bool {
         now.duration_since(entry.touched) < self.ttl
+    }
+
+    fn evicted(&self) {
+        if let Some(counter) = &self.evictions {
+            counter.inc();
+        }
     }
 
     /// Whether the store holds an unexpired conversation with this id.
@@ -69,43 +211,71 @@ impl ConversationStore {
     /// Append one message, creating the conversation if needed.
     pub fn push(&self, id: Uuid, message: ChatMessage) {
         self.update(id, |entry| {
+            entry.bytes += message_bytes(&message);
             entry.messages.push_back(message);
         });
     }
 
-    /// Replace the conversation's system prompt (from `session.update`).
-    pub fn set_system_prompt(&self, id: Uuid, prompt: String) {
-        self.update(id, |entry| entry.system_prompt = Some(prompt));
+    /// Replace the conversation's system prompt (from `session.update`). A prompt over
+    /// the per-conversation byte bound is refused (false); callers check the tighter
+    /// `llm.max_system_prompt_bytes` first.
+    pub fn set_system_prompt(&self, id: Uuid, prompt: String) -> bool {
+        if prompt.len() > self.max_bytes {
+            return false;
+        }
+        self.update(id, |entry| {
+            let old = entry.system_prompt.as_ref().map_or(0, String::len);
+            entry.bytes = entry.bytes - old + prompt.len();
+            entry.system_prompt = Some(prompt);
+        });
+        true
     }
 
     fn update(&self, id: Uuid, change: impl FnOnce(&mut Entry)) {
         let now = Instant::now();
-        let (max_messages, max_conversations) = (self.max_messages, self.max_conversations);
         self.with(|entries| {
-            if let Some(entry) = entries.get(&id) {
-                if !self.live(entry, now) {
-                    entries.remove(&id);
+            let existing = entries.index.get(&id).copied();
+            if let Some(slot) = existing {
+                if !self.live(entries.entry(slot), now) {
+                    entries.remove(slot);
                 }
             }
-            if !entries.contains_key(&id) && entries.len() >= max_conversations {
-                let oldest = entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.touched)
-                    .map(|(k, _)| *k);
-                if let Some(oldest) = oldest {
-                    entries.remove(&oldest);
+            let slot = match entries.index.get(&id).copied() {
+                Some(slot) => slot,
+                None => {
+                    while entries.len() >= self.max_conversations {
+                        let Some(oldest) = entries.oldest else { break };
+                        entries.remove(oldest);
+                        self.evicted();
+                    }
+                    entries.insert(id, now)
                 }
-            }
-            let entry = entries.entry(id).or_insert_with(|| Entry {
-                system_prompt: None,
-                messages: VecDeque::new(),
-                touched: now,
-            });
+            };
+            let before = entries.entry(slot).bytes;
+            let entry = entries.entry_mut(slot);
             change(entry);
-            while entry.messages.len() > max_messages {
-                entry.messages.pop_front();
+            while entry.messages.len() > self.max_messages
+                || (entry.bytes > self.max_bytes && !entry.messages.is_empty())
+            {
+                if let Some(dropped) = entry.messages.pop_front() {
+                    entry.bytes -= message_bytes(&dropped);
+                }
             }
             entry.touched = now;
+            let after = entry.bytes;
+            entries.bytes = entries.bytes - before + after;
+            entries.unlink(slot);
+            entries.link_newest(slot);
+            // Make room in all: the least recently used others go first.
+            while entries.bytes > self.total_bytes {
+                match entries.oldest {
+                    Some(oldest) if oldest != slot => {
+                        entries.remove(oldest);
+                        self.evicted();
+                    }
+                    _ => break,
+                }
+            }
         });
     }
 
@@ -136,13 +306,20 @@ impl ConversationStore {
         })
     }
 
-    /// Remove every expired conversation; returns how many went.
+    /// Remove every expired conversation; returns how many went. The recency list is
+    /// in order of last use, so this stops at the first live one.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         self.with(|entries| {
-            let before = entries.len();
-            entries.retain(|_, e| now.duration_since(e.touched) < self.ttl);
-            before - entries.len()
+            let mut removed = 0;
+            while let Some(oldest) = entries.oldest {
+                if self.live(entries.entry(oldest), now) {
+                    break;
+                }
+                entries.remove(oldest);
+                removed += 1;
+            }
+            removed
         })
     }
 
@@ -152,6 +329,11 @@ impl ConversationStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes held for all conversations.
+    pub fn bytes(&self) -> usize {
+        self.with(|entries| entries.bytes)
     }
 }
 
@@ -232,5 +414,61 @@ mod tests {
         store.push(a, ChatMessage::user("a again"));
         store.push(c, ChatMessage::user("c"));
         assert!(store.contains(a) && store.contains(c) && !store.contains(b));
+    }
+
+    #[test]
+    fn each_conversation_is_bounded_in_bytes() {
+        let store =
+            ConversationStore::new(Duration::from_secs(60), 100, 10).with_byte_limits(100, 1000);
+        let id = Uuid::new_v4();
+        assert!(store.set_system_prompt(id, "p".repeat(40)));
+        for i in 0..10 {
+            store.push(id, ChatMessage::user(format!("{i}").repeat(20)));
+        }
+        // 40 bytes of prompt leave room for three 20-byte messages: the newest.
+        let kept = store.transcript(id, "default", 100, 100, 0);
+        assert_eq!(kept.len(), 1 + 3);
+        assert_eq!(kept[3].content, "9".repeat(20));
+        assert_eq!(store.bytes(), 40 + 60);
+        assert!(
+            !store.set_system_prompt(id, "x".repeat(101)),
+            "over the bound"
+        );
+        assert_eq!(store.bytes(), 100);
+    }
+
+    #[test]
+    fn the_store_is_bounded_in_bytes_overall_least_recent_first() {
+        let store =
+            ConversationStore::new(Duration::from_secs(60), 100, 100).with_byte_limits(100, 250);
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        for id in &ids[..2] {
+            store.push(*id, ChatMessage::user("a".repeat(100)));
+        }
+        store.push(ids[0], ChatMessage::user("")); // ids[0] is now the most recent
+        store.push(ids[2], ChatMessage::user("c".repeat(100)));
+        assert!(!store.contains(ids[1]), "the least recently used went");
+        assert!(store.contains(ids[0]) && store.contains(ids[2]));
+        assert_eq!(store.bytes(), 200);
+        store.push(ids[3], ChatMessage::user("d".repeat(60)));
+        assert!(!store.contains(ids[0]) && store.contains(ids[2]) && store.contains(ids[3]));
+        assert_eq!(store.bytes(), 160);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn slots_are_reused_and_the_list_stays_consistent() {
+        let store = ConversationStore::new(Duration::from_secs(60), 10, 3);
+        let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            store.push(*id, ChatMessage::user("x"));
+            if i % 2 == 0 {
+                store.push(ids[i / 2], ChatMessage::user("y"));
+            }
+        }
+        assert_eq!(store.len(), 3);
+        let slots = store.with(|e| e.slots.len());
+        assert!(slots <= 4, "{slots} slots for 3 conversations");
+        assert!(store.contains(ids[49]));
     }
 }

@@ -32,7 +32,10 @@ pub struct OpenAiBackend {
 }
 
 impl OpenAiBackend {
-    pub fn new(config: OpenAiConfig, breaker: CircuitBreaker) -> Result<Arc<Self>, BackendError> {
+    pub fn new(
+        config: OpenAiConfig,
+        breaker: Arc<CircuitBreaker>,
+    ) -> Result<Arc<Self>, BackendError> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -41,7 +44,7 @@ impl OpenAiBackend {
         Ok(Arc::new(OpenAiBackend {
             client,
             config,
-            breaker: Arc::new(breaker),
+            breaker,
         }))
     }
 
@@ -52,11 +55,11 @@ impl OpenAiBackend {
 
 impl LlmBackend for OpenAiBackend {
     fn start(&self, request: GenerationRequest) -> Result<Generation, BackendError> {
-        if !self.breaker.try_acquire() {
+        let Some(attempt) = self.breaker.try_acquire() else {
             return Err(BackendError::Unavailable(
                 "circuit open after repeated failures".into(),
             ));
-        }
+        };
         let (events, receiver) = mpsc::channel(64);
         let url = format!(
             "{}/chat/completions",
@@ -71,17 +74,15 @@ impl LlmBackend for OpenAiBackend {
         if let Some(key) = &self.config.api_key {
             http = http.bearer_auth(key);
         }
-        let (breaker, read_timeout, hold) = (
-            Arc::clone(&self.breaker),
-            self.config.read_timeout,
-            request.hold,
-        );
+        let (read_timeout, hold) = (self.config.read_timeout, request.hold);
+        // The attempt lives in the task: aborting the task (a cancelled reply) drops it
+        // unresolved, which gives a half-open probe slot back.
         let task = tokio::task::spawn_local(async move {
             let _hold = hold;
             let outcome = stream_reply(http, read_timeout, &events).await;
             match &outcome {
-                Ok(()) => breaker.record_success(),
-                Err(_) => breaker.record_failure(),
+                Ok(()) => attempt.succeeded(),
+                Err(_) => attempt.failed(),
             }
             let last = outcome.map_or_else(LlmEvent::Failed, |()| LlmEvent::Finished);
             let _ = events.send(last).await;

@@ -179,6 +179,22 @@ pub enum ErrorCode {
     Unsupported,
     /// The language model is down or its circuit is open; the session stays connected.
     LlmUnavailable,
+    /// A value is over its size limit (e.g. `llm.system_prompt`).
+    TooLarge,
+    /// The previous session of this conversation did not end within
+    /// `session.register_timeout_ms`; the socket closes with 1013 (try again later).
+    ConversationBusy,
+}
+
+impl ErrorCode {
+    /// Whether the error answers the client's own input (and so counts towards its
+    /// flood limit), rather than reporting the server's state.
+    pub fn is_client_fault(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::Overloaded | ErrorCode::LlmUnavailable | ErrorCode::ConversationBusy
+        )
+    }
 }
 
 /// Server → client text frames.
