@@ -268,3 +268,40 @@ fn a_kept_turn_reads_only_new_tokens_and_answers_as_a_whole_prompt_would() {
         "the system prompt is shared"
     );
 }
+
+#[test]
+fn every_turn_of_a_conversation_reads_only_its_question() {
+    let mut kept = model().clone().with_kv_cache(64 << 20);
+    let chatml = ChatMlIds::find(kept.tokenizer()).expect("chatml");
+    let id = uuid::Uuid::new_v4();
+    let questions = [
+        "What is the capital city of France?",
+        "How far away is the moon from the earth?",
+        "What will the weather be like tomorrow?",
+        "Set a timer for ten minutes.",
+        "How do you say thank you in Spanish?",
+    ];
+    let mut history: Vec<ChatMessage> =
+        vec![ChatMessage::system(hearken::config::DEFAULT_SYSTEM_PROMPT)];
+    for (turn, question) in questions.iter().enumerate() {
+        history.push(ChatMessage::user(*question));
+        let mut reply = String::new();
+        let outcome = kept
+            .generate_for(Some(id), &history, &params(64), &|| false, &mut |piece| {
+                reply.push_str(piece);
+                ControlFlow::Continue(())
+            })
+            .expect("reply");
+        if turn > 0 {
+            let question_tokens =
+                encode_prompt(kept.tokenizer(), chatml, &history[history.len() - 1..]).len();
+            assert_eq!(
+                outcome.prompt_tokens - outcome.cached_tokens,
+                question_tokens,
+                "turn {turn} read more than its question; reply before: {:?}",
+                history[history.len() - 2].content
+            );
+        }
+        history.push(ChatMessage::assistant(reply));
+    }
+}

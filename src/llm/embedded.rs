@@ -7,10 +7,9 @@
 //! Each call works on a clone of a model state (the weights themselves are shared
 //! `Arc`s): the pristine weights, or a state kept in the [`PrefixCache`] that has
 //! already read the start of the prompt (the conversation so far, or the system
-//! prompt), so a turn reads only its new tokens. A reply that ends normally leaves
-//! its state, end-of-turn marker included, as its conversation's entry; a cancelled
-//! one leaves nothing, so a discarded speculative reply never displaces the state the
-//! next turn will start from.
+//! prompt), so a turn reads only its new tokens. Each reply leaves the state after
+//! its prompt and, when it ends by itself, the state after it (end-of-turn marker
+//! included) as its conversation's entries.
 //!
 //! Threads: candle splits each quantized matmul over one process-wide pool of
 //! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the core count) minus one
@@ -30,11 +29,11 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
-use super::chat::{encode_prompt, ChatMessage, ChatMlIds};
+use super::chat::{encode_prompt, ChatMessage, ChatMlIds, Role};
 use super::error::LlmError;
 use super::generation::{sampling, FinishReason, GenerationOutcome, GenerationParams};
 use super::gguf;
-use super::prefix_cache::{Owner, PrefixCache};
+use super::prefix_cache::{Continuation, Covered, Owner, PrefixCache};
 use super::tokenizer::{StreamDecoder, Tokenizer};
 use uuid::Uuid;
 
@@ -166,9 +165,9 @@ impl EmbeddedModel {
     }
 
     /// [`generate`](Self::generate) for a conversation: the prompt starts from the
-    /// longest state kept for it (or the shared system prompt) that it extends, and the
-    /// reply leaves its state for the next turn. `cancelled` is also asked between
-    /// prompt chunks, so a long prompt stops within one chunk.
+    /// kept state (its own, or the shared system prompt's) that covers the most of it,
+    /// and the reply leaves its states for the next turn. `cancelled` is also asked
+    /// between prompt chunks, so a long prompt stops within one chunk.
     pub fn generate_for(
         &mut self,
         conversation: Option<Uuid>,
@@ -178,39 +177,42 @@ impl EmbeddedModel {
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutcome, LlmError> {
         let start = Instant::now();
-        let prompt = encode_prompt(&self.tokenizer, self.chatml, messages);
+        let (mut model, position, cached, rest) = self.start_state(conversation, messages)?;
+        let prompt_tokens = position + rest.len();
         let limit = self.context_limit;
-        if prompt.len() >= limit {
+        if prompt_tokens >= limit {
             return Err(LlmError::PromptTooLong {
-                prompt_tokens: prompt.len(),
+                prompt_tokens,
                 limit,
             });
         }
-        let max_new = params.max_tokens.min(limit - prompt.len());
-        let system_len = match messages.first() {
-            Some(m) if m.role == super::Role::System => {
-                let header = encode_prompt(&self.tokenizer, self.chatml, &[]).len();
-                encode_prompt(&self.tokenizer, self.chatml, &messages[..1]).len() - header
-            }
-            _ => 0,
-        };
-        let (mut model, position, cached) = self.start_state(conversation, &prompt, system_len)?;
+        let max_new = params.max_tokens.min(limit - prompt_tokens);
         let outcome = |tokens, finish_reason, first_token_ms| GenerationOutcome {
             tokens,
             cancelled: finish_reason == FinishReason::Cancelled,
             finish_reason,
-            prompt_tokens: prompt.len(),
+            prompt_tokens,
             cached_tokens: cached,
             first_token_ms,
             total_ms: elapsed_ms(start),
         };
-        let Some(mut logits) =
-            self.run_prompt(&mut model, &prompt[position..], position, cancelled)?
-        else {
+        let Some(mut logits) = self.run_prompt(&mut model, &rest, position, cancelled)? else {
             return Ok(outcome(0, FinishReason::Cancelled, None));
         };
+        if let Some(id) = conversation {
+            // The prompt read, the reply not begun: still the right start after a
+            // barge-in, whatever of the reply was said.
+            let covers = Covered {
+                messages: messages.to_vec(),
+                open_reply: Some(String::new()),
+            };
+            let owner = Owner::Conversation(id);
+            self.cache
+                .insert(owner, covers, prompt_tokens, model.clone());
+        }
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         let mut reply: Vec<u32> = Vec::with_capacity(max_new);
+        let mut text = String::new();
         let mut decoder = StreamDecoder::default();
         let mut first_token_ms = None;
         let finish_reason = loop {
@@ -228,79 +230,113 @@ impl EmbeddedModel {
                 if on_token(&piece).is_break() {
                     break FinishReason::Cancelled;
                 }
+                text.push_str(&piece);
             }
             if reply.len() < max_new {
-                let position = prompt.len() + reply.len() - 1;
+                let position = prompt_tokens + reply.len() - 1;
                 logits = self.forward(&mut model, &[next], position)?;
             }
         };
-        if let Some(id) = conversation {
-            self.keep_turn(id, model, &prompt, &reply, finish_reason)?;
-        }
         if finish_reason != FinishReason::Cancelled {
             let tail = decoder.finish();
             if !tail.is_empty() {
                 first_token_ms.get_or_insert_with(|| elapsed_ms(start));
                 // The reply is over either way: nothing left to cancel.
                 let _ = on_token(&tail);
+                text.push_str(&tail);
+            }
+            if let Some(id) = conversation {
+                let read = (prompt_tokens, finish_reason == FinishReason::Stop);
+                self.keep_reply(id, model, messages, read, &reply, text)?;
             }
         }
         Ok(outcome(reply.len(), finish_reason, first_token_ms))
     }
 
-    /// The state to read `prompt` from, the position it starts reading at, and how
-    /// many of those tokens came from a kept state (the rest were read just now): a kept
-    /// state, or the pristine weights after reading (and sharing) the system prompt.
+    /// The state to start from, the position it has read to, how many of those tokens
+    /// came from a kept state (the rest were read just now), and the prompt tokens
+    /// still to read: a kept state, or the pristine weights after reading (and
+    /// sharing) the system prompt.
     fn start_state(
         &mut self,
         conversation: Option<Uuid>,
-        prompt: &[u32],
-        system_len: usize,
-    ) -> Result<(ModelWeights, usize, usize), LlmError> {
-        if let Some(hit) = self.cache.lookup(conversation, prompt) {
-            if hit.tokens >= system_len {
-                return Ok((hit.state, hit.tokens, hit.tokens));
-            }
+        messages: &[ChatMessage],
+    ) -> Result<(ModelWeights, usize, usize, Vec<u32>), LlmError> {
+        if let Some(hit) = self.cache.lookup(conversation, messages) {
+            let rest = self.encode_rest(messages, hit.from);
+            return Ok((hit.state, hit.tokens, hit.tokens, rest));
         }
+        let prompt = encode_prompt(&self.tokenizer, self.chatml, messages);
         let mut model = self.weights.clone();
-        if system_len == 0 || system_len >= prompt.len() {
-            return Ok((model, 0, 0));
+        let Some(system) = messages.first().filter(|m| m.role == Role::System) else {
+            return Ok((model, 0, 0, prompt));
+        };
+        let system_len = encode_prompt(&self.tokenizer, self.chatml, &messages[..1]).len()
+            - encode_prompt(&self.tokenizer, self.chatml, &[]).len();
+        if system_len >= prompt.len() || system_len >= self.context_limit {
+            return Ok((model, 0, 0, prompt));
         }
         self.run_prompt(&mut model, &prompt[..system_len], 0, &|| false)?;
+        let covers = Covered {
+            messages: vec![system.clone()],
+            open_reply: None,
+        };
         self.cache
-            .insert(Owner::Shared, prompt[..system_len].to_vec(), model.clone());
-        Ok((model, system_len, 0))
+            .insert(Owner::Shared, covers, system_len, model.clone());
+        Ok((model, system_len, 0, prompt[system_len..].to_vec()))
     }
 
-    /// Keep a reply's state for the conversation's next turn. A finished reply also
-    /// reads what the next prompt holds after it (its last token, when `max_tokens` cut
-    /// it before it was read, then `<|im_end|>\n`), so the next turn starts exactly
-    /// where its new message begins. A cancelled one is kept as it stands: after a
-    /// barge-in the history holds its text and a cut marker, which the next prompt
-    /// reads on from there (a discarded speculative reply's state simply never matches).
-    fn keep_turn(
+    /// The tokens of `messages` after what a kept state has read (`from`): the rest of
+    /// an open reply and its closing, then the remaining messages and the reply header.
+    fn encode_rest(&self, messages: &[ChatMessage], from: Continuation) -> Vec<u32> {
+        let mut rest = Vec::new();
+        let mut next = from.messages;
+        if let Some(read) = from.open_bytes {
+            rest.extend(self.tokenizer.encode(&messages[next].content[read..]));
+            rest.push(self.chatml.im_end);
+            rest.extend(self.tokenizer.encode("\n"));
+            next += 1;
+        }
+        rest.extend(encode_prompt(
+            &self.tokenizer,
+            self.chatml,
+            &messages[next..],
+        ));
+        rest
+    }
+
+    /// Keep the state after a finished reply for the conversation's next turn: read
+    /// what the next prompt holds after it (its last token, when `max_tokens` cut it
+    /// before it was read, then `<|im_end|>\n`), so the next turn starts exactly where
+    /// its new message begins. `read` is the prompt's length and whether every reply
+    /// token has been read (the reply stopped by itself).
+    fn keep_reply(
         &mut self,
         conversation: Uuid,
         mut model: ModelWeights,
-        prompt: &[u32],
+        messages: &[ChatMessage],
+        (prompt_tokens, all_read): (usize, bool),
         reply: &[u32],
-        finish: FinishReason,
+        text: String,
     ) -> Result<(), LlmError> {
-        let last_unread = finish != FinishReason::Stop && !reply.is_empty();
-        let read_reply = reply.len() - usize::from(last_unread);
-        let mut read: Vec<u32> = [prompt, &reply[..read_reply]].concat();
-        if finish != FinishReason::Cancelled {
-            let mut tail: Vec<u32> = reply[read_reply..].to_vec();
-            tail.push(self.chatml.im_end);
-            tail.extend(self.tokenizer.encode("\n"));
-            if read.len() + tail.len() >= self.context_limit {
-                return Ok(());
-            }
-            self.run_prompt(&mut model, &tail, read.len(), &|| false)?;
-            read.extend(tail);
+        let read_reply = reply.len() - usize::from(!all_read && !reply.is_empty());
+        let mut tail: Vec<u32> = reply[read_reply..].to_vec();
+        tail.push(self.chatml.im_end);
+        tail.extend(self.tokenizer.encode("\n"));
+        let position = prompt_tokens + read_reply;
+        if position + tail.len() >= self.context_limit {
+            return Ok(());
         }
+        self.run_prompt(&mut model, &tail, position, &|| false)?;
+        let mut covered = messages.to_vec();
+        covered.push(ChatMessage::assistant(text));
+        let covers = Covered {
+            messages: covered,
+            open_reply: None,
+        };
+        let owner = Owner::Conversation(conversation);
         self.cache
-            .insert(Owner::Conversation(conversation), read, model);
+            .insert(owner, covers, position + tail.len(), model);
         Ok(())
     }
 

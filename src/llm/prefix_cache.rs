@@ -5,14 +5,20 @@
 //! the conversation so far kept, a turn reads only the new question.
 //!
 //! Each entry is a model state (`S`: candle's `ModelWeights`, whose layers hold the KV
-//! tensors; cloning it shares them) with the tokens it has read. A prompt can start
-//! from any entry whose tokens are a prefix of it: its owner's (one per conversation,
-//! replaced by every finished reply) or a shared one (the system prompt, read once for
-//! every conversation that uses it). Entries are bounded in bytes and evicted least
-//! recently used first; an entry is only a cache, so losing it costs time, never
-//! correctness. The cache belongs to one inference thread (no lock).
+//! tensors; cloning it shares them) with what it has read: whole messages, and
+//! possibly the start of an open assistant reply ([`Covered`]). Entries match a new
+//! prompt by its *messages*, not by re-encoding them: a reply's tokens as the model
+//! produced them are often not the tokens its text encodes to (accented words, odd
+//! spacing), and the state holds the former. A prompt continues from the entry that
+//! covers the most of it: its owner's (a conversation keeps its two newest) or a
+//! shared one (a system prompt, read once for every conversation that uses it).
+//! Entries are bounded in bytes and evicted least recently used first; an entry is
+//! only a cache, so losing it costs time, never correctness. The cache belongs to one
+//! inference thread (no lock).
 
 use uuid::Uuid;
+
+use super::chat::{ChatMessage, Role};
 
 /// Whose an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,21 +32,68 @@ pub enum Owner {
 /// Shared entries kept at most (distinct system prompts in use).
 const MAX_SHARED: usize = 4;
 
-/// Entries kept per conversation: its last reply's state, and the one before, which
-/// is still the right start when the last was a speculative reply that was discarded.
+/// Entries kept per conversation: the state after its last prompt (the reply's
+/// header read, nothing of the reply yet) and the state after its last reply. The
+/// first still fits after a barge-in (the history then holds the reply's text and a
+/// cut marker) and is what a discarded speculative reply must not displace.
 const PER_CONVERSATION: usize = 2;
+
+/// What a state has read: whole `messages`, then, if `open_reply` is set, the header
+/// of an assistant reply and that much of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Covered {
+    pub messages: Vec<ChatMessage>,
+    pub open_reply: Option<String>,
+}
+
+/// How a prompt goes on from a state that covers its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// Whole messages of the prompt the state has read.
+    pub messages: usize,
+    /// Bytes of the next (assistant) message's text it has read, after its header.
+    pub open_bytes: Option<usize>,
+}
+
+impl Covered {
+    /// Where `prompt` goes on from this state, if the state covers its start.
+    fn continuation(&self, prompt: &[ChatMessage]) -> Option<Continuation> {
+        let n = self.messages.len();
+        if prompt.len() < n || prompt[..n] != self.messages[..] {
+            return None;
+        }
+        let Some(open) = &self.open_reply else {
+            return Some(Continuation {
+                messages: n,
+                open_bytes: None,
+            });
+        };
+        // An open reply is only continued by the same reply, as stored afterwards.
+        let next = prompt.get(n)?;
+        (next.role == Role::Assistant && next.content.starts_with(open.as_str())).then_some(
+            Continuation {
+                messages: n,
+                open_bytes: Some(open.len()),
+            },
+        )
+    }
+}
 
 struct Entry<S> {
     owner: Owner,
-    tokens: Vec<u32>,
+    covers: Covered,
+    /// Tokens the state has read (its position), which is also its cost.
+    tokens: usize,
     state: S,
     last_used: u64,
 }
 
-/// What a lookup found: the state and how many prompt tokens it has already read.
+/// What a lookup found: the state, how many tokens it has read, and where the prompt
+/// goes on from it.
 pub struct Hit<S> {
     pub state: S,
     pub tokens: usize,
+    pub from: Continuation,
 }
 
 pub struct PrefixCache<S> {
@@ -69,7 +122,7 @@ impl<S: Clone> PrefixCache<S> {
 
     /// Bytes of state held now.
     pub fn bytes(&self) -> usize {
-        self.entries.iter().map(|e| self.cost(e.tokens.len())).sum()
+        self.entries.iter().map(|e| self.cost(e.tokens)).sum()
     }
 
     fn cost(&self, tokens: usize) -> usize {
@@ -81,37 +134,37 @@ impl<S: Clone> PrefixCache<S> {
         self.clock
     }
 
-    /// The longest entry of `conversation` (if any) or a shared one whose tokens are a prefix of
-    /// `prompt` and shorter than it (at least one prompt token must still be read, to
-    /// give the next token's logits).
-    pub fn lookup(&mut self, conversation: Option<Uuid>, prompt: &[u32]) -> Option<Hit<S>> {
+    /// The entry of `conversation` (if any) or a shared one that covers the most of
+    /// `prompt`.
+    pub fn lookup(&mut self, conversation: Option<Uuid>, prompt: &[ChatMessage]) -> Option<Hit<S>> {
         let now = self.tick();
         let own = conversation.map(Owner::Conversation);
-        let best = self
+        let (best, from) = self
             .entries
             .iter_mut()
             .filter(|e| e.owner == Owner::Shared || Some(e.owner) == own)
-            .filter(|e| e.tokens.len() < prompt.len() && prompt.starts_with(&e.tokens))
-            .max_by_key(|e| e.tokens.len())?;
+            .filter_map(|e| e.covers.continuation(prompt).map(|from| (e, from)))
+            .max_by_key(|(e, _)| e.tokens)?;
         best.last_used = now;
         Some(Hit {
             state: best.state.clone(),
-            tokens: best.tokens.len(),
+            tokens: best.tokens,
+            from,
         })
     }
 
-    /// Keep `state` (having read `tokens`) for `owner`: it replaces the least recently
-    /// used of that conversation's entries once it has [`PER_CONVERSATION`], or joins
-    /// the shared ones. Entries too big for the whole cache are not kept.
-    pub fn insert(&mut self, owner: Owner, tokens: Vec<u32>, state: S) {
-        if self.cost(tokens.len()) > self.capacity_bytes || tokens.is_empty() {
+    /// Keep `state` (having read `tokens` tokens, covering `covers`) for `owner`: it
+    /// replaces the least recently used of that owner's entries once the owner has its
+    /// most. Entries too big for the whole cache are not kept.
+    pub fn insert(&mut self, owner: Owner, covers: Covered, tokens: usize, state: S) {
+        if self.cost(tokens) > self.capacity_bytes || tokens == 0 {
             return;
         }
         let now = self.tick();
         if let Some(same) = self
             .entries
             .iter_mut()
-            .find(|e| e.owner == owner && e.tokens == tokens)
+            .find(|e| e.owner == owner && e.covers == covers)
         {
             same.last_used = now;
             return;
@@ -123,12 +176,13 @@ impl<S: Clone> PrefixCache<S> {
         if self.entries.iter().filter(|e| e.owner == owner).count() >= most {
             self.evict(|e| e.owner == owner);
         }
-        let needed = self.cost(tokens.len());
+        let needed = self.cost(tokens);
         while self.bytes() + needed > self.capacity_bytes && !self.entries.is_empty() {
             self.evict(|_| true);
         }
         self.entries.push(Entry {
             owner,
+            covers,
             tokens,
             state,
             last_used: now,
@@ -158,82 +212,132 @@ mod tests {
         Uuid::from_u128(n)
     }
 
-    #[test]
-    fn the_longest_own_or_shared_prefix_wins() {
-        let mut cache = PrefixCache::new(1000, 1);
-        cache.insert(Owner::Shared, vec![1, 2], "system");
-        cache.insert(Owner::Conversation(id(1)), vec![1, 2, 3, 4], "one");
-        cache.insert(Owner::Conversation(id(2)), vec![1, 2, 3, 4, 5], "two");
-        let hit = cache
-            .lookup(Some(id(1)), &[1, 2, 3, 4, 5, 6])
-            .map(|h| (h.state, h.tokens));
-        assert_eq!(hit, Some(("one", 4)), "never another conversation's entry");
-        let hit = cache
-            .lookup(Some(id(1)), &[1, 2, 9])
-            .map(|h| (h.state, h.tokens));
-        assert_eq!(hit, Some(("system", 2)));
-        assert!(cache.lookup(Some(id(3)), &[7, 8]).is_none());
+    fn covers(messages: &[ChatMessage], open_reply: Option<&str>) -> Covered {
+        Covered {
+            messages: messages.to_vec(),
+            open_reply: open_reply.map(str::to_string),
+        }
+    }
+
+    fn chat() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::system("be brief"),
+            ChatMessage::user("capital of France?"),
+            ChatMessage::assistant("Paris. [interrupted]"),
+            ChatMessage::user("and Spain?"),
+        ]
     }
 
     #[test]
-    fn a_whole_prompt_is_never_a_hit() {
+    fn the_entry_covering_most_of_the_prompt_wins() {
+        let chat = chat();
         let mut cache = PrefixCache::new(1000, 1);
-        cache.insert(Owner::Conversation(id(1)), vec![1, 2, 3], "one");
+        cache.insert(Owner::Shared, covers(&chat[..1], None), 5, "system");
+        let me = Owner::Conversation(id(1));
+        cache.insert(me, covers(&chat[..2], Some("")), 12, "asked");
+        let hit = cache.lookup(Some(id(1)), &chat).map(|h| (h.state, h.from));
+        let from = Continuation {
+            messages: 2,
+            open_bytes: Some(0),
+        };
+        assert_eq!(
+            hit,
+            Some(("asked", from)),
+            "an open reply continues its cut text"
+        );
+        let other = cache.lookup(Some(id(2)), &chat).map(|h| h.state);
+        assert_eq!(other, Some("system"), "never another conversation's entry");
+        let stranger = [ChatMessage::system("be long")];
+        assert!(cache.lookup(Some(id(1)), &stranger).is_none());
+    }
+
+    #[test]
+    fn an_open_reply_is_continued_only_by_its_own_text() {
+        let chat = chat();
+        let state = covers(&chat[..2], Some("Paris"));
+        assert_eq!(
+            state.continuation(&chat).map(|c| c.open_bytes),
+            Some(Some(5))
+        );
+        let mut other = chat.clone();
+        other[2] = ChatMessage::assistant("Lyon");
+        assert!(state.continuation(&other).is_none());
+        other[2] = ChatMessage::user("Paris");
         assert!(
-            cache.lookup(Some(id(1)), &[1, 2, 3]).is_none(),
-            "no token left to read"
+            state.continuation(&other).is_none(),
+            "a user turn is no reply"
         );
     }
 
     #[test]
     fn a_conversation_keeps_its_two_latest_entries() {
+        let chat = chat();
         let mut cache = PrefixCache::new(1000, 1);
         let me = Owner::Conversation(id(1));
-        cache.insert(me, vec![1, 2], "turn 1");
-        // Turn 2 starts from turn 1 and is kept; then a discarded speculative reply.
-        assert!(cache.lookup(Some(id(1)), &[1, 2, 3]).is_some());
-        cache.insert(me, vec![1, 2, 3, 4], "turn 2");
-        cache.insert(me, vec![1, 2, 3, 4, 9, 9], "discarded");
-        let hit = cache.lookup(Some(id(1)), &[1, 2, 3, 4, 5]).map(|h| h.state);
+        cache.insert(me, covers(&chat[..1], None), 4, "turn 1");
+        assert!(cache.lookup(Some(id(1)), &chat).is_some());
+        cache.insert(me, covers(&chat[..2], Some("")), 6, "asked");
+        let mut speculated = chat[..1].to_vec();
+        speculated.push(ChatMessage::user("capital of Fr"));
+        cache.insert(me, covers(&speculated, Some("")), 7, "discarded");
+        let hit = cache.lookup(Some(id(1)), &chat).map(|h| h.state);
         assert_eq!(
             hit,
-            Some("turn 2"),
-            "the discarded reply did not displace it"
+            Some("asked"),
+            "the discarded reply displaced the older entry"
         );
-        cache.insert(me, vec![1, 2, 3, 4, 5, 6], "turn 3");
-        assert_eq!(
-            cache.bytes(),
-            4 + 6,
-            "the least recently used (discarded) went"
-        );
+        assert_eq!(cache.bytes(), 6 + 7);
     }
 
     #[test]
     fn bytes_are_bounded_least_recently_used_first() {
+        let chat = chat();
         let mut cache = PrefixCache::new(10, 1);
-        cache.insert(Owner::Conversation(id(1)), vec![1; 4], "one");
-        cache.insert(Owner::Conversation(id(2)), vec![2; 4], "two");
-        assert!(cache.lookup(Some(id(1)), &[1; 5]).is_some()); // one is now the newer
-        cache.insert(Owner::Conversation(id(3)), vec![3; 4], "three");
+        cache.insert(
+            Owner::Conversation(id(1)),
+            covers(&chat[..1], None),
+            4,
+            "one",
+        );
+        cache.insert(
+            Owner::Conversation(id(2)),
+            covers(&chat[..1], None),
+            4,
+            "two",
+        );
+        assert!(cache.lookup(Some(id(1)), &chat).is_some()); // one is now the newer
+        cache.insert(
+            Owner::Conversation(id(3)),
+            covers(&chat[..1], None),
+            4,
+            "three",
+        );
         assert!(cache.bytes() <= 10);
         assert!(
-            cache.lookup(Some(id(2)), &[2; 5]).is_none(),
+            cache.lookup(Some(id(2)), &chat).is_none(),
             "two was least recently used"
         );
-        assert!(cache.lookup(Some(id(1)), &[1; 5]).is_some());
-        cache.insert(Owner::Conversation(id(4)), vec![4; 11], "too big");
-        assert!(cache.lookup(Some(id(4)), &[4; 12]).is_none());
+        assert!(cache.lookup(Some(id(1)), &chat).is_some());
+        cache.insert(
+            Owner::Conversation(id(4)),
+            covers(&chat[..1], None),
+            11,
+            "too big",
+        );
+        assert!(cache.lookup(Some(id(4)), &chat).is_none());
     }
 
     #[test]
     fn shared_entries_are_deduplicated_and_capped() {
         let mut cache = PrefixCache::new(1000, 1);
+        let system = [ChatMessage::system("be brief")];
         for _ in 0..3 {
-            cache.insert(Owner::Shared, vec![1, 2], "system");
+            cache.insert(Owner::Shared, covers(&system, None), 2, "system");
         }
         assert_eq!(cache.bytes(), 2);
-        for n in 0..10u32 {
-            cache.insert(Owner::Shared, vec![100 + n], "other");
+        for n in 0..10 {
+            let other = [ChatMessage::system(format!("prompt {n}"))];
+            cache.insert(Owner::Shared, covers(&other, None), 1, "other");
         }
         assert_eq!(cache.bytes(), MAX_SHARED);
     }
