@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, LlmBackendKind, VadEngine};
+use crate::config::{Config, LlmBackendKind, TurnMode, VadEngine};
+use crate::models::smart_turn::{SmartTurn, SMART_TURN_FILE};
 use crate::llm::backend::{EmbeddedBackend, LlmBackend};
 use crate::llm::breaker::CircuitBreaker;
 use crate::llm::history::ConversationStore;
@@ -76,6 +77,9 @@ pub struct Services {
     pub silero: Option<SileroBatcher>,
     /// Moonshine speech-to-text, when `stt.enabled`.
     pub stt: Option<WorkerPool<Moonshine>>,
+    /// Smart Turn end-of-turn verdicts, when `vad.turn = "smart"` and speech is
+    /// transcribed (the check reads the segment audio the recogniser keeps).
+    pub turn: Option<WorkerPool<SmartTurn>>,
     /// The reply backend, unless `llm.backend = "none"`.
     pub llm: Option<Arc<dyn LlmBackend>>,
     /// Speech synthesis, when `tts.enabled`.
@@ -146,6 +150,31 @@ impl Services {
             None
         };
 
+        let turn = if config.vad.turn == TurnMode::Smart && config.stt.enabled {
+            let path = dir.join(SMART_TURN_FILE);
+            if !path.is_file() {
+                return Err(ModelError::ModelFileMissing {
+                    model: "smart-turn",
+                    path,
+                }
+                .into());
+            }
+            readiness.expect_loads(1);
+            let ready = Arc::clone(&readiness);
+            let init: StateInit<SmartTurn> =
+                Arc::new(move || SmartTurn::load(&path).map_err(|e| e.to_string()));
+            Some(WorkerPool::with_state(
+                "turn",
+                1,
+                depth,
+                Arc::clone(&metrics),
+                init,
+                move |outcome| ready.report(outcome),
+            )?)
+        } else {
+            None
+        };
+
         let llm = llm_backend(&config, &metrics, &readiness)?;
         let tts = if config.tts.enabled {
             Some(TtsService::start(&config, &metrics, &readiness)?)
@@ -171,6 +200,7 @@ impl Services {
             io,
             silero,
             stt,
+            turn,
             llm,
             tts,
             conversations,

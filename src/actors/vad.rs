@@ -6,6 +6,11 @@
 //! that arrived since the last one, so under load frames batch up naturally and one
 //! conversation's state is only ever touched by one thread. The mailbox and the pending
 //! list are bounded; frames beyond them are dropped and counted.
+//!
+//! With `vad.turn = "smart"`, early in each pause the turn so far goes to the Smart
+//! Turn pool; its verdict ends the turn at once (complete) or lets the pause run longer
+//! (incomplete). A verdict is applied to the segmenter between jobs, so it only ever
+//! acts on the pause it was asked about.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,12 +23,13 @@ use bytes::Bytes;
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
 use super::messages::{AudioFrames, ChildEvent, FlushSpeech, SegmentKind};
 use crate::audio::ingest::{Ingest, IngestError, IngestOutput, VadEngine, WebrtcVadConfig};
-use crate::audio::segmenter::{SegmenterConfig, SpeechEvent};
+use crate::audio::pcm::i16_to_f32;
+use crate::audio::segmenter::{PauseKey, SegmenterConfig, SpeechEvent, TurnCheck};
 use crate::config;
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::ErrorCode;
 use crate::workers::silero_batcher::VadReply;
-use crate::workers::JobError;
+use crate::workers::{JobError, Priority};
 
 /// Frames held while a job is out. Senders wait when this actor's mailbox is full, so
 /// this only fills if a job takes seconds; beyond it the oldest audio is shed (counted).
@@ -42,6 +48,12 @@ pub struct VadActor {
     /// When the newest pending audio arrived: with the audio clock, it dates the end
     /// of speech on the wall clock (audio arrives in real time).
     last_arrival: Option<Instant>,
+    /// Arrival and audio clock of the last job's newest audio (see `deliver`).
+    processed: (Instant, u64),
+    /// End-of-turn verdicts that came back while a job held the state.
+    verdicts: Vec<(PauseKey, bool)>,
+    /// Turns end by Smart Turn verdicts (else by silence alone).
+    smart_turn: bool,
     max_pending: usize,
     forward_decoded: bool,
     link: ChildLink,
@@ -68,11 +80,16 @@ impl VadActor {
             } else {
                 0
             },
-            turn_check_after_ms: 0,
+            turn_check_after_ms: if env.services.turn.is_some() {
+                config.vad.turn_check_after_ms
+            } else {
+                0
+            },
             turn_max_silence_ms: config.vad.turn_max_silence_ms,
             // Segments are only kept when a recogniser will read them.
             collect_audio: config.stt.enabled,
         };
+        let smart_turn = env.services.turn.is_some();
         let engine = match config.vad.engine {
             config::VadEngine::Silero => VadEngine::Silero,
             config::VadEngine::Webrtc => VadEngine::Webrtc(WebrtcVadConfig {
@@ -89,6 +106,9 @@ impl VadActor {
             pending: Vec::new(),
             flush_pending: false,
             last_arrival: None,
+            processed: (Instant::now(), 0),
+            verdicts: Vec::new(),
+            smart_turn,
             _live: env.services.metrics.actor_guard(ActorKind::Vad),
             env,
             link,
@@ -135,7 +155,12 @@ impl VadActor {
                     Ok((ingest, out)) => {
                         let clock_ms = ingest.clock_ms();
                         act.ingest = Some(ingest);
-                        act.deliver(out, arrival, clock_ms);
+                        act.processed = (arrival, clock_ms);
+                        act.count_silence_ends(&out);
+                        act.deliver(out, arrival, clock_ms, ctx);
+                        for (key, complete) in std::mem::take(&mut act.verdicts) {
+                            act.apply_verdict(key, complete, ctx);
+                        }
                         act.dispatch(ctx);
                     }
                     Err(JobError::Cancelled) => {}
@@ -146,7 +171,13 @@ impl VadActor {
 
     /// Hand a job's results to the conversation. `arrival` is when the newest audio of
     /// the job arrived and `clock_ms` where the audio clock stood after it.
-    fn deliver(&mut self, out: IngestOutput, arrival: Instant, clock_ms: u64) {
+    fn deliver(
+        &mut self,
+        out: IngestOutput,
+        arrival: Instant,
+        clock_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let metrics = &self.env.services.metrics;
         for error in out.errors {
             let kind = match error {
@@ -169,6 +200,9 @@ impl VadActor {
         if out.speech.resumed {
             self.parent.do_send(ChildEvent::SpeechResumed);
         }
+        for check in out.speech.turn_checks {
+            self.check_turn(check, ctx);
+        }
         for event in out.speech.events {
             self.parent.do_send(ChildEvent::Speech { event });
             if let SpeechEvent::Stopped { audio_ms } = event {
@@ -187,6 +221,73 @@ impl VadActor {
                 self.parent.do_send(ChildEvent::Segment { segment, kind });
             }
         }
+    }
+
+    /// Turns that ended on silence alone while Smart Turn decides (no verdict in time,
+    /// or it said incomplete and the longer bound passed).
+    fn count_silence_ends(&self, out: &IngestOutput) {
+        if self.smart_turn {
+            let ends = out.speech.events.iter();
+            let silent = ends.filter(|e| matches!(e, SpeechEvent::Stopped { .. }));
+            let latency = &self.env.services.metrics.latency;
+            for _ in silent {
+                latency.count_turn_decision("silence");
+            }
+        }
+    }
+
+    /// Ask Smart Turn whether the turn is over at this pause.
+    fn check_turn(&mut self, check: TurnCheck, ctx: &mut Context<Self>) {
+        let Some(pool) = self.env.services.turn.as_ref() else {
+            return;
+        };
+        let samples: Vec<f32> = check.samples.iter().copied().map(i16_to_f32).collect();
+        let job = pool.submit_with(
+            Priority::Urgent,
+            &self.env.cancel,
+            self.link.hold(),
+            move |model| {
+                let started = Instant::now();
+                (model.predict(&samples), started.elapsed())
+            },
+        );
+        // No verdict (pool full or closed): the pause ends the turn on silence alone.
+        let Ok(answer) = job else {
+            return;
+        };
+        let key = check.key;
+        ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
+            let (probability, elapsed) = match result {
+                Ok(Ok((Ok(p), elapsed))) => (p, elapsed),
+                Ok(Ok((Err(error), _))) => {
+                    return tracing::warn!(%error, "end-of-turn model failed; silence decides");
+                }
+                _ => return,
+            };
+            let latency = &act.env.services.metrics.latency;
+            latency.turn_model_seconds.observe(elapsed.as_secs_f64());
+            let complete = probability >= act.env.services.config.vad.turn_threshold;
+            latency.count_turn_decision(if complete { "complete" } else { "incomplete" });
+            tracing::debug!(
+                conversation_id = %act.env.params.conversation_id,
+                probability,
+                complete,
+                ms = elapsed.as_millis() as u64,
+                "end-of-turn verdict"
+            );
+            act.apply_verdict(key, complete, ctx);
+        }));
+    }
+
+    /// Apply a verdict to the segmenter now, or after the job that holds it returns.
+    fn apply_verdict(&mut self, key: PauseKey, complete: bool, ctx: &mut Context<Self>) {
+        let Some(ingest) = self.ingest.as_mut() else {
+            return self.verdicts.push((key, complete));
+        };
+        let mut out = IngestOutput::default();
+        ingest.apply_turn_verdict(key, complete, &mut out);
+        let (arrival, clock_ms) = self.processed;
+        self.deliver(out, arrival, clock_ms, ctx);
     }
 
     fn fail(&mut self, error: String) {
