@@ -168,8 +168,8 @@ pub struct VadConfig {
     pub turn_check_after_ms: u32,
     /// Smart Turn probability at or above which the turn is complete.
     pub turn_threshold: f32,
-    /// Longest pause inside a turn Smart Turn called incomplete; a pause with no
-    /// verdict (the model behind) ends the turn after `min_silence_ms`.
+    /// Longest pause inside a turn Smart Turn called incomplete, and longest wait for
+    /// its verdict; a pause no verdict can come for ends after `min_silence_ms`.
     pub turn_max_silence_ms: u32,
 }
 

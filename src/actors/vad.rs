@@ -50,8 +50,9 @@ pub struct VadActor {
     last_arrival: Option<Instant>,
     /// Arrival and audio clock of the last job's newest audio (see `deliver`).
     processed: (Instant, u64),
-    /// End-of-turn verdicts that came back while a job held the state.
-    verdicts: Vec<(PauseKey, bool)>,
+    /// End-of-turn verdicts (complete, incomplete, none to come) that came back while
+    /// a job held the state.
+    verdicts: Vec<(PauseKey, Option<bool>)>,
     /// Turns end by Smart Turn verdicts (else by silence alone).
     smart_turn: bool,
     max_pending: usize,
@@ -251,18 +252,19 @@ impl VadActor {
                 (model.predict(&samples), started.elapsed())
             },
         );
+        let key = check.key;
         // No verdict (pool full or closed): the pause ends the turn on silence alone.
         let Ok(answer) = job else {
-            return;
+            return self.apply_verdict(key, None, ctx);
         };
-        let key = check.key;
         ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
             let (probability, elapsed) = match result {
                 Ok(Ok((Ok(p), elapsed))) => (p, elapsed),
                 Ok(Ok((Err(error), _))) => {
-                    return tracing::warn!(%error, "end-of-turn model failed; silence decides");
+                    tracing::warn!(%error, "end-of-turn model failed; silence decides");
+                    return act.apply_verdict(key, None, ctx);
                 }
-                _ => return,
+                _ => return act.apply_verdict(key, None, ctx),
             };
             let latency = &act.env.services.metrics.latency;
             latency.turn_model_seconds.observe(elapsed.as_secs_f64());
@@ -275,12 +277,12 @@ impl VadActor {
                 ms = elapsed.as_millis() as u64,
                 "end-of-turn verdict"
             );
-            act.apply_verdict(key, complete, ctx);
+            act.apply_verdict(key, Some(complete), ctx);
         }));
     }
 
     /// Apply a verdict to the segmenter now, or after the job that holds it returns.
-    fn apply_verdict(&mut self, key: PauseKey, complete: bool, ctx: &mut Context<Self>) {
+    fn apply_verdict(&mut self, key: PauseKey, complete: Option<bool>, ctx: &mut Context<Self>) {
         let Some(ingest) = self.ingest.as_mut() else {
             return self.verdicts.push((key, complete));
         };

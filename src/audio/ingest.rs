@@ -185,12 +185,20 @@ impl Ingest {
         }
     }
 
-    /// An end-of-turn verdict for the pause `key` (see `Segmenter::end_turn`).
-    pub fn apply_turn_verdict(&mut self, key: PauseKey, complete: bool, out: &mut IngestOutput) {
-        if complete {
-            self.segmenter.end_turn(key, &mut out.speech);
-        } else {
-            self.segmenter.turn_incomplete(key);
+    /// An end-of-turn verdict for the pause `key` (see `Segmenter::end_turn`):
+    /// complete, incomplete, or none to come.
+    pub fn apply_turn_verdict(
+        &mut self,
+        key: PauseKey,
+        complete: Option<bool>,
+        out: &mut IngestOutput,
+    ) {
+        match complete {
+            Some(true) => {
+                self.segmenter.end_turn(key, &mut out.speech);
+            }
+            Some(false) => self.segmenter.turn_incomplete(key),
+            None => self.segmenter.turn_unknown(key, &mut out.speech),
         }
     }
 

@@ -17,7 +17,10 @@
 //! turn so far is handed out as a [`TurnCheck`] for an end-of-turn model. Its verdict
 //! comes back through [`Segmenter::end_turn`] (complete: the segment ends at once) or
 //! [`Segmenter::turn_incomplete`] (the pause may last up to `turn_max_silence_ms`).
-//! Without a verdict the segment ends after `min_silence_ms`, as with silence alone.
+//! While the verdict is awaited the pause may also last that long, so a slow model
+//! never cuts a sentence that it would have let go on; if no verdict can come
+//! ([`Segmenter::turn_unknown`]) the segment ends after `min_silence_ms`, as with
+//! silence alone.
 
 use std::collections::VecDeque;
 
@@ -118,7 +121,8 @@ pub struct Segmenter {
     last_voiced_end: u64,
     /// Clock from which the next partial draft is due.
     next_partial_at: u64,
-    /// The end-of-turn model called the current pause incomplete.
+    /// The end-of-turn model was asked about the current pause and has not called it
+    /// complete (a verdict is awaited, or it said incomplete).
     pause_incomplete: bool,
 }
 
@@ -217,7 +221,9 @@ impl Segmenter {
         }
         let check_at = ms_to_samples(self.config.turn_check_after_ms);
         if self.config.turn_check_after_ms > 0 && before < check_at && self.run >= check_at {
-            out.turn_checks.extend(self.turn_check());
+            let check = self.turn_check();
+            self.pause_incomplete = check.is_some();
+            out.turn_checks.extend(check);
         }
         if self.config.draft_after_ms > 0 && before < draft_at && self.run >= draft_at {
             out.drafts.extend(self.draft());
@@ -278,6 +284,17 @@ impl Segmenter {
     pub fn turn_incomplete(&mut self, key: PauseKey) {
         if self.in_speech && self.pause_key() == key {
             self.pause_incomplete = true;
+        }
+    }
+
+    /// No verdict will come for the pause `key` (the model could not run): silence
+    /// alone decides, after `min_silence_ms`.
+    pub fn turn_unknown(&mut self, key: PauseKey, out: &mut SegmenterOutput) {
+        if self.in_speech && self.pause_key() == key {
+            self.pause_incomplete = false;
+            if self.run >= ms_to_samples(self.config.min_silence_ms) {
+                self.finish_segment(out);
+            }
         }
     }
 
