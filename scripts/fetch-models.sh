@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the model files that hearken loads at run time (ONNX Runtime, Silero VAD,
-# Moonshine) from PyPI wheels, as listed in models/MANIFEST.
+# Moonshine, SmolLM2, the Piper voice, Smart Turn) from PyPI wheels, as listed in
+# models/MANIFEST.
 #
 #   scripts/fetch-models.sh DEST_DIR
 #
@@ -61,6 +62,10 @@ download_wheel() {
         onnxruntime)
             extra=(--python-version 3.11 --implementation cp --abi cp311
                    --platform manylinux_2_28_x86_64) ;;
+        # Pure-python wheel whose metadata asks for Python >= 3.11: state the
+        # version so an older local python still gets the (one, universal) wheel.
+        pipecat-ai)
+            extra=(--python-version 3.11) ;;
     esac
     echo "download $pkg==$ver" >&2
     "$python" -m pip download --quiet --no-deps --only-binary=:all: \
