@@ -1,10 +1,11 @@
 //! Speech models run through ONNX Runtime (the `ort` crate): the process-wide
 //! runtime environment ([`runtime`]), Silero VAD with batching across
-//! conversations ([`silero`]), and Moonshine speech-to-text ([`moonshine`],
-//! with its [`tokenizer`]). Model files come from `scripts/fetch-models.sh`;
-//! sessions are owned by one worker thread each (`Session::run` takes
-//! `&mut self` in ort rc.15), while per-conversation state (e.g.
-//! [`SileroState`]) travels with each job.
+//! conversations ([`silero`]), Moonshine speech-to-text ([`moonshine`],
+//! with its [`tokenizer`]), and Whisper log-mel features
+//! ([`whisper_features`]). Model files come from
+//! `scripts/fetch-models.sh`; sessions are owned by one worker thread each
+//! (`Session::run` takes `&mut self` in ort rc.15), while per-conversation
+//! state (e.g. [`SileroState`]) travels with each job.
 //!
 //! Every fallible call returns [`ModelError`], which is `Send + Sync +
 //! 'static` and `Clone`, so it can cross actor mailboxes. ort's own errors are
@@ -14,6 +15,7 @@ pub mod moonshine;
 pub mod runtime;
 pub mod silero;
 pub mod tokenizer;
+pub mod whisper_features;
 
 use std::path::PathBuf;
 
@@ -23,6 +25,7 @@ pub use silero::{
     SileroJob, SileroState, SileroVad, CONTEXT_SAMPLES, SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,
 };
 pub use tokenizer::Tokenizer;
+pub use whisper_features::WhisperFeatures;
 
 /// Everything that can go wrong while loading or running a speech model.
 #[derive(Debug, Clone, thiserror::Error)]
