@@ -1,8 +1,8 @@
 //! Speech models run through ONNX Runtime (the `ort` crate): the process-wide
 //! runtime environment ([`runtime`]), Silero VAD with batching across
 //! conversations ([`silero`]), Moonshine speech-to-text ([`moonshine`],
-//! with its [`tokenizer`]), and Whisper log-mel features
-//! ([`whisper_features`]). Model files come from
+//! with its [`tokenizer`]), and the Smart Turn end-of-turn model
+//! ([`smart_turn`], fed by [`whisper_features`]). Model files come from
 //! `scripts/fetch-models.sh`; sessions are owned by one worker thread each
 //! (`Session::run` takes `&mut self` in ort rc.15), while per-conversation
 //! state (e.g. [`SileroState`]) travels with each job.
@@ -14,6 +14,7 @@
 pub mod moonshine;
 pub mod runtime;
 pub mod silero;
+pub mod smart_turn;
 pub mod tokenizer;
 pub mod whisper_features;
 
@@ -24,6 +25,7 @@ pub use runtime::{init_runtime, runtime_ready, ORT_DYLIB_FILE};
 pub use silero::{
     SileroJob, SileroState, SileroVad, CONTEXT_SAMPLES, SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,
 };
+pub use smart_turn::{SmartTurn, COMPLETE_THRESHOLD, SMART_TURN_FILE};
 pub use tokenizer::Tokenizer;
 pub use whisper_features::WhisperFeatures;
 
