@@ -70,8 +70,10 @@ pub fn runtime_ready() -> bool {
 }
 
 /// Builds a CPU session for `model` from `path` with `intra_threads` threads
-/// for one operator and one thread across operators.
-pub(crate) fn load_session(
+/// for one operator and one thread across operators. Public for tools that run
+/// a model of their own through the one environment (`examples/turn_fixtures.rs`
+/// reads Piper's phoneme durations this way).
+pub fn load_session(
     model: &'static str,
     path: &Path,
     intra_threads: usize,
