@@ -1,4 +1,4 @@
-//! Inference cost of the two speech models, each on one ONNX Runtime thread as the
+//! Inference cost of the speech models, each on one ONNX Runtime thread as the
 //! server runs them (one session per worker thread, one intra-op thread each).
 //!
 //! - `silero/batch_N`: one [`SileroVad::infer_batch`] call over N conversations' 32 ms
@@ -13,16 +13,23 @@
 //!   figures the bench prints the real-time factor, median time / clip length, from
 //!   its own per-run samples.
 //!
+//! - `smart_turn/features`: [`WhisperFeatures::compute`] alone, the 8 s of log-mel
+//!   features Smart Turn hears; `smart_turn/predict`: [`SmartTurn::predict`], features
+//!   and model. Each call takes the next of the Piper requests in
+//!   `tests/fixtures/turns/` (2-3 s each, front-padded to 8 s like any turn, so the
+//!   cost does not depend on the clip). Besides criterion's figures the bench prints
+//!   the median of its own per-call samples.
+//!
 //! Models come from `models/` (`scripts/fetch-models.sh models`), the ONNX Runtime
 //! library from `models/libonnxruntime.so.1.31.1`, as in the model tests.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, BenchmarkId, Criterion, Throughput};
+use criterion::{black_box, BenchmarkId, Criterion, SamplingMode, Throughput};
 use hearken::models::{
-    init_runtime, Moonshine, SileroJob, SileroState, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE,
-    SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,
+    init_runtime, Moonshine, SileroJob, SileroState, SileroVad, SmartTurn, WhisperFeatures,
+    MOONSHINE_DIR, ORT_DYLIB_FILE, SAMPLE_RATE, SILERO_FILE, SMART_TURN_FILE, WINDOW_SAMPLES,
 };
 
 /// Batch sizes for Silero: one conversation alone, then up to `vad.max_batch`.
@@ -31,23 +38,48 @@ const SILERO_BATCHES: [usize; 4] = [1, 8, 32, 64];
 /// Criterion's minimum; a Moonshine run takes a large part of a second.
 const MOONSHINE_SAMPLES: usize = 10;
 
+/// Samples per Smart Turn group: a call takes tens of milliseconds.
+const SMART_TURN_SAMPLES: usize = 30;
+
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
-/// `fox_16k.wav` as samples in [-1, 1].
-fn fox() -> Vec<f32> {
-    let path = format!("{}/tests/fixtures/fox_16k.wav", env!("CARGO_MANIFEST_DIR"));
-    let mut reader = hound::WavReader::open(&path).expect("fox_16k.wav exists");
-    assert_eq!(
-        reader.spec().sample_rate,
-        SAMPLE_RATE,
-        "fox_16k.wav is 16 kHz"
-    );
+/// A 16 kHz fixture under `tests/fixtures/` as samples in [-1, 1].
+fn fixture(name: &str) -> Vec<f32> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(reader.spec().sample_rate, SAMPLE_RATE, "{name} is 16 kHz");
     reader
         .samples::<i16>()
         .map(|s| f32::from(s.expect("sample")) / 32768.0)
         .collect()
+}
+
+/// `fox_16k.wav` as samples in [-1, 1].
+fn fox() -> Vec<f32> {
+    fixture("fox_16k.wav")
+}
+
+/// Every WAV in `tests/fixtures/turns/`, in name order.
+fn turns() -> Vec<Vec<f32>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/turns");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("tests/fixtures/turns")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".wav"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|name| fixture(&format!("turns/{name}")))
+        .collect()
+}
+
+/// The median of `runs`, in ms.
+fn median_ms(runs: &mut [Duration]) -> f64 {
+    runs.sort_unstable();
+    runs[runs.len() / 2].as_secs_f64() * 1e3
 }
 
 fn silero(c: &mut Criterion, fox: &[f32]) {
@@ -153,11 +185,68 @@ fn moonshine(c: &mut Criterion, fox: &[f32]) {
     }
 }
 
+fn smart_turn(c: &mut Criterion) {
+    let turns = turns();
+    assert!(!turns.is_empty(), "no WAVs in tests/fixtures/turns");
+    let mut model =
+        SmartTurn::load(&models_dir().join(SMART_TURN_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let mut features = WhisperFeatures::new();
+
+    // Per-call times from every routine call, warm-up included (every call does
+    // the same work: 8 s of features and one model run).
+    let (mut feature_runs, mut predict_runs) = (Vec::new(), Vec::new());
+    let mut group = c.benchmark_group("smart_turn");
+    // Flat: the same few calls per sample, so ~5 s per benchmark, not ~30 s.
+    group
+        .sample_size(SMART_TURN_SAMPLES)
+        .sampling_mode(SamplingMode::Flat);
+    for (name, runs) in [
+        ("features", &mut feature_runs),
+        ("predict", &mut predict_runs),
+    ] {
+        let mut next = 0;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let clip = &turns[next % turns.len()];
+                    next += 1;
+                    let start = Instant::now();
+                    if name == "features" {
+                        black_box(features.compute(black_box(clip)));
+                    } else {
+                        black_box(model.predict(black_box(clip)).expect("smart turn"));
+                    }
+                    let run = start.elapsed();
+                    runs.push(run);
+                    total += run;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+
+    for (name, runs) in [
+        ("features", &mut feature_runs),
+        ("predict", &mut predict_runs),
+    ] {
+        if !runs.is_empty() {
+            println!(
+                "smart_turn/{name}: {} calls, median {:.2} ms",
+                runs.len(),
+                median_ms(runs)
+            );
+        }
+    }
+}
+
 fn main() {
     init_runtime(&models_dir().join(ORT_DYLIB_FILE)).unwrap_or_else(|e| panic!("{e}"));
     let mut c = Criterion::default().configure_from_args();
     let fox = fox();
     silero(&mut c, &fox);
     moonshine(&mut c, &fox);
+    smart_turn(&mut c);
     c.final_summary();
 }

@@ -46,19 +46,71 @@ use unicode_normalization::UnicodeNormalization;
 
 /// `(file stem, sentence, the words before the cut)`.
 const TURNS: [(&str, &str, &str); 13] = [
-    ("capital", "What is the capital city of France?", "What is the capital city of"),
-    ("joke", "Can you tell me a funny joke about cats?", "Can you tell me a funny joke about"),
-    ("moon", "How far away is the moon from the earth?", "How far away is the"),
-    ("timer", "Set a timer for ten minutes, please.", "Set a timer for"),
-    ("weather", "What will the weather be like tomorrow morning?", "What will the weather be"),
-    ("lights", "Please turn off all the lights in the kitchen.", "Please turn off all the lights in the"),
-    ("remind", "Remind me to call my sister tomorrow evening.", "Remind me to"),
-    ("ounces", "How many ounces are there in a pound?", "How many ounces are there in a"),
-    ("novel", "Who wrote the novel Pride and Prejudice?", "Who wrote the novel Pride and"),
-    ("shopping", "Add milk, eggs and bread to my shopping list.", "Add milk, eggs and bread to"),
-    ("pharmacy", "What time does the pharmacy on Main Street close?", "What time does the pharmacy on"),
-    ("spanish", "How do you say good morning in Spanish?", "How do you say good morning in"),
-    ("octopus", "Tell me some interesting facts about octopuses.", "Tell me some interesting facts about"),
+    (
+        "capital",
+        "What is the capital city of France?",
+        "What is the capital city of",
+    ),
+    (
+        "joke",
+        "Can you tell me a funny joke about cats?",
+        "Can you tell me a funny joke about",
+    ),
+    (
+        "moon",
+        "How far away is the moon from the earth?",
+        "How far away is the",
+    ),
+    (
+        "timer",
+        "Set a timer for ten minutes, please.",
+        "Set a timer for",
+    ),
+    (
+        "weather",
+        "What will the weather be like tomorrow morning?",
+        "What will the weather be",
+    ),
+    (
+        "lights",
+        "Please turn off all the lights in the kitchen.",
+        "Please turn off all the lights in the",
+    ),
+    (
+        "remind",
+        "Remind me to call my sister tomorrow evening.",
+        "Remind me to",
+    ),
+    (
+        "ounces",
+        "How many ounces are there in a pound?",
+        "How many ounces are there in a",
+    ),
+    (
+        "novel",
+        "Who wrote the novel Pride and Prejudice?",
+        "Who wrote the novel Pride and",
+    ),
+    (
+        "shopping",
+        "Add milk, eggs and bread to my shopping list.",
+        "Add milk, eggs and bread to",
+    ),
+    (
+        "pharmacy",
+        "What time does the pharmacy on Main Street close?",
+        "What time does the pharmacy on",
+    ),
+    (
+        "spanish",
+        "How do you say good morning in Spanish?",
+        "How do you say good morning in",
+    ),
+    (
+        "octopus",
+        "Tell me some interesting facts about octopuses.",
+        "Tell me some interesting facts about",
+    ),
 ];
 
 /// Silence before and after each sentence, in ms.
@@ -174,7 +226,11 @@ fn main() -> anyhow::Result<()> {
     };
     let path = args.out.join("manifest.json");
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")?;
-    println!("{} turns, {bytes} bytes of WAV; wrote {}", TURNS.len(), path.display());
+    println!(
+        "{} turns, {bytes} bytes of WAV; wrote {}",
+        TURNS.len(),
+        path.display()
+    );
     Ok(())
 }
 
@@ -190,7 +246,10 @@ fn speak_timed(
     let voice = &speaker.voice;
     let phonemes = phonemize_clauses(&speaker.phonemizer, text)?.join(" ");
     let (ids, word_end_ids) = ids_and_word_ends(voice, &phonemes);
-    anyhow::ensure!(ids == voice.phoneme_ids(&phonemes), "ids differ from PiperVoice's");
+    anyhow::ensure!(
+        ids == voice.phoneme_ids(&phonemes),
+        "ids differ from PiperVoice's"
+    );
 
     let scales = voice.scales();
     let lengths = [ids.len() as i64];
@@ -202,7 +261,12 @@ fn speak_timed(
     ])?;
     let (_, audio) = outputs["output"].try_extract_tensor::<f32>()?;
     let (_, frames) = outputs["durations"].try_extract_tensor::<f32>()?;
-    anyhow::ensure!(frames.len() == ids.len(), "{} durations for {} ids", frames.len(), ids.len());
+    anyhow::ensure!(
+        frames.len() == ids.len(),
+        "{} durations for {} ids",
+        frames.len(),
+        ids.len()
+    );
     let total: f32 = frames.iter().sum();
     anyhow::ensure!(
         total as usize * HOP == audio.len(),
@@ -229,7 +293,10 @@ fn speak_timed(
             at_16k.clamp(start, end) - start + leading
         })
         .collect();
-    Ok((speech::with_silence(&audio, LEADING_MS, TRAILING_MS), word_ends))
+    Ok((
+        speech::with_silence(&audio, LEADING_MS, TRAILING_MS),
+        word_ends,
+    ))
 }
 
 /// The voice's ids for `phonemes`, built as [`PiperVoice::phoneme_ids`] does

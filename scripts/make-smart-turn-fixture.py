@@ -18,8 +18,10 @@ It writes two things:
       For a few committed clips (a whole Piper sentence, the same sentence cut
       mid-phrase, and the 13 s espeak-ng `long_utterance_16k.wav`, of which only the
       last 8 s count): the probability, the mean of each of the 800 feature frames,
-      and every feature of every FRAME_STEP-th frame (ending with the last). Kept
-      small (about 120 KB); values are rounded to 6 decimals.
+      and every feature of every FRAME_STEP-th frame (ending with the last), each
+      float32 written in the shortest decimals that read back to the same float32
+      (the int8 model turns a one-ulp feature difference into a different answer,
+      so the check is to the bit). About 120 KB.
   tests/fixtures/turns/manifest.json
       fills each turn's `reference` with the probability for the whole file and for
       the audio before `cut_ms` (the manifest and WAVs come from
@@ -28,7 +30,7 @@ It writes two things:
 Run from anywhere, after `scripts/fetch-models.sh models`:
 
   python3 -m venv /tmp/smart-turn-venv
-  /tmp/smart-turn-venv/bin/pip install numpy onnxruntime==1.31.1
+  /tmp/smart-turn-venv/bin/pip install 'numpy>=2' onnxruntime==1.31.1
   /tmp/smart-turn-venv/bin/python scripts/make-smart-turn-fixture.py [--wheel WHL] [--models DIR]
 
 The wheel is looked for in DIR/.wheels (where fetch-models.sh keeps it) and
@@ -57,8 +59,7 @@ MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
 RATE = 16000
 CLIP_SECONDS = 8
 # Every FRAME_STEP-th frame is stored whole, the last (799) included.
-FRAME_STEP = 20
-DECIMALS = 6
+FRAME_STEP = 25
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -129,8 +130,19 @@ def read_wav(path):
     return pcm.astype(np.float32) / 32768.0
 
 
-def rounded(values):
-    return [round(float(v), DECIMALS) for v in values]
+class F32List(list):
+    """float32 values, written as the shortest decimals that read back exactly."""
+
+
+def f32_list(values):
+    return F32List(np.asarray(values, dtype=np.float32))
+
+
+def to_json(value):
+    if isinstance(value, F32List):
+        return "[" + ", ".join(np.format_float_positional(v, unique=True, trim="-")
+                               for v in value) + "]"
+    return json.dumps(value)
 
 
 def clip_reference(ref, name, file, samples):
@@ -144,24 +156,24 @@ def clip_reference(ref, name, file, samples):
         "file": file,
         "samples": len(audio),
         "probability": ref.probability(audio),
-        "frame_means": rounded(features.mean(axis=0)),
+        "frame_means": f32_list(features.mean(axis=0)),
         "frames": frames,
-        "features": [rounded(features[:, t]) for t in frames],
+        "features": [f32_list(features[:, t]) for t in frames],
     }
 
 
 def dump_reference(doc, path):
     """JSON with one feature frame per line: small, and diffs stay readable."""
     lines = ["{"]
-    for key in ("about", "generator", "pipecat", "onnxruntime", "numpy", "frame_step", "decimals"):
-        lines.append(f"  {json.dumps(key)}: {json.dumps(doc[key])},")
+    for key in ("about", "generator", "pipecat", "onnxruntime", "numpy", "frame_step"):
+        lines.append(f"  {json.dumps(key)}: {to_json(doc[key])},")
     lines.append('  "clips": [')
     for i, clip in enumerate(doc["clips"]):
         lines.append("    {")
         for key in ("name", "file", "samples", "probability", "frame_means", "frames"):
-            lines.append(f"      {json.dumps(key)}: {json.dumps(clip[key])},")
+            lines.append(f"      {json.dumps(key)}: {to_json(clip[key])},")
         lines.append('      "features": [')
-        rows = [f"        {json.dumps(row)}" for row in clip["features"]]
+        rows = [f"        {to_json(row)}" for row in clip["features"]]
         lines.append(",\n".join(rows))
         lines.append("      ]")
         lines.append("    }" + ("," if i + 1 < len(doc["clips"]) else ""))
@@ -209,13 +221,13 @@ def main():
         "about": "Smart Turn v3.2 reference from pipecat's Python code: features of "
                  "the last 8 s (front-padded), [80 mel][800 frames]; frame_means[t] is "
                  "the mean over mel bins of frame t; features[i] is frame frames[i], "
-                 "80 values. `samples` is how many samples from the start of `file`.",
+                 "80 values, exact float32. `samples` is how many samples from the "
+                 "start of `file`.",
         "generator": "scripts/make-smart-turn-fixture.py",
         "pipecat": PIPECAT,
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "frame_step": FRAME_STEP,
-        "decimals": DECIMALS,
         "clips": clips,
     }
     dump_reference(doc, REFERENCE_OUT)

@@ -91,19 +91,3 @@ pub fn write_wav(path: &Path, samples: &[f32]) -> anyhow::Result<()> {
     writer.finalize()?;
     Ok(())
 }
-
-/// Reads a 16-bit mono WAV at [`OUT_RATE`] into samples in [-1, 1].
-pub fn read_wav(path: &Path) -> anyhow::Result<Vec<f32>> {
-    let mut reader =
-        hound::WavReader::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let spec = reader.spec();
-    anyhow::ensure!(
-        spec.channels == 1 && spec.bits_per_sample == 16 && spec.sample_rate == OUT_RATE,
-        "{}: not 16 kHz mono PCM16",
-        path.display()
-    );
-    Ok(reader
-        .samples::<i16>()
-        .map(|s| s.map(|s| f32::from(s) / 32768.0))
-        .collect::<Result<_, _>>()?)
-}

@@ -8,8 +8,22 @@
 //!
 //! A [`SmartTurn`] owns one ort session (one intra-op thread) and its feature
 //! buffers, and belongs to one inference worker thread; one call costs tens of
-//! milliseconds whatever the length of the audio, since the input is always 8 s.
-//! The model itself is what pipecat 1.14.0 ships; hearken never imports pipecat.
+//! milliseconds whatever the length of the audio, since the input is always 8 s
+//! (`benches/models.rs`, `smart_turn/predict`). The model itself is what pipecat
+//! 1.14.0 ships; hearken never imports pipecat.
+//!
+//! What the tests found about the model (`tests/models_smart_turn.rs`), worth
+//! knowing when wiring it into turn-taking:
+//! - Its answer is not a smooth function of the audio. The int8 graph rounds each
+//!   feature to a step of 0.0096 first, and one feature crossing a step can move
+//!   the probability by 0.4 (0.30 or 0.69 for the same clip). Expect scores to jump
+//!   between calls on audio that grew by a frame; do not read much into 0.45
+//!   against 0.55.
+//! - It hears a pause as a sign of a finished turn. Of the 13 Piper sentences cut
+//!   right after a word inside the phrase, 4 score above 0.5 as cut, 8 with 200 ms
+//!   of silence appended (pipecat feeds it the pause the VAD waited for). Real
+//!   mid-phrase hesitations sound different from a synthetic voice stopping, so
+//!   judge it on recorded speech before trusting it to hold a turn open.
 
 use std::path::Path;
 

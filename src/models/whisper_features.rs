@@ -8,12 +8,20 @@
 //! Slaney-normalised triangular mel filters over 0–8 kHz, floor at 1e-10, `log10`,
 //! drop the 801st frame, clamp to `max - 8`, then `(x + 4) / 4`.
 //!
+//! The arithmetic follows the reference too, because the int8 model needs it: its
+//! first step rounds every feature to a step of 0.0096, and a one-ulp change in a
+//! single feature can move its answer by 0.4 (measured with the Python reference on
+//! `long_utterance_16k.wav`: 0.30 or 0.69). So the normalisation is done in `f32`
+//! exactly as numpy does it (pairwise sums in `f32`, the divisions by the count in
+//! `f64`), and the spectrogram in `f64` like numpy's, rounded to `f32` at the end;
+//! the features then come out the same as the reference's, to the last bit but for
+//! rare `f64` rounding ties.
+//!
 //! It lives beside the model rather than in `audio/` because the layers run
 //! `audio → models`, never back. The FFT is planned and the window and filterbank
 //! computed once, in [`WhisperFeatures::new`]; every buffer, the output included, is
-//! allocated there too, so [`WhisperFeatures::compute`] allocates nothing. The maths
-//! is `f32` where the reference uses `f64`; against it the features differ by at most
-//! about 1e-5 (`tests/models_smart_turn.rs` holds the measured bound).
+//! allocated there too (about 3 MB), so [`WhisperFeatures::compute`] allocates
+//! nothing.
 
 use std::sync::Arc;
 
@@ -46,34 +54,41 @@ pub const FEATURES_LEN: usize = N_MELS * N_FRAMES;
 const N_BINS: usize = N_FFT / 2 + 1;
 
 /// Floor on mel power before the logarithm (`log10` gives -10).
-const MEL_FLOOR: f32 = 1e-10;
+const MEL_FLOOR: f64 = 1e-10;
 
 /// Dynamic range kept below the loudest bin of the clip, in decades of power.
-const DYNAMIC_RANGE: f32 = 8.0;
+const DYNAMIC_RANGE: f64 = 8.0;
 
-/// Added to the waveform variance before the square root, so silence stays finite.
-const VARIANCE_EPS: f64 = 1e-7;
+/// Added to the waveform variance before the square root, so silence stays finite
+/// (in `f32`, as numpy adds a Python float to an `f32` scalar).
+const VARIANCE_EPS: f32 = 1e-7;
 
 /// One triangular mel filter, stored by its non-zero span of FFT bins.
 #[derive(Debug, Clone)]
 struct MelFilter {
     first_bin: usize,
-    weights: Vec<f32>,
+    weights: Vec<f64>,
 }
 
 /// The planned FFT, window, filterbank and working buffers; see the module doc.
-/// Not `Clone` on purpose: each inference thread builds its own (about 1 MB).
+/// Not `Clone` on purpose: each inference thread builds its own.
 pub struct WhisperFeatures {
-    fft: Arc<dyn RealToComplex<f32>>,
-    window: Vec<f32>,
+    fft: Arc<dyn RealToComplex<f64>>,
+    window: Vec<f64>,
     filters: Vec<MelFilter>,
-    /// The normalised 8 s clip with `N_FFT / 2` reflected samples each side.
-    padded: Vec<f32>,
+    /// The 8 s clip, zero-padded at the front, then normalised in place.
+    clip: Vec<f32>,
+    /// Squared deviations from the mean, for the variance.
+    squares: Vec<f32>,
+    /// `clip` with `N_FFT / 2` reflected samples each side.
+    padded: Vec<f64>,
     /// One windowed frame; the FFT also uses it as scratch.
-    frame: Vec<f32>,
-    spectrum: Vec<Complex<f32>>,
-    scratch: Vec<Complex<f32>>,
-    power: Vec<f32>,
+    frame: Vec<f64>,
+    spectrum: Vec<Complex<f64>>,
+    scratch: Vec<Complex<f64>>,
+    power: Vec<f64>,
+    /// `log10` of the mel power, `[N_MELS][N_FRAMES]`, before the clamp.
+    log_mel: Vec<f64>,
     /// The result, `[N_MELS][N_FRAMES]` row-major.
     features: Vec<f32>,
 }
@@ -87,16 +102,19 @@ impl Default for WhisperFeatures {
 impl WhisperFeatures {
     /// Plans the FFT and computes the window and filterbank.
     pub fn new() -> Self {
-        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
         let scratch = fft.make_scratch_vec();
         Self {
             window: periodic_hann(N_FFT),
             filters: mel_filters(),
+            clip: vec![0.0; CLIP_SAMPLES],
+            squares: vec![0.0; CLIP_SAMPLES],
             padded: vec![0.0; CLIP_SAMPLES + N_FFT],
             frame: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),
             scratch,
             power: vec![0.0; N_BINS],
+            log_mel: vec![0.0; FEATURES_LEN],
             features: vec![0.0; FEATURES_LEN],
             fft,
         }
@@ -107,48 +125,61 @@ impl WhisperFeatures {
     /// frame `N_FRAMES - 1` ending with the last sample. Valid until the next call.
     pub fn compute(&mut self, samples_16k: &[f32]) -> &[f32] {
         let tail = &samples_16k[samples_16k.len().saturating_sub(CLIP_SAMPLES)..];
-        self.normalise_and_pad(tail);
+        self.normalise(tail);
+        self.reflect_pad();
 
-        let mut loudest = f32::NEG_INFINITY;
+        let mut loudest = f64::NEG_INFINITY;
         for t in 0..N_FRAMES {
             self.power_spectrum(t);
             for (m, filter) in self.filters.iter().enumerate() {
                 let bins = &self.power[filter.first_bin..filter.first_bin + filter.weights.len()];
-                let mel: f32 = bins.iter().zip(&filter.weights).map(|(p, w)| p * w).sum();
+                let mel: f64 = bins.iter().zip(&filter.weights).map(|(p, w)| p * w).sum();
                 let log = mel.max(MEL_FLOOR).log10();
                 loudest = loudest.max(log);
-                self.features[m * N_FRAMES + t] = log;
+                self.log_mel[m * N_FRAMES + t] = log;
             }
         }
         let floor = loudest - DYNAMIC_RANGE;
-        for x in &mut self.features {
-            *x = (x.max(floor) + 4.0) / 4.0;
+        for (out, &log) in self.features.iter_mut().zip(&self.log_mel) {
+            *out = ((log.max(floor) + 4.0) / 4.0) as f32;
         }
         &self.features
     }
 
-    /// Writes the clip (front-padded with zeros to 8 s), normalised to zero mean
-    /// and unit variance over all 8 s, into the middle of `padded`, and reflects
-    /// `N_FFT / 2` samples at each end (numpy's `reflect`: the edge sample is not
-    /// repeated).
-    fn normalise_and_pad(&mut self, tail: &[f32]) {
+    /// Lays `tail` into `clip` after zeros up to 8 s, then normalises it as
+    /// `(x - x.mean()) / np.sqrt(x.var() + 1e-7)` does on an `f32` array.
+    fn normalise(&mut self, tail: &[f32]) {
         let zeros = CLIP_SAMPLES - tail.len();
-        let n = CLIP_SAMPLES as f64;
-        let mean = tail.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
-        // The padding's zeros count as samples `0 - mean`.
-        let squares = tail.iter().map(|&s| (f64::from(s) - mean).powi(2)).sum::<f64>()
-            + zeros as f64 * mean * mean;
-        let scale = 1.0 / (squares / n + VARIANCE_EPS).sqrt();
+        self.clip[..zeros].fill(0.0);
+        self.clip[zeros..].copy_from_slice(tail);
 
-        let edge = N_FFT / 2;
-        let clip = &mut self.padded[edge..edge + CLIP_SAMPLES];
-        clip[..zeros].fill((-mean * scale) as f32);
-        for (x, &s) in clip[zeros..].iter_mut().zip(tail) {
-            *x = ((f64::from(s) - mean) * scale) as f32;
+        // numpy divides an f32 sum by its (integer) count in f64.
+        let n = CLIP_SAMPLES as f64;
+        let mean = (f64::from(numpy_sum(&self.clip)) / n) as f32;
+        for (square, &x) in self.squares.iter_mut().zip(&self.clip) {
+            let deviation = x - mean;
+            *square = deviation * deviation;
         }
+        let variance = (f64::from(numpy_sum(&self.squares)) / n) as f32;
+        let std = (variance + VARIANCE_EPS).sqrt();
+        for x in &mut self.clip {
+            *x = (*x - mean) / std;
+        }
+    }
+
+    /// `np.pad(clip.astype(np.float64), N_FFT / 2, mode="reflect")`: the edge
+    /// sample is not repeated.
+    fn reflect_pad(&mut self) {
+        let edge = N_FFT / 2;
+        for (p, &x) in self.padded[edge..edge + CLIP_SAMPLES]
+            .iter_mut()
+            .zip(&self.clip)
+        {
+            *p = f64::from(x);
+        }
+        let last = edge + CLIP_SAMPLES - 1;
         for i in 1..=edge {
             self.padded[edge - i] = self.padded[edge + i];
-            let last = edge + CLIP_SAMPLES - 1;
             self.padded[last + i] = self.padded[last - i];
         }
     }
@@ -169,12 +200,40 @@ impl WhisperFeatures {
     }
 }
 
-/// `n`-point periodic Hann window (`torch.hann_window(n)`, `np.hanning(n + 1)[:-1]`).
-fn periodic_hann(n: usize) -> Vec<f32> {
+/// Sum of `f32` values in `f32`, in numpy's order (`np.add.reduce`: numpy's
+/// `pairwise_sum` in `loops_utils.h.src`, eight accumulators over blocks of up to
+/// 128 values), so that it rounds exactly as the reference does.
+fn numpy_sum(values: &[f32]) -> f32 {
+    /// numpy's `PW_BLOCKSIZE`.
+    const BLOCK: usize = 128;
+    let n = values.len();
+    if n < 8 {
+        values.iter().fold(0.0, |sum, &v| sum + v)
+    } else if n <= BLOCK {
+        let mut r = [0.0f32; 8];
+        r.copy_from_slice(&values[..8]);
+        let whole = n - n % 8;
+        for chunk in values[8..whole].chunks_exact(8) {
+            for (r, &v) in r.iter_mut().zip(chunk) {
+                *r += v;
+            }
+        }
+        let sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        values[whole..].iter().fold(sum, |sum, &v| sum + v)
+    } else {
+        let half = n / 2;
+        let half = half - half % 8;
+        numpy_sum(&values[..half]) + numpy_sum(&values[half..])
+    }
+}
+
+/// `n`-point periodic Hann window, computed as `np.hanning(n + 1)[:-1]` does:
+/// `0.5 + 0.5 cos(pi k / n)` for `k = -n, -n + 2, ...`.
+fn periodic_hann(n: usize) -> Vec<f64> {
     (0..n)
         .map(|i| {
-            let phase = 2.0 * std::f64::consts::PI * i as f64 / n as f64;
-            (0.5 - 0.5 * phase.cos()) as f32
+            let k = 2.0 * i as f64 - n as f64;
+            0.5 + 0.5 * (std::f64::consts::PI * k / n as f64).cos()
         })
         .collect()
 }
@@ -205,7 +264,7 @@ fn mel_to_hz(mel: f64) -> f64 {
 /// The Slaney mel filterbank of `transformers.audio_utils.mel_filter_bank` for
 /// 80 filters over 0–8 kHz and `N_BINS` FFT bins: triangles whose corners are
 /// equally spaced in mels, each scaled by `2 / width in Hz` so its area is one.
-/// Computed in `f64` like the reference; only the non-zero span is kept.
+/// Computed as the reference does; only the non-zero span is kept.
 fn mel_filters() -> Vec<MelFilter> {
     let (low, high) = (hz_to_mel(0.0), hz_to_mel(SAMPLE_RATE as f64 / 2.0));
     let corners: Vec<f64> = (0..N_MELS + 2)
@@ -217,13 +276,13 @@ fn mel_filters() -> Vec<MelFilter> {
         .map(|m| {
             let (left, centre, right) = (corners[m], corners[m + 1], corners[m + 2]);
             let norm = 2.0 / (right - left);
-            let weights: Vec<(usize, f32)> = (0..N_BINS)
+            let weights: Vec<(usize, f64)> = (0..N_BINS)
                 .filter_map(|k| {
                     let f = bin_hz(k);
                     let rising = (f - left) / (centre - left);
                     let falling = (right - f) / (right - centre);
                     let w = rising.min(falling).max(0.0) * norm;
-                    (w > 0.0).then_some((k, w as f32))
+                    (w > 0.0).then_some((k, w))
                 })
                 .collect();
             let first_bin = weights.first().map_or(0, |&(k, _)| k);
@@ -248,7 +307,11 @@ mod tests {
     /// The mel bin whose centre is nearest `hz`.
     fn nearest_bin(hz: f64) -> usize {
         (0..N_MELS)
-            .min_by(|&a, &b| (centre_hz(a) - hz).abs().total_cmp(&(centre_hz(b) - hz).abs()))
+            .min_by(|&a, &b| {
+                (centre_hz(a) - hz)
+                    .abs()
+                    .total_cmp(&(centre_hz(b) - hz).abs())
+            })
             .unwrap_or(0)
     }
 
@@ -265,6 +328,25 @@ mod tests {
     /// Feature of mel bin `m` in frame `t`.
     fn at(features: &[f32], m: usize, t: usize) -> f32 {
         features[m * N_FRAMES + t]
+    }
+
+    /// Values numpy sums differently from a running sum (100,003 of them).
+    fn awkward_values() -> Vec<f32> {
+        (0..100_003u64)
+            .map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn sums_round_as_numpy_does() {
+        // Sums by numpy 2.4 of `np.arange(1000, dtype=np.float32) * np.float32(0.1)`
+        // and of the awkward values, built the same way in f32 (a running sum
+        // gives 100.56282, an f64 sum 100.56322, numpy 100.5632).
+        let tenths: Vec<f32> = (0..1000).map(|i| i as f32 * 0.1).collect();
+        assert_eq!(numpy_sum(&tenths), 49950.0);
+        assert_eq!(numpy_sum(&awkward_values()).to_bits(), 1_120_477_276);
+        assert_eq!(numpy_sum(&[]), 0.0);
+        assert_eq!(numpy_sum(&[1.0, 2.0, 3.0]), 6.0);
     }
 
     #[test]
@@ -300,12 +382,16 @@ mod tests {
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
                     .map_or(0, |(i, _)| i);
-            assert!(peak >= previous_peak, "filter {m} peaks below filter {}", m - 1);
+            assert!(
+                peak >= previous_peak,
+                "filter {m} peaks below filter {}",
+                m - 1
+            );
             previous_peak = peak;
             // Slaney normalisation: area one in Hz. Sampled at 40 Hz, the narrow
             // low triangles come within 10 % of that, the wide ones above 2 kHz
             // (five bins and more) within 2 %.
-            let area: f64 = filter.weights.iter().map(|&w| f64::from(w) * bin_hz).sum();
+            let area: f64 = filter.weights.iter().map(|&w| w * bin_hz).sum();
             let tolerance = if centre_hz(m) > 2_000.0 { 0.02 } else { 0.1 };
             assert!((area - 1.0).abs() < tolerance, "filter {m}: area {area}");
         }
