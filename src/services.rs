@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, LlmBackendKind, TurnMode, VadEngine};
-use crate::models::smart_turn::{SmartTurn, SMART_TURN_FILE};
 use crate::llm::backend::{EmbeddedBackend, LlmBackend};
 use crate::llm::breaker::CircuitBreaker;
 use crate::llm::history::ConversationStore;
 use crate::llm::openai::{OpenAiBackend, OpenAiConfig};
 use crate::llm::{EmbeddedModel, GenerationParams, SMOLLM_FILE};
 use crate::metrics::Metrics;
+use crate::models::smart_turn::{SmartTurn, SMART_TURN_FILE};
 use crate::models::{
     self, ModelError, Moonshine, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE,
 };

@@ -42,15 +42,24 @@ fn silence(ms: usize) -> Vec<i16> {
 }
 
 /// Stream `audio` in real time, then read until every `vad.speech_stopped` has its
-/// `transcript.final`; returns the transcripts.
+/// `transcript.final` and nothing more comes for a while; returns the transcripts.
 async fn turns_heard(turn: TurnMode, audio: &[i16]) -> Vec<String> {
     let server = TestServer::start(config(turn));
     let (mut ws, _) = start_session(&server.url("")).await;
     stream_pcm(&mut ws, audio, 16_000, true).await;
     send_json(&mut ws, json!({"type": "audio.end"})).await;
     let (mut stops, mut transcripts) = (0, Vec::new());
-    while stops == 0 || transcripts.len() < stops {
-        let event = next_event_of_any(&mut ws, &["vad.speech_stopped", "transcript.final"]).await;
+    let kinds = ["vad.speech_stopped", "transcript.final"];
+    loop {
+        let settled = stops > 0 && transcripts.len() >= stops;
+        let wait = if settled {
+            Duration::from_secs(2)
+        } else {
+            WAIT
+        };
+        let Ok(event) = tokio::time::timeout(wait, next_event_of_any(&mut ws, &kinds)).await else {
+            break;
+        };
         if event["type"] == "vad.speech_stopped" {
             stops += 1;
         } else {
@@ -64,7 +73,13 @@ async fn turns_heard(turn: TurnMode, audio: &[i16]) -> Vec<String> {
 #[tokio::test]
 async fn a_pause_inside_a_sentence_ends_the_turn_only_under_silence() {
     let (speech, cut) = turn_fixture("weather.wav");
-    let audio = [&speech[..cut], &silence(700), &speech[cut..], &silence(1500)].concat();
+    let audio = [
+        &speech[..cut],
+        &silence(700),
+        &speech[cut..],
+        &silence(1500),
+    ]
+    .concat();
 
     let smart = turns_heard(TurnMode::Smart, &audio).await;
     assert_eq!(smart.len(), 1, "one turn under smart: {smart:?}");
@@ -101,11 +116,17 @@ async fn a_finished_sentence_ends_the_turn_before_silence_would() {
                 assert!(stopped.is_ok(), "Smart Turn ended the finished sentence");
                 assert_eq!(latency.turn_decisions("complete"), 1);
                 let transcript = next_event_of(&mut ws, "transcript.final").await;
-                let text = transcript["text"].as_str().unwrap_or_default().to_lowercase();
+                let text = transcript["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_lowercase();
                 assert!(text.contains("octopus"), "{text:?}");
             }
             TurnMode::Silence => {
-                assert!(stopped.is_err(), "300 ms of silence does not end a turn alone");
+                assert!(
+                    stopped.is_err(),
+                    "300 ms of silence does not end a turn alone"
+                );
                 assert_eq!(latency.turn_decisions("complete"), 0);
             }
         }
