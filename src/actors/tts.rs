@@ -52,6 +52,14 @@ struct Speech {
     pieces_started: usize,
 }
 
+impl Speech {
+    /// Nothing is being synthesised, and a held reply has not had its first piece yet.
+    fn ready_to_synthesize(&self) -> bool {
+        let held_back = self.held && self.pieces_started > 0;
+        !(self.synthesizing || held_back)
+    }
+}
+
 pub struct TtsActor {
     env: ChildEnv,
     parent: Recipient<ChildEvent>,
@@ -129,7 +137,7 @@ impl TtsActor {
         let Some(speech) = self
             .speech
             .as_mut()
-            .filter(|s| !s.synthesizing && !(s.held && s.pieces_started > 0))
+            .filter(|s| s.ready_to_synthesize())
         else {
             return;
         };
