@@ -134,11 +134,7 @@ impl TtsActor {
         let Some(tts) = self.env.services.tts.as_ref() else {
             return;
         };
-        let Some(speech) = self
-            .speech
-            .as_mut()
-            .filter(|s| s.ready_to_synthesize())
-        else {
+        let Some(speech) = self.speech.as_mut().filter(|s| s.ready_to_synthesize()) else {
             return;
         };
         let Some((sentence, queued)) = speech.queue.pop_front() else {
