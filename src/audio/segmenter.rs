@@ -534,13 +534,28 @@ mod tests {
         let key = out.turn_checks[0].key;
         feed(&mut seg, 200, 1.0, &mut out); // speech resumed
         assert!(!seg.end_turn(key, &mut out));
-        seg.turn_incomplete(key);
         feed(&mut seg, 200, 0.0, &mut out);
+        let key = out.turn_checks[1].key;
+        seg.turn_unknown(key, &mut out);
         assert_eq!(
             out.segments.len(),
             1,
-            "no verdict for this pause: min_silence_ms"
+            "no verdict can come for this pause: min_silence_ms"
         );
+    }
+
+    #[test]
+    fn an_awaited_verdict_holds_the_pause_up_to_the_longer_bound() {
+        let mut seg = Segmenter::new(smart());
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 800, 1.0, &mut out);
+        feed(&mut seg, 900, 0.0, &mut out);
+        assert!(
+            out.segments.is_empty(),
+            "the model is slow: the pause is held"
+        );
+        feed(&mut seg, 200, 0.0, &mut out);
+        assert_eq!(out.segments.len(), 1, "but never past turn_max_silence_ms");
     }
 
     #[test]
