@@ -28,9 +28,15 @@ onnxruntime wheel (read in place, not installed) or a folder holding
 """
 
 import argparse
+import heapq
+import importlib.util
 import os
 import sys
 import zipfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 # Folder inside the onnxruntime wheel that holds the `ort_flatbuffers_py` package.
 FBS_IN_WHEEL = "onnxruntime/tools/ort_format_model"
@@ -42,22 +48,19 @@ FOLDABLE = {"Cast", "Mul", "Add", "Sub", "Div", "Transpose", "DequantizeLinear"}
 
 
 def add_fbs_path(fbs):
-    """Make `import ort_flatbuffers_py` work; returns a description of where from."""
+    """Makes `import ort_flatbuffers_py` work."""
     if fbs:
         if zipfile.is_zipfile(fbs):
             # zipimport reads packages from a folder inside the archive.
             sys.path.insert(0, os.path.join(fbs, FBS_IN_WHEEL))
         else:
             sys.path.insert(0, fbs)
-        return fbs
-    import importlib.util
-
+        return
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("error: onnxruntime is not installed; pass --fbs <onnxruntime wheel>")
     folder = os.path.join(list(spec.submodule_search_locations)[0], "tools", "ort_format_model")
     sys.path.insert(0, folder)
-    return folder
 
 
 # --------------------------------------------------------------------------
@@ -69,13 +72,10 @@ class OrtReader:
     """Turns ORT-format flatbuffer tables into onnx protobuf objects."""
 
     def __init__(self):
-        import numpy as np
-        from onnx import TensorProto
         from ort_flatbuffers_py.fbs.AttributeType import AttributeType
         from ort_flatbuffers_py.fbs.DimensionValueType import DimensionValueType
         from ort_flatbuffers_py.fbs.TypeInfoValue import TypeInfoValue
 
-        self.np = np
         self.AT = AttributeType
         self.DV = DimensionValueType
         self.TIV = TypeInfoValue
@@ -111,12 +111,11 @@ class OrtReader:
             raise ValueError(f"{self.text(t.Name())}: tensor data type {t.DataType()}")
         raw = t.RawDataAsNumpy().tobytes() if t.RawDataLength() else b""
         # .copy(): own the memory, writable, independent of the file buffer.
-        array = self.np.frombuffer(raw, dtype=dtype).reshape(dims).copy()
+        array = np.frombuffer(raw, dtype=dtype).reshape(dims).copy()
         return self.text(t.Name()), array
 
     def type_proto(self, value_info):
         """fbs ValueInfo -> onnx TypeProto (tensor types only), or None."""
-        from onnx import helper
 
         type_info = value_info.Type()
         if type_info is None:
@@ -143,7 +142,6 @@ class OrtReader:
         return helper.make_tensor_type_proto(tensor_type.ElemType(), dims)
 
     def attribute(self, a):
-        from onnx import helper, numpy_helper
 
         name, kind = self.text(a.Name()), a.Type()
         if kind == self.AT.FLOAT:
@@ -167,7 +165,6 @@ class OrtReader:
 
     def graph(self, g, name):
         """fbs Graph -> onnx GraphProto (nodes in stored order; sorted later)."""
-        from onnx import helper, numpy_helper
 
         if g.SparseInitializersLength():
             raise ValueError(f"graph {name}: sparse initializers are not supported")
@@ -180,14 +177,11 @@ class OrtReader:
             n = g.Nodes(i)
             if n.Type() != 0:
                 raise ValueError(f"node {self.text(n.Name())}: fused nodes are not supported")
-            if n.InputArgCountsLength() and any(
-                n.InputArgCounts(k) != 1 for k in range(n.InputArgCountsLength())
-            ):
-                # Variadic inputs (Concat, ...) are plain in the inputs list; only
-                # check that the counts add up.
-                total = sum(n.InputArgCounts(k) for k in range(n.InputArgCountsLength()))
-                if total != n.InputsLength():
-                    raise ValueError(f"node {self.text(n.Name())}: input arg counts")
+            # Variadic inputs (Concat, ...) are listed flat, as in ONNX; the
+            # per-argument counts only have to add up.
+            counts = [n.InputArgCounts(k) for k in range(n.InputArgCountsLength())]
+            if counts and sum(counts) != n.InputsLength():
+                raise ValueError(f"node {self.text(n.Name())}: input arg counts")
             node = helper.make_node(
                 self.text(n.OpType()),
                 [self.text(n.Inputs(k)) for k in range(n.InputsLength())],
@@ -205,8 +199,9 @@ class OrtReader:
         def value_info(vname):
             v = value_infos.get(vname)
             tp = self.type_proto(v) if v is not None else None
-            info = helper.make_value_info(vname, tp) if tp is not None else helper.make_empty_tensor_value_info(vname)
-            return info
+            if tp is None:
+                return helper.make_empty_tensor_value_info(vname)
+            return helper.make_value_info(vname, tp)
 
         inputs = [value_info(self.text(g.Inputs(i))) for i in range(g.InputsLength())]
         outputs = [value_info(self.text(g.Outputs(i))) for i in range(g.OutputsLength())]
@@ -214,7 +209,6 @@ class OrtReader:
 
     def model(self, path):
         """Reads an .ort file -> onnx ModelProto."""
-        from onnx import helper
         from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
 
         with open(path, "rb") as f:
@@ -250,9 +244,8 @@ def domains_used(graph):
     used = set()
     for node in graph.node:
         used.add(node.domain)
-        for a in node.attribute:
-            for g in ([a.g] if a.type == 5 else list(a.graphs)):
-                used |= domains_used(g)
+        for sub in subgraphs(node):
+            used |= domains_used(sub)
     return used
 
 
@@ -292,14 +285,10 @@ def names_defined(graph):
 def evaluate(node, args):
     """numpy value of one FOLDABLE node: the same element-wise float32
     operation ONNX Runtime's kernel performs."""
-    import numpy as np
-    from onnx import helper
-    from onnx.helper import tensor_dtype_to_np_dtype
-
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     op = node.op_type
     if op == "Cast":
-        return args[0].astype(tensor_dtype_to_np_dtype(attrs["to"]))
+        return args[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
     if op == "Transpose":
         return np.ascontiguousarray(np.transpose(args[0], attrs.get("perm")))
     if op == "DequantizeLinear":
@@ -324,9 +313,6 @@ def fold(model):
     derived from an int8/uint8 initializer, by an initializer of the main
     graph (so both `If` branches share one copy of a folded value). Unused
     initializers are then dropped. Returns {op type: nodes folded}."""
-    import numpy as np
-    from onnx import numpy_helper
-
     quantized = (np.dtype(np.int8), np.dtype(np.uint8))
     folded = {}
     stats = {}
@@ -392,8 +378,6 @@ def sort_topologically(graph):
             reads |= names_read(sub) - names_defined(sub)
             sort_topologically(sub)
         deps.append(sorted({producer[r] for r in reads if r in producer}))
-    import heapq
-
     users = [[] for _ in graph.node]
     waiting = [len(d) for d in deps]
     for index, ds in enumerate(deps):
@@ -422,8 +406,6 @@ def sort_topologically(graph):
 
 
 def convert(reader, src, dst):
-    import onnx
-
     model = reader.model(src)
     stats = fold(model)
     sort_topologically(model.graph)
@@ -433,8 +415,8 @@ def convert(reader, src, dst):
         f.write(model.SerializeToString())
     os.replace(tmp, dst)
     folded = ", ".join(f"{n} {op}" for op, n in sorted(stats.items()))
-    print(f"converted {os.path.basename(src)} -> {os.path.basename(dst)} "
-          f"({os.path.getsize(dst) / 1e6:.1f} MB; folded {folded or 'nothing'})")
+    print(f"{os.path.basename(src)}: folded {folded or 'nothing'}; "
+          f"{os.path.getsize(dst) / 1e6:.1f} MB of ONNX")
 
 
 def main():
