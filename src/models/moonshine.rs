@@ -26,9 +26,9 @@
 //!
 //! Guided decoding ([`Moonshine::transcribe_guided`]): a decoder call for
 //! twenty tokens reads the weights once, like a call for one, and so costs
-//! far less than twenty calls; a guess — the tokens of an earlier transcription of the
-//! same speech — is fed whole into step 0 and checked against the model's own
-//! greedy choice at every position. The longest agreeing prefix is kept, the
+//! far less than twenty calls; a guess — the tokens of an earlier
+//! transcription of the same speech — is fed whole into step 0 and checked
+//! against the model's own greedy choice at every position. The longest agreeing prefix is kept, the
 //! cache is cut back to it, and greedy decoding goes on from there; where the
 //! model's next token turns up again a little further on in the guess, the
 //! rest of the guess is proposed again from there (prompt-lookup decoding). The
