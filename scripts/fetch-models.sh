@@ -108,9 +108,13 @@ converter_python() {
             echo "error: '$python -m venv' failed (on Debian: apt-get install python3-venv)" >&2
             return 1
         }
+        # (set -e does not reach in here: the caller runs this inside an && list.)
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            --only-binary=:all: -r "$requirements" >&2
-        cp "$requirements" "$stamp"
+            --only-binary=:all: -r "$requirements" >&2 || {
+            echo "error: could not install $requirements into $venv" >&2
+            return 1
+        }
+        cp "$requirements" "$stamp" || return 1
     fi
     echo "$venv/bin/python"
 }
@@ -207,8 +211,8 @@ done
 if [[ ${#pending[@]} -gt 0 ]]; then
     converter="$(converter_python)" && wheel="$(onnxruntime_wheel)" &&
         "$converter" "$here/convert-moonshine.py" --fbs "$wheel" "${pending[@]}" || {
-        echo "error: scripts/convert-moonshine.py failed" >&2
-        rm -f "$dest"/*.part.$$ "$dest"/*/*.part.$$
+        echo "error: the Moonshine conversion failed (see above)" >&2
+        rm -f "$dest"/*.part.$$* "$dest"/*/*.part.$$*
         exit 1
     }
     for ((i = 0; i < ${#conversions[@]}; i += 3)); do
