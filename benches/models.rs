@@ -9,9 +9,12 @@
 //! - `moonshine/fox_16k_guided_*`: the same, guided by earlier tokens (see
 //!   [`Moonshine::transcribe_guided`]).
 //! - `moonshine/fox_16k`: [`Moonshine::transcribe`] of the whole `fox_16k.wav`
-//!   (5.44 s, one sentence with 1 s of silence either side). Besides criterion's
-//!   figures the bench prints the real-time factor, median time / clip length, from
-//!   its own per-run samples.
+//!   (5.44 s, one sentence with 1 s of silence either side), with the files
+//!   [`Moonshine::load`] picks (the converted float32 `.onnx` models when present).
+//!   Besides criterion's figures the bench prints the real-time factor, median time
+//!   / clip length, from its own per-run samples.
+//! - `moonshine/fox_16k_original`: the same with the `.ort` files as fetched, whose
+//!   weights are dequantized on every call (skipped when they are what `load` picks).
 //!
 //! - `smart_turn/features`: [`WhisperFeatures::compute`] alone, the 8 s of log-mel
 //!   features Smart Turn hears; `smart_turn/predict`: [`SmartTurn::predict`], features
@@ -26,10 +29,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{black_box, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use hearken::models::{
-    init_runtime, Moonshine, SileroJob, SileroState, SileroVad, SmartTurn, WhisperFeatures,
-    MOONSHINE_DIR, ORT_DYLIB_FILE, SAMPLE_RATE, SILERO_FILE, SMART_TURN_FILE, WINDOW_SAMPLES,
+    init_runtime, Moonshine, MoonshineFiles, SileroJob, SileroState, SileroVad, SmartTurn,
+    WhisperFeatures, MOONSHINE_DIR, ORT_DYLIB_FILE, SAMPLE_RATE, SILERO_FILE, SMART_TURN_FILE,
+    WINDOW_SAMPLES,
 };
 
 /// Batch sizes for Silero: one conversation alone, then up to `vad.max_batch`.
@@ -123,24 +128,9 @@ fn moonshine(c: &mut Criterion, fox: &[f32]) {
         clip.as_secs_f64()
     );
 
-    // Per-run times from every routine call (warm-up included: each run is the same
-    // whole-clip transcription, so they are all representative).
-    let mut runs: Vec<Duration> = Vec::new();
     let mut group = c.benchmark_group("moonshine");
     group.sample_size(MOONSHINE_SAMPLES);
-    group.bench_function("fox_16k", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                black_box(model.transcribe(black_box(fox)).expect("transcription"));
-                let run = start.elapsed();
-                runs.push(run);
-                total += run;
-            }
-            total
-        })
-    });
+    let runs = bench_transcribe(&mut group, "fox_16k", &mut model, fox);
     // Guided decoding (`Moonshine::transcribe_guided`): by the clip's own tokens (a
     // draft that was right), and by the tokens of its first two thirds padded with
     // 300 ms of silence (a partial taken while the speaker was still talking).
@@ -170,13 +160,53 @@ fn moonshine(c: &mut Criterion, fox: &[f32]) {
             })
         });
     }
+    let dir = models_dir().join(MOONSHINE_DIR);
+    let original = MoonshineFiles::original(&dir);
+    let original_runs = (MoonshineFiles::find(&dir) != original).then(|| {
+        let mut model = Moonshine::load_files(&original, 1).unwrap_or_else(|e| panic!("{e}"));
+        bench_transcribe(&mut group, "fox_16k_original", &mut model, fox)
+    });
     group.finish();
 
+    print_rtf("moonshine/fox_16k", runs, clip);
+    if let Some(runs) = original_runs {
+        print_rtf("moonshine/fox_16k_original", runs, clip);
+    }
+}
+
+/// Benches [`Moonshine::transcribe`] of `clip` as `name`; returns the time of
+/// every routine call (warm-up included: each run is the same whole-clip
+/// transcription, so they are all representative).
+fn bench_transcribe(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    model: &mut Moonshine,
+    clip: &[f32],
+) -> Vec<Duration> {
+    let mut runs = Vec::new();
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                black_box(model.transcribe(black_box(clip)).expect("transcription"));
+                let run = start.elapsed();
+                runs.push(run);
+                total += run;
+            }
+            total
+        })
+    });
+    runs
+}
+
+/// Prints the median of `runs` and the real-time factor, median / `clip`.
+fn print_rtf(name: &str, mut runs: Vec<Duration>, clip: Duration) {
     if runs.len() > 1 {
         runs.sort_unstable();
         let median = runs[runs.len() / 2];
         println!(
-            "moonshine/fox_16k: {} runs, median {:.1} ms, RTF {:.3} (median / {:.2} s)",
+            "{name}: {} runs, median {:.1} ms, RTF {:.3} (median / {:.2} s)",
             runs.len(),
             median.as_secs_f64() * 1e3,
             median.as_secs_f64() / clip.as_secs_f64(),

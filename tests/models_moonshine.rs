@@ -1,12 +1,13 @@
 //! Moonshine on the spoken fixtures: each transcript within 20 % word error
-//! rate of the sentence that was spoken; cancellation between decoder steps.
+//! rate of the sentence that was spoken; cancellation between decoder steps;
+//! the converted float32 models give the same tokens as the `.ort` originals.
 
 #[path = "model_support/mod.rs"]
 mod common;
 
 use std::cell::Cell;
 
-use hearken::models::{Moonshine, MOONSHINE_DIR};
+use hearken::models::{Moonshine, MoonshineFiles, MOONSHINE_DIR};
 
 /// Most words that may be wrong, as a fraction of the reference.
 const MAX_WER: f64 = 0.20;
@@ -162,5 +163,41 @@ fn a_guess_never_changes_the_transcript() {
             .expect("transcribe")
             .expect("not stopped");
         assert_eq!(guided.text, plain.text, "guess {guess:?}");
+    }
+}
+
+/// `scripts/convert-moonshine.py` folds the int8 weights into float32 without
+/// changing them: the converted models, which `Moonshine::load` prefers, must
+/// decode exactly the tokens of the fetched `.ort` files.
+#[test]
+fn converted_models_decode_the_same_tokens_as_the_originals() {
+    common::init();
+    let dir = common::models_dir().join(MOONSHINE_DIR);
+    let converted = MoonshineFiles::converted(&dir);
+    for path in converted.paths() {
+        assert!(
+            path.is_file(),
+            "{} is missing; run `scripts/fetch-models.sh models`",
+            path.display()
+        );
+    }
+    assert_eq!(
+        MoonshineFiles::find(&dir),
+        converted,
+        "load must prefer them"
+    );
+    let load =
+        |files: &MoonshineFiles| Moonshine::load_files(files, 1).unwrap_or_else(|e| panic!("{e}"));
+    let (mut fast, mut original) = (load(&converted), load(&MoonshineFiles::original(&dir)));
+    let never = || false;
+    for name in ["fox_16k.wav", "long_utterance_16k.wav", "noise_16k.wav"] {
+        let samples = common::read_wav_16k(name);
+        let [a, b] = [&mut fast, &mut original].map(|stt| {
+            stt.transcribe_guided(&samples, &[], &never)
+                .expect("transcribe")
+                .expect("not stopped")
+        });
+        println!("{name}: {:?}", a.text);
+        assert_eq!(a, b, "{name}");
     }
 }

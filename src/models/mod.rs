@@ -20,7 +20,7 @@ pub mod whisper_features;
 
 use std::path::PathBuf;
 
-pub use moonshine::{Moonshine, Transcription, MOONSHINE_DIR};
+pub use moonshine::{Moonshine, MoonshineFiles, Transcription, MOONSHINE_DIR};
 pub use runtime::{init_runtime, runtime_ready, ORT_DYLIB_FILE};
 pub use silero::{
     SileroJob, SileroState, SileroVad, CONTEXT_SAMPLES, SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,

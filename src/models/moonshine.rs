@@ -1,5 +1,5 @@
-//! Moonshine base-en speech-to-text (MIT, ORT format): 16 kHz mono samples in,
-//! English text out. The encoder turns the raw waveform (no mel, no
+//! Moonshine base-en speech-to-text (MIT): 16 kHz mono samples in, English
+//! text out. The encoder turns the raw waveform (no mel, no
 //! normalisation) into hidden states; the merged decoder then runs greedily,
 //! one token per step, with a key/value cache: step 0 takes
 //! `use_cache_branch = false` and empty `[0, 8, 1, 52]` caches, its
@@ -15,11 +15,20 @@
 //! cancellation flag between decoder steps so a hung-up conversation stops
 //! costing CPU.
 //!
-//! Guided decoding ([`Moonshine::transcribe_guided`]): a decoder call costs
-//! about the same for one token as for twenty (the weights are dequantized on
-//! every call), so a guess — the tokens of an earlier transcription of the
-//! same speech — is fed whole into step 0 and checked against the model's own
-//! greedy choice at every position. The longest agreeing prefix is kept, the
+//! Model files ([`MoonshineFiles`]): `moonshine-cpp` ships ORT-format files
+//! whose int8 weights are dequantized (and the token embedding transposed) on
+//! every call, which an ORT-format model cannot optimise away: about 75 ms
+//! per decoder token here. `scripts/convert-moonshine.py` (run by
+//! `scripts/fetch-models.sh`) folds those constants into float32 ONNX files,
+//! bit-identical weights that ONNX Runtime optimises and pre-packs at load:
+//! about 6x less decoder time, the same transcripts. The converted files are
+//! used when present, the `.ort` originals otherwise.
+//!
+//! Guided decoding ([`Moonshine::transcribe_guided`]): a decoder call for
+//! twenty tokens reads the weights once, like a call for one, and so costs
+//! far less than twenty calls; a guess — the tokens of an earlier
+//! transcription of the same speech — is fed whole into step 0 and checked
+//! against the model's own greedy choice at every position. The longest agreeing prefix is kept, the
 //! cache is cut back to it, and greedy decoding goes on from there; where the
 //! model's next token turns up again a little further on in the guess, the
 //! rest of the guess is proposed again from there (prompt-lookup decoding). The
@@ -28,7 +37,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
@@ -40,11 +49,12 @@ use super::ModelError;
 /// Folder inside the models directory written by `scripts/fetch-models.sh`.
 pub const MOONSHINE_DIR: &str = "moonshine-base-en";
 
-const ENCODER_FILE: &str = "encoder_model.ort";
-const DECODER_FILE: &str = "decoder_model_merged.ort";
+/// The encoder, best first: the float32 ONNX file that
+/// `scripts/convert-moonshine.py` writes, then the ORT-format original.
+const ENCODER_FILES: [&str; 2] = ["encoder_model.onnx", "encoder_model.ort"];
+/// The merged decoder, best first, as [`ENCODER_FILES`].
+const DECODER_FILES: [&str; 2] = ["decoder_model_merged.onnx", "decoder_model_merged.ort"];
 const TOKENIZER_FILE: &str = "tokenizer.bin";
-/// Every file `Moonshine::load` reads from its directory.
-pub const FILES: [&str; 3] = [ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE];
 
 /// Input sample rate in Hz.
 const SAMPLE_RATE: usize = 16_000;
@@ -83,6 +93,57 @@ struct CacheSlot {
     encoder: bool,
 }
 
+/// The three files a [`Moonshine`] loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoonshineFiles {
+    pub encoder: PathBuf,
+    pub decoder: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl MoonshineFiles {
+    /// The files in `dir`, each model the converted `.onnx` file where it
+    /// exists and the fetched `.ort` file otherwise (so a directory with
+    /// neither names the `.ort` file as missing).
+    pub fn find(dir: &Path) -> Self {
+        let pick = |choices: [&str; 2]| {
+            choices
+                .iter()
+                .map(|name| dir.join(name))
+                .find(|path| path.is_file())
+                .unwrap_or_else(|| dir.join(choices[1]))
+        };
+        Self {
+            encoder: pick(ENCODER_FILES),
+            decoder: pick(DECODER_FILES),
+            tokenizer: dir.join(TOKENIZER_FILE),
+        }
+    }
+
+    /// The ORT-format files as fetched from `moonshine-cpp`, converted or not.
+    pub fn original(dir: &Path) -> Self {
+        Self {
+            encoder: dir.join(ENCODER_FILES[1]),
+            decoder: dir.join(DECODER_FILES[1]),
+            tokenizer: dir.join(TOKENIZER_FILE),
+        }
+    }
+
+    /// The converted float32 ONNX files, whether or not they exist.
+    pub fn converted(dir: &Path) -> Self {
+        Self {
+            encoder: dir.join(ENCODER_FILES[0]),
+            decoder: dir.join(DECODER_FILES[0]),
+            tokenizer: dir.join(TOKENIZER_FILE),
+        }
+    }
+
+    /// Encoder, decoder, tokenizer.
+    pub fn paths(&self) -> [&Path; 3] {
+        [&self.encoder, &self.decoder, &self.tokenizer]
+    }
+}
+
 /// The loaded model: encoder, merged decoder, tokenizer.
 pub struct Moonshine {
     encoder: Session,
@@ -94,8 +155,9 @@ pub struct Moonshine {
 }
 
 impl Moonshine {
-    /// Loads `encoder_model.ort`, `decoder_model_merged.ort` and
-    /// `tokenizer.bin` from `dir`, each session with one intra-op thread.
+    /// Loads the encoder, merged decoder and `tokenizer.bin` from `dir`
+    /// (converted `.onnx` models where present, see [`MoonshineFiles::find`]),
+    /// each session with one intra-op thread.
     /// [`init_runtime`](super::init_runtime) must have run.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         Self::load_with_threads(dir, 1)
@@ -104,9 +166,19 @@ impl Moonshine {
     /// Like [`load`](Self::load), with `intra_threads` threads per operator: fewer
     /// seconds per transcript for one conversation, at the cost of cores for others.
     pub fn load_with_threads(dir: &Path, intra_threads: usize) -> Result<Self, ModelError> {
-        let encoder = load_session(ENCODER, &dir.join(ENCODER_FILE), intra_threads)?;
-        let decoder = load_session(DECODER, &dir.join(DECODER_FILE), intra_threads)?;
-        let tokenizer = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
+        Self::load_files(&MoonshineFiles::find(dir), intra_threads)
+    }
+
+    /// Loads exactly `files`, with `intra_threads` threads per operator.
+    pub fn load_files(files: &MoonshineFiles, intra_threads: usize) -> Result<Self, ModelError> {
+        let encoder = load_session(ENCODER, &files.encoder, intra_threads)?;
+        let decoder = load_session(DECODER, &files.decoder, intra_threads)?;
+        let tokenizer = Tokenizer::load(&files.tokenizer)?;
+        tracing::debug!(
+            encoder = %files.encoder.display(),
+            decoder = %files.decoder.display(),
+            "moonshine loaded"
+        );
 
         let mut slots = Vec::new();
         let (mut heads, mut head_dim) = (DEFAULT_HEADS, DEFAULT_HEAD_DIM);
