@@ -129,7 +129,7 @@ impl TtsActor {
         let Some(speech) = self
             .speech
             .as_mut()
-            .filter(|s| !s.synthesizing && !(s.held && s.pieces_started > 0))
+            .filter(|s| !(s.synthesizing || (s.held && s.pieces_started > 0)))
         else {
             return;
         };
