@@ -1,5 +1,5 @@
 //! The `hearken` binary: `hearken serve [--config FILE]` runs the server;
-//! `hearken bench <streams|churn|ramp|idle|abuse> ...` runs the bundled load-test client.
+//! `hearken bench <streams|churn|ramp|idle|abuse|soak> ...` runs the bundled load-test client.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! The bundled load-test client: `hearken bench <streams|ramp|churn|idle|abuse> ...`.
+//! The bundled load-test client: `hearken bench <streams|ramp|churn|idle|abuse|soak> ...`.
 //!
 //! It talks to a running server only through its public surface (the native WebSocket
 //! protocol of DESIGN.md §3, `GET /metrics`) and, when given the server's pid, through
@@ -12,6 +12,7 @@
 //! - [`churn`]: connect / stream / leave cycles in every leaving style; leak deltas.
 //! - [`abuse`]: real streaming sessions while hostile clients attack; their lag and
 //!   transcripts, how each attacker ended, and the server back at its start afterwards.
+//! - [`soak`]: streams, churn and hostile clients for a long time; RSS slope and leaks.
 //!
 //! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
 //! clients), [`attackers`] (the hostile clients), [`leaks`] (gauges, FDs and threads
@@ -34,6 +35,7 @@ mod progress;
 mod ramp;
 mod replies;
 mod session;
+mod soak;
 mod stats;
 mod streams;
 mod wsconn;
@@ -42,6 +44,7 @@ pub use abuse::AbuseArgs;
 pub use churn::ChurnArgs;
 pub use idle::IdleArgs;
 pub use ramp::RampArgs;
+pub use soak::SoakArgs;
 pub use streams::StreamsArgs;
 
 use anyhow::Context as _;
@@ -61,6 +64,8 @@ pub enum BenchCommand {
     /// Real streaming sessions while slowloris, never-reading, flooding and garbage-Opus
     /// clients attack: their lag and transcripts, and every gauge, FD and thread after.
     Abuse(AbuseArgs),
+    /// Streams, churn and hostile clients for a long time: RSS slope and what is left.
+    Soak(SoakArgs),
 }
 
 /// Run one bench command on its own multi-thread tokio runtime.
@@ -76,6 +81,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Ramp(args) => ramp::run(args).await,
             BenchCommand::Idle(args) => idle::run(args).await,
             BenchCommand::Abuse(args) => abuse::run(args).await,
+            BenchCommand::Soak(args) => soak::run(args).await,
         }
     })
 }
