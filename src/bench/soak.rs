@@ -214,17 +214,18 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let mut tick = interval_at(start + args.sample_every, args.sample_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
-        let at = tick.tick().await;
-        if at > end {
-            break;
-        }
+        // The sample due at the end is taken; then the end stops the loop.
+        let at = tokio::select! {
+            biased;
+            at = tick.tick() => at,
+            _ = tokio::time::sleep_until(end) => break,
+        };
         let t_s = at.duration_since(start).as_secs_f64();
         match sample(&http, &metrics_url, args.server_pid, t_s, churn.cycles()).await {
             Ok(s) => samples.push(s),
             Err(error) => eprintln!("warning: sample at {t_s:.0} s failed: {error:#}"),
         }
     }
-    tokio::time::sleep_until(end).await;
     let _ = stop_tx.send(true);
     let drain = Duration::from_secs_f64(args.stream.drain) + Duration::from_secs(15);
     let (_, attackers, churn) = tokio::join!(
