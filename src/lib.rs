@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics and the `Drop` guards behind every leak gauge.
 //! - [`admission`]: session caps before upgrade; [`config`]: typed configuration;
 //!   [`lifecycle`]: exit reasons and close codes; [`protocol`]: the wire formats.
+//! - [`fuzzing`]: the fuzz targets' entry points (`fuzz/`, `tests/fuzz_corpus.rs`).
 
 pub mod actors;
 pub mod admission;
@@ -21,6 +22,7 @@ pub mod audio;
 #[cfg(feature = "bench-client")]
 pub mod bench;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod lifecycle;
 pub mod llm;

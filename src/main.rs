@@ -1,5 +1,5 @@
 //! The `hearken` binary: `hearken serve [--config FILE]` runs the server;
-//! `hearken bench <streams|churn|ramp|idle> ...` runs the bundled load-test client.
+//! `hearken bench <streams|churn|ramp|idle|abuse|soak> ...` runs the bundled load-test client.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ enum Command {
     /// Load-test a hearken server over its native protocol.
     #[cfg(feature = "bench-client")]
     #[command(subcommand)]
-    Bench(hearken::bench::BenchCommand),
+    Bench(Box<hearken::bench::BenchCommand>),
 }
 
 const DEFAULT_CONFIG: &str = "config/default.toml";
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { config } => serve(config),
         #[cfg(feature = "bench-client")]
-        Command::Bench(command) => hearken::bench::run(command),
+        Command::Bench(command) => hearken::bench::run(*command),
     }
 }
 

@@ -4,7 +4,9 @@
 //! 32 ms window. Hysteresis (start above `start_threshold` for `min_speech_ms`, end below
 //! `end_threshold` for `min_silence_ms`) stops flapping; `pad_ms` of audio is kept on
 //! each side of a segment so the recogniser hears whole words. Segments longer than
-//! `max_segment_ms` are cut so no segment grows without bound.
+//! `max_segment_ms` are cut so no segment grows without bound: while speech goes on it
+//! continues into a fresh segment; in a pause the segment ends as if the pause had
+//! lasted `min_silence_ms`.
 //!
 //! Drafts: `draft_after_ms` into a pause, long before `min_silence_ms` confirms the end,
 //! the segment as it would end now is handed out as a draft (its trailing pad not yet
@@ -240,9 +242,13 @@ impl Segmenter {
         } else {
             self.config.min_silence_ms
         };
-        if self.run >= ms_to_samples(end_after) {
+        let overlong = self.clock - self.segment_start >= ms_to_samples(self.config.max_segment_ms);
+        if self.run >= ms_to_samples(end_after) || (overlong && self.run > 0) {
+            // An overlong segment in a pause ends at its last voiced frame: cut there
+            // instead, and the next piece would hold only the pause, its speech stop
+            // before its own start (found by the `segmenter` fuzz target).
             self.finish_segment(out);
-        } else if self.clock - self.segment_start >= ms_to_samples(self.config.max_segment_ms) {
+        } else if overlong {
             // Cut an overlong segment; speech continues into a fresh one.
             let cut = self.take_segment(self.clock);
             out.segments.extend(cut);
@@ -429,6 +435,36 @@ mod tests {
             .segments
             .iter()
             .all(|s| s.samples.len() <= 16_000 + 1600));
+    }
+
+    #[test]
+    fn an_overlong_segment_reaching_its_bound_in_a_pause_ends_there() {
+        let mut seg = Segmenter::new(SegmenterConfig {
+            min_silence_ms: 400,
+            max_segment_ms: 700,
+            ..config()
+        });
+        let mut out = SegmenterOutput::default();
+        feed(&mut seg, 500, 0.0, &mut out);
+        feed(&mut seg, 400, 1.0, &mut out);
+        // The segment (from 400 ms, its pad) reaches 700 ms at 1,100 ms, 200 ms into the
+        // pause. It used to be cut there and continue as a piece of pause alone, which
+        // ended at 1,000 ms, before its start.
+        feed(&mut seg, 600, 0.0, &mut out);
+        assert_eq!(
+            out.events,
+            vec![
+                SpeechEvent::Started { audio_ms: 500 },
+                SpeechEvent::Stopped { audio_ms: 900 }
+            ]
+        );
+        assert_eq!(out.segments.len(), 1, "{:?}", out.segments);
+        let segment = &out.segments[0];
+        assert_eq!(
+            (segment.start_ms, segment.voiced_end_ms, segment.end_ms),
+            (400, 900, 1000)
+        );
+        assert_eq!(segment.samples.len(), 16 * 600);
     }
 
     #[test]

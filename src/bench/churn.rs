@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
 use super::audio_src::{AudioLoop, Codec, FRAME_MS};
+use super::leaks::{gauge_deltas, GaugeDelta, ProcessReport};
 use super::metrics_scrape::{
     self, bucket_delta, counter_delta, print_teardown, quantile, ProcSnapshot, Scrape,
     REJECTED_COUNTER, TEARDOWN_HISTOGRAM,
@@ -101,13 +102,6 @@ pub struct StyleReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct GaugeDelta {
-    pub before: f64,
-    pub after: f64,
-    pub delta: f64,
-}
-
-#[derive(Debug, Serialize)]
 pub struct TeardownReport {
     /// Conversations in the teardown histogram's delta.
     pub conversations: f64,
@@ -115,14 +109,8 @@ pub struct TeardownReport {
     pub p99_ms: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ProcessReport {
-    pub before: ProcSnapshot,
-    pub after: ProcSnapshot,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Style {
+pub(super) enum Style {
     Close,
     TcpDrop,
     IdleTimeout,
@@ -304,26 +292,6 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gauge_deltas(before: &Scrape, after: &Scrape) -> BTreeMap<String, GaugeDelta> {
-    let was = before.gauges();
-    after
-        .gauges()
-        .into_iter()
-        .map(|(series, after)| {
-            let before = was.get(&series).copied().unwrap_or(0.0);
-            let delta = after - before;
-            (
-                series,
-                GaugeDelta {
-                    before,
-                    after,
-                    delta,
-                },
-            )
-        })
-        .collect()
-}
-
 /// The same figures `print_teardown` prints, from the histogram's delta.
 fn teardown_report(before: &Scrape, after: &Scrape) -> TeardownReport {
     let delta = bucket_delta(
@@ -352,17 +320,17 @@ fn family_delta(before: &Scrape, after: &Scrape, name: &str) -> BTreeMap<String,
 }
 
 /// One connect / stream / leave cycle.
-struct Cycle<'a> {
-    url: &'a str,
-    frames: &'a [bytes::Bytes],
-    offset: usize,
-    stream_ms: u64,
-    idle_timeout_ms: Option<u64>,
+pub(super) struct Cycle<'a> {
+    pub url: &'a str,
+    pub frames: &'a [bytes::Bytes],
+    pub offset: usize,
+    pub stream_ms: u64,
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl Cycle<'_> {
     /// Close codes seen, or why the cycle failed.
-    async fn run(&self, style: Style) -> Result<Vec<String>, String> {
+    pub async fn run(&self, style: Style) -> Result<Vec<String>, String> {
         let conversation = uuid::Uuid::new_v4().to_string();
         let mut ws = self.open(&conversation).await?;
         self.stream(&mut ws).await?;

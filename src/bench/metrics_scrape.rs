@@ -246,6 +246,22 @@ pub fn counter_delta(before: &Scrape, after: &Scrape, name: &str) -> BTreeMap<St
         .collect()
 }
 
+/// Growth of every series of the counter `families` between two scrapes, keyed by
+/// `name{labels}`; series that did not move are left out.
+pub fn series_deltas(before: &Scrape, after: &Scrape, families: &[&str]) -> BTreeMap<String, f64> {
+    families
+        .iter()
+        .flat_map(|name| {
+            let was = before.family(name);
+            after.family(name).into_iter().map(move |(labels, now)| {
+                let delta = now - was.get(&labels).copied().unwrap_or(0.0);
+                (series(name, &labels), delta)
+            })
+        })
+        .filter(|(_, delta)| *delta != 0.0)
+        .collect()
+}
+
 /// `server_full +10, per_ip_limit +2`, or "none".
 pub fn format_deltas(deltas: &BTreeMap<String, f64>) -> String {
     if deltas.is_empty() {

@@ -1,4 +1,4 @@
-//! The bundled load-test client: `hearken bench <streams|ramp|churn|idle> ...`.
+//! The bundled load-test client: `hearken bench <streams|ramp|churn|idle|abuse|soak> ...`.
 //!
 //! It talks to a running server only through its public surface (the native WebSocket
 //! protocol of DESIGN.md §3, `GET /metrics`) and, when given the server's pid, through
@@ -10,31 +10,41 @@
 //!   session limit refuses sessions while the admitted ones keep up.
 //! - [`idle`]: N idle sessions; memory per session and mass-teardown time.
 //! - [`churn`]: connect / stream / leave cycles in every leaving style; leak deltas.
+//! - [`abuse`]: real streaming sessions while hostile clients attack; their lag and
+//!   transcripts, how each attacker ended, and the server back at its start afterwards.
+//! - [`soak`]: streams, churn and hostile clients for a long time; RSS slope and leaks.
 //!
 //! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
-//! clients), [`replies`] (pairing replies with the speech they answer, their outcomes and
+//! clients), [`attackers`] (the hostile clients), [`leaks`] (gauges, FDs and threads
+//! before and after), [`replies`] (pairing replies with the speech they answer, their outcomes and
 //! the server's stage times), [`stats`] (latency histograms), [`plot`] (`--plot` SVG
 //! charts), [`metrics_scrape`] (Prometheus text and `/proc`), [`progress`] (the live line
 //! on stderr), [`wsconn`] (open, refusals, close, stop signal). `anyhow` is allowed here
 //! (STYLE.md rule 12).
 
+mod abuse;
+mod attackers;
 mod audio_src;
 mod churn;
 mod idle;
 mod launcher;
+mod leaks;
 mod metrics_scrape;
 mod plot;
 mod progress;
 mod ramp;
 mod replies;
 mod session;
+mod soak;
 mod stats;
 mod streams;
 mod wsconn;
 
+pub use abuse::AbuseArgs;
 pub use churn::ChurnArgs;
 pub use idle::IdleArgs;
 pub use ramp::RampArgs;
+pub use soak::SoakArgs;
 pub use streams::StreamsArgs;
 
 use anyhow::Context as _;
@@ -51,6 +61,11 @@ pub enum BenchCommand {
     Ramp(RampArgs),
     /// N idle sessions: server memory per session and teardown time of closing them all.
     Idle(IdleArgs),
+    /// Real streaming sessions while slowloris, never-reading, flooding and garbage-Opus
+    /// clients attack: their lag and transcripts, and every gauge, FD and thread after.
+    Abuse(AbuseArgs),
+    /// Streams, churn and hostile clients for a long time: RSS slope and what is left.
+    Soak(SoakArgs),
 }
 
 /// Run one bench command on its own multi-thread tokio runtime.
@@ -65,6 +80,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Churn(args) => churn::run(args).await,
             BenchCommand::Ramp(args) => ramp::run(args).await,
             BenchCommand::Idle(args) => idle::run(args).await,
+            BenchCommand::Abuse(args) => abuse::run(args).await,
+            BenchCommand::Soak(args) => soak::run(args).await,
         }
     })
 }

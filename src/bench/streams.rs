@@ -189,7 +189,7 @@ pub struct StreamsReport {
 }
 
 impl StreamsReport {
-    fn new(
+    pub(super) fn new(
         args: &StreamsArgs,
         audio_loop_ms: u64,
         w: &Window,
@@ -283,7 +283,7 @@ impl StreamsReport {
         rows
     }
 
-    fn print(&self) {
+    pub(super) fn print(&self) {
         println!(
             "sessions: requested {}, started {}, failed {} ({}), refused at the server's limit {} ({})",
             self.sessions_requested,

@@ -1,0 +1,524 @@
+//! `hearken bench soak --duration 30m`: a long mixed load, to find what grows. For the
+//! whole duration it runs streaming sessions (as `streams`), churn cycles in every leaving
+//! style (as `churn`) and a few hostile clients of each kind (as `abuse`), and samples
+//! the server every `--sample-every` (default one minute): RSS, FDs and threads from
+//! `/proc/<pid>` and the leak gauges from `/metrics`. The report gives the RSS slope after
+//! `--warmup` (least squares, KiB per 10 minutes), and, once the load has stopped and the
+//! server has settled, what was left behind: live actors, in-flight jobs, open files,
+//! FDs and threads against the start. `--json FILE` writes every figure and sample.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use super::attackers::{self, Attack, Force, KindReport, Target};
+use super::audio_src::{AudioLoop, Codec};
+use super::churn::{Cycle, Style};
+use super::launcher::{join_all, status_line, Launcher, StreamOpts};
+use super::leaks::{Baseline, LeakReport};
+use super::metrics_scrape::{ProcSnapshot, Scrape};
+use super::progress::Progress;
+use super::session::Shared;
+use super::stats::{format_counts, Summary};
+
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub stream: StreamOpts,
+    /// How long the load runs: `30m`, `90s`, `1h`, or plain seconds.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub duration: Duration,
+    /// Time between two samples of the server.
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    pub sample_every: Duration,
+    /// Samples before this are left out of the RSS slope (allocator and cache warm-up).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub warmup: Duration,
+    /// The server's pid (required: RSS, FDs and threads come from `/proc/<pid>`).
+    #[arg(long)]
+    pub server_pid: u32,
+    /// Streaming sessions for the whole duration.
+    #[arg(long, default_value_t = 2)]
+    pub sessions: usize,
+    /// Churn cycles in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub churn_concurrency: usize,
+    /// Audio streamed per churn cycle (ms).
+    #[arg(long, default_value_t = 300)]
+    pub churn_stream_ms: u64,
+    /// The server's `session.idle_timeout_ms`; adds the "idle until timeout" churn style.
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Slowloris connections at once.
+    #[arg(long, default_value_t = 20)]
+    pub slowloris: usize,
+    /// Never-reading clients at once.
+    #[arg(long, default_value_t = 2)]
+    pub never_reading: usize,
+    /// Text flooders at once.
+    #[arg(long, default_value_t = 2)]
+    pub flooders: usize,
+    /// Garbage-Opus senders at once.
+    #[arg(long, default_value_t = 2)]
+    pub garbage_opus: usize,
+    /// Seconds an attacker waits after the server ended its connection before the next.
+    #[arg(long, default_value_t = 5.0)]
+    pub reconnect_delay: f64,
+    /// Bound on waiting for the server to settle back after the load (s).
+    #[arg(long, default_value_t = 60.0)]
+    pub settle: f64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `30m`, `90s`, `1h`, `500ms` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30m, 90s or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit `{other}` (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+/// One look at the server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    pub rss_kib: u64,
+    pub fds: u64,
+    pub threads: u64,
+    /// Sum of `hearken_live_actors` over every kind.
+    pub live_actors: f64,
+    pub conversations: f64,
+    pub inflight_jobs: f64,
+    pub open_files: f64,
+    pub churn_cycles: usize,
+}
+
+/// Churn cycles by style.
+#[derive(Debug, Default, Serialize)]
+pub struct ChurnTally {
+    pub ok: u64,
+    pub failures: BTreeMap<String, u64>,
+}
+
+/// What the load left behind, by resource.
+#[derive(Debug, Serialize)]
+pub struct Leftovers {
+    pub live_actors: f64,
+    pub conversations: f64,
+    pub inflight_jobs: f64,
+    pub open_files: f64,
+    pub fds: Option<i64>,
+    pub threads: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SoakReport {
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub samples: Vec<Sample>,
+    /// Least-squares RSS slope over the samples after the warm-up (KiB per 10 minutes);
+    /// `None` with fewer than two such samples.
+    pub rss_slope_kib_per_10min: Option<f64>,
+    /// Samples the slope was fitted to.
+    pub slope_samples: usize,
+    pub streams: StreamsFigures,
+    pub churn: BTreeMap<String, ChurnTally>,
+    pub attackers: BTreeMap<String, KindReport>,
+    pub leftovers: Leftovers,
+    pub leaks: LeakReport,
+}
+
+/// The streaming sessions' figures over the whole soak.
+#[derive(Debug, Serialize)]
+pub struct StreamsFigures {
+    pub sessions_started: u64,
+    pub sessions_failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub vad_decision_lag: Summary,
+    pub transcript_after_last_voice: Summary,
+    pub reply_audio_after_voice_end: Summary,
+    pub transcripts: u64,
+    pub speech_stops: u64,
+    pub close_codes: BTreeMap<String, u64>,
+}
+
+pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let metrics_url = args
+        .stream
+        .metrics_url
+        .clone()
+        .context("soak needs --metrics-url")?;
+    anyhow::ensure!(
+        !args.sample_every.is_zero(),
+        "--sample-every must be positive"
+    );
+    let baseline = Baseline::take(&http, &metrics_url, Some(args.server_pid)).await?;
+    let target = Target::resolve(&args.stream.url).await?;
+    let pcm = Arc::new(AudioLoop::load(&args.stream.audio, Codec::Pcm16, 16_000, 0.0)?.frames);
+    let shared = Shared::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let start = Instant::now();
+    let mut samples = vec![sample(&http, &metrics_url, args.server_pid, 0.0, 0).await?];
+
+    let mut launcher = Launcher::new(&args.stream, Arc::clone(&shared), stop_rx.clone())?;
+    let mut sessions = JoinSet::new();
+    launcher
+        .launch(&mut sessions, args.sessions, Duration::from_secs(2))
+        .await?;
+    let churn = Churn::start(&args, Arc::clone(&pcm));
+    let force = Force {
+        slowloris: args.slowloris,
+        never_reading: args.never_reading,
+        flooders: args.flooders,
+        garbage_opus: args.garbage_opus,
+    };
+    let reconnect = Duration::from_secs_f64(args.reconnect_delay);
+    let attack = Attack::start(&target, force, reconnect, pcm, &stop_rx);
+    let progress = Progress::start("soak", {
+        let (shared, cycles, ended) = (Arc::clone(&shared), churn.counter(), attack.counter());
+        move || {
+            format!(
+                "{} | churn cycles {} | attacker connections ended {}",
+                status_line(&shared),
+                cycles(),
+                ended()
+            )
+        }
+    });
+
+    let end = start + args.duration;
+    let mut tick = interval_at(start + args.sample_every, args.sample_every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        // The sample due at the end is taken; then the end stops the loop.
+        let at = tokio::select! {
+            biased;
+            at = tick.tick() => at,
+            _ = tokio::time::sleep_until(end) => break,
+        };
+        let t_s = at.duration_since(start).as_secs_f64();
+        match sample(&http, &metrics_url, args.server_pid, t_s, churn.cycles()).await {
+            Ok(s) => samples.push(s),
+            Err(error) => eprintln!("warning: sample at {t_s:.0} s failed: {error:#}"),
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drain = Duration::from_secs_f64(args.stream.drain) + Duration::from_secs(15);
+    let (_, attackers, churn) = tokio::join!(
+        join_all(&mut sessions, drain),
+        attack.finish(drain),
+        churn.finish(drain)
+    );
+    progress.finish();
+
+    let leaks = baseline
+        .settle(&http, &metrics_url, Duration::from_secs_f64(args.settle))
+        .await?;
+    let warmup_s = args.warmup.as_secs_f64();
+    let fitted: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.t_s >= warmup_s)
+        .map(|s| (s.t_s, s.rss_kib as f64))
+        .collect();
+    let report = SoakReport {
+        duration_s: args.duration.as_secs_f64(),
+        warmup_s,
+        rss_slope_kib_per_10min: least_squares_slope(&fitted).map(|per_s| per_s * 600.0),
+        slope_samples: fitted.len(),
+        samples,
+        streams: shared.with_window(|w| {
+            let count = |kind: &str| w.events.get(kind).copied().unwrap_or(0);
+            StreamsFigures {
+                sessions_started: w.sessions_started,
+                sessions_failed: w.sessions_failed,
+                failures: w.failures.clone(),
+                vad_decision_lag: w.lag_decision.summary(),
+                transcript_after_last_voice: w.transcript_after_voice.summary(),
+                reply_audio_after_voice_end: w.reply_audio_after_voice.summary(),
+                transcripts: count("transcript.final"),
+                speech_stops: count("vad.speech_stopped"),
+                close_codes: w.close_codes.clone(),
+            }
+        }),
+        churn,
+        attackers,
+        leftovers: leftovers(&leaks),
+        leaks,
+    };
+    report.print();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON report written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn sample(
+    http: &reqwest::Client,
+    metrics_url: &str,
+    pid: u32,
+    t_s: f64,
+    churn_cycles: usize,
+) -> anyhow::Result<Sample> {
+    let process = ProcSnapshot::read(pid)?;
+    let scrape = Scrape::fetch(http, metrics_url).await?;
+    let gauges = scrape.gauges();
+    let sum = |prefix: &str| -> f64 {
+        gauges
+            .iter()
+            .filter(|(series, _)| {
+                series.as_str() == prefix || series.starts_with(&format!("{prefix}{{"))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    Ok(Sample {
+        t_s,
+        rss_kib: process.rss_kib,
+        fds: process.fds,
+        threads: process.threads,
+        live_actors: sum("hearken_live_actors"),
+        conversations: sum("hearken_conversations"),
+        inflight_jobs: sum("hearken_inflight_jobs"),
+        open_files: sum("hearken_open_files"),
+        churn_cycles,
+    })
+}
+
+/// The slope of the least-squares line through `points` (y per unit of x); `None` with
+/// fewer than two distinct x.
+pub fn least_squares_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// Leak deltas by resource: gauge families summed over their labels.
+fn leftovers(leaks: &LeakReport) -> Leftovers {
+    let sum = |prefix: &str| -> f64 {
+        leaks
+            .gauges
+            .iter()
+            .filter(|(series, _)| {
+                series.as_str() == prefix || series.starts_with(&format!("{prefix}{{"))
+            })
+            .map(|(_, g)| g.delta)
+            .sum()
+    };
+    let deltas = leaks.fd_thread_deltas();
+    Leftovers {
+        live_actors: sum("hearken_live_actors"),
+        conversations: sum("hearken_conversations"),
+        inflight_jobs: sum("hearken_inflight_jobs"),
+        open_files: sum("hearken_open_files"),
+        fds: deltas.map(|d| d.0),
+        threads: deltas.map(|d| d.1),
+    }
+}
+
+/// Churn cycles, `concurrency` at a time, until the stop.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    cycles: Arc<AtomicUsize>,
+    tallies: Arc<Mutex<BTreeMap<Style, ChurnTally>>>,
+    set: JoinSet<()>,
+}
+
+impl Churn {
+    fn start(args: &SoakArgs, frames: Arc<Vec<bytes::Bytes>>) -> Churn {
+        let mut styles = vec![Style::Close, Style::TcpDrop, Style::Supersede];
+        if args.idle_timeout_ms.is_some() {
+            styles.insert(2, Style::IdleTimeout);
+        }
+        let mut churn = Churn {
+            stop: Arc::default(),
+            cycles: Arc::default(),
+            tallies: Arc::default(),
+            set: JoinSet::new(),
+        };
+        for _ in 0..args.churn_concurrency {
+            let (stop, cycles, tallies, frames, styles) = (
+                Arc::clone(&churn.stop),
+                Arc::clone(&churn.cycles),
+                Arc::clone(&churn.tallies),
+                Arc::clone(&frames),
+                styles.clone(),
+            );
+            let (url, stream_ms, idle) = (
+                args.stream.url.clone(),
+                args.churn_stream_ms,
+                args.idle_timeout_ms,
+            );
+            churn.set.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = cycles.fetch_add(1, Ordering::Relaxed);
+                    let style = styles[i % styles.len()];
+                    let cycle = Cycle {
+                        url: &url,
+                        frames: &frames,
+                        offset: i * 7,
+                        stream_ms,
+                        idle_timeout_ms: idle,
+                    };
+                    let result = cycle.run(style).await;
+                    let mut t = tallies.lock().unwrap_or_else(|p| p.into_inner());
+                    let tally = t.entry(style).or_default();
+                    match result {
+                        Ok(_) => tally.ok += 1,
+                        Err(reason) => *tally.failures.entry(reason).or_default() += 1,
+                    }
+                }
+            });
+        }
+        churn
+    }
+
+    fn cycles(&self) -> usize {
+        self.cycles.load(Ordering::Relaxed)
+    }
+
+    fn counter(&self) -> impl Fn() -> usize + Send + 'static {
+        let cycles = Arc::clone(&self.cycles);
+        move || cycles.load(Ordering::Relaxed)
+    }
+
+    /// Let the cycles in flight finish (bounded), then report by style.
+    async fn finish(mut self, bound: Duration) -> BTreeMap<String, ChurnTally> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(bound, async {
+            while self.set.join_next().await.is_some() {}
+        })
+        .await;
+        self.set.abort_all();
+        let mut tallies = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *tallies)
+            .into_iter()
+            .map(|(style, tally)| (format!("{style:?}"), tally))
+            .collect()
+    }
+}
+
+impl SoakReport {
+    fn print(&self) {
+        println!(
+            "{:>8} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8}",
+            "t (s)", "RSS KiB", "fds", "threads", "actors", "convs", "jobs", "files", "cycles"
+        );
+        for s in &self.samples {
+            println!(
+                "{:>8.0} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8}",
+                s.t_s,
+                s.rss_kib,
+                s.fds,
+                s.threads,
+                s.live_actors,
+                s.conversations,
+                s.inflight_jobs,
+                s.open_files,
+                s.churn_cycles
+            );
+        }
+        match self.rss_slope_kib_per_10min {
+            Some(slope) => println!(
+                "RSS slope after {:.0} s of warm-up: {slope:+.0} KiB per 10 min ({} samples, least squares)",
+                self.warmup_s, self.slope_samples
+            ),
+            None => println!("RSS slope: too few samples after the warm-up"),
+        }
+        let s = &self.streams;
+        println!(
+            "streams: {} started, {} failed ({}); p95 VAD decision lag {:.0} ms; transcripts {} for {} speech stops; transcript p50 {:.0} ms; reply audio p50 {:.0} ms; close codes {}",
+            s.sessions_started,
+            s.sessions_failed,
+            format_counts(&s.failures),
+            s.vad_decision_lag.p95_ms,
+            s.transcripts,
+            s.speech_stops,
+            s.transcript_after_last_voice.p50_ms,
+            s.reply_audio_after_voice_end.p50_ms,
+            format_counts(&s.close_codes)
+        );
+        for (style, t) in &self.churn {
+            println!(
+                "churn {style}: ok {}, failed {} ({})",
+                t.ok,
+                t.failures.values().sum::<u64>(),
+                format_counts(&t.failures)
+            );
+        }
+        attackers::print_reports(&self.attackers);
+        self.leaks.print();
+        let l = &self.leftovers;
+        println!(
+            "left behind: actors {:+}, conversations {:+}, jobs {:+}, files {:+}, fds {}, threads {}",
+            l.live_actors,
+            l.conversations,
+            l.inflight_jobs,
+            l.open_files,
+            l.fds.map_or("n/a".into(), |d| format!("{d:+}")),
+            l.threads.map_or("n/a".into(), |d| format!("{d:+}"))
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn the_slope_is_the_least_squares_line() {
+        // 100 KiB a minute with noise that cancels: 1,000 KiB per 10 minutes.
+        let points = [
+            (0.0, 1000.0),
+            (60.0, 1110.0),
+            (120.0, 1190.0),
+            (180.0, 1300.0),
+        ];
+        let per_10min = least_squares_slope(&points).unwrap() * 600.0;
+        assert!((per_10min - 980.0).abs() < 1e-6, "{per_10min}");
+        assert_eq!(least_squares_slope(&points[..1]), None);
+        assert_eq!(least_squares_slope(&[(5.0, 1.0), (5.0, 2.0)]), None);
+    }
+}
