@@ -107,6 +107,12 @@ pub struct SessionConfig {
     pub client_events_per_s: u32,
     /// ... and in a burst; past that the session is closed with 1008.
     pub client_events_burst: u32,
+    /// Audio may arrive at most this many times faster than real time on average ...
+    pub max_audio_speed: f64,
+    /// ... with this much audio (ms) ahead of the clock in a burst. Frames beyond that
+    /// are refused with `error` `audio_too_fast`: a client that sends faster than it
+    /// speaks would otherwise take other sessions' share of the models.
+    pub audio_burst_ms: u32,
 }
 
 impl Default for SessionConfig {
@@ -121,6 +127,8 @@ impl Default for SessionConfig {
             register_timeout_ms: 15_000,
             client_events_per_s: 20,
             client_events_burst: 60,
+            max_audio_speed: 1.5,
+            audio_burst_ms: 30_000,
         }
     }
 }
@@ -280,6 +288,11 @@ pub struct LlmConfig {
     /// Attention state the embedded model keeps between turns, per LLM thread, in MiB
     /// (about 45 KiB per token for SmolLM2-135M; least recently used dropped first).
     pub kv_cache_mb: u32,
+    /// Threads one forward pass of the embedded model is split over (candle's matrix
+    /// pool, fixed at start). 2 gives a lone conversation its reply ~100 ms sooner on a
+    /// 2-core machine; 1 keeps the model off the core that speech recognition and
+    /// synthesis use when many conversations are busy.
+    pub matmul_threads: usize,
     /// Longest `llm.system_prompt` a client may set with `session.update`, in bytes.
     pub max_system_prompt_bytes: usize,
     /// Bytes of history (system prompt and messages) kept per conversation; the oldest
@@ -314,6 +327,7 @@ impl Default for LlmConfig {
             context_max_messages: 21,
             history_max_conversations: 10_000,
             kv_cache_mb: 256,
+            matmul_threads: 1,
             max_system_prompt_bytes: 4096,
             history_max_bytes: 32 * 1024,
             history_total_bytes: 64 * 1024 * 1024,
@@ -346,7 +360,7 @@ impl Default for TtsConfig {
             threads: 1,
             max_queued_sentences: 16,
             lead_ms: 200,
-            first_piece_words: 4,
+            first_piece_words: 2,
         }
     }
 }
@@ -464,6 +478,12 @@ impl Config {
         }
         if self.session.register_timeout_ms < 100 {
             return invalid("session.register_timeout_ms", "must be at least 100");
+        }
+        if !(self.session.max_audio_speed >= 1.0) {
+            return invalid("session.max_audio_speed", "must be at least 1 (real time)");
+        }
+        if self.session.audio_burst_ms < 1000 {
+            return invalid("session.audio_burst_ms", "must be at least 1000");
         }
         if self.session.client_events_per_s == 0 || self.session.client_events_burst == 0 {
             return invalid(

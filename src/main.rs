@@ -31,7 +31,6 @@ enum Command {
 const DEFAULT_CONFIG: &str = "config/default.toml";
 
 fn main() -> anyhow::Result<()> {
-    hearken::llm::embedded::pin_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,6 +50,8 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         default.exists().then_some(default)
     });
     let config = Config::load(path.as_deref())?;
+    // Before any thread exists: candle reads it once.
+    hearken::llm::embedded::pin_candle_threads(config.llm.matmul_threads);
     actix_web::rt::System::new().block_on(async move {
         let server = Server::start(config).await?;
         wait_for_signal()

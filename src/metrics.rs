@@ -74,6 +74,8 @@ pub enum BadInput {
     Flood,
     /// A `session.update` system prompt over `llm.max_system_prompt_bytes`.
     PromptTooLarge,
+    /// Audio past the session's real-time budget (`session.max_audio_speed`).
+    AudioTooFast,
 }
 
 impl BadInput {
@@ -89,6 +91,7 @@ impl BadInput {
             BadInput::TextInsteadOfAudio => "text_instead_of_audio",
             BadInput::Flood => "flood",
             BadInput::PromptTooLarge => "prompt_too_large",
+            BadInput::AudioTooFast => "audio_too_fast",
         }
     }
 }

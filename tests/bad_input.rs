@@ -204,3 +204,36 @@ async fn an_oversized_system_prompt_is_refused_and_counted() {
     let next = next_event_of_any(&mut ws, &["error", "pong"]).await;
     assert_eq!(next["type"], "pong", "{next}");
 }
+
+#[tokio::test]
+async fn audio_far_faster_than_real_time_is_refused_then_closed() {
+    let mut config = test_config();
+    config.session.max_audio_speed = 1.0;
+    // Room for the other session's 5.4 s fixture, sent at once.
+    config.session.audio_burst_ms = 8000;
+    let server = TestServer::start(config);
+    let before = server.gauges();
+    let mut events = server.events();
+    let mut other = healthy_session(&server).await;
+    let (mut ws, started) = start_session(&server.url("")).await;
+
+    // 30 s of audio at once: the first 8 s (plus what the clock earns meanwhile) are
+    // taken, the rest refused frame by frame until the refusals spend the flood burst.
+    let silence = vec![0u8; 640];
+    for _ in 0..1500 {
+        if ws.send(Message::binary(silence.clone())).await.is_err() {
+            break;
+        }
+    }
+    expect_error(&mut ws, "audio_too_fast").await;
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+    let (reason, _) = disconnect_of(&mut events, &conversation_id(&started)).await;
+    assert_eq!(reason, "server_error");
+    let refused = server.metrics.bad_input(BadInput::AudioTooFast);
+    assert!(refused >= 1, "{refused}");
+    assert_eq!(server.metrics.bad_input(BadInput::Flood), 1);
+    // Another session streaming at its own pace is not affected.
+    still_serves(&mut other).await;
+    send_close(&mut other).await;
+    assert!(eventually(|| server.gauges() == before).await);
+}

@@ -13,7 +13,7 @@ use hearken::llm::{
 };
 
 fn model() -> MutexGuard<'static, EmbeddedModel> {
-    hearken::llm::embedded::pin_candle_threads();
+    hearken::llm::embedded::pin_candle_threads(1);
     static MODEL: OnceLock<Mutex<EmbeddedModel>> = OnceLock::new();
     let path = std::env::var_os("HEARKEN_LLM_MODEL").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -304,4 +304,60 @@ fn every_turn_of_a_conversation_reads_only_its_question() {
         }
         history.push(ChatMessage::assistant(reply));
     }
+}
+
+#[test]
+fn words_read_ahead_leave_only_the_rest_of_the_turn_and_change_nothing() {
+    let mut fresh = model();
+    let mut kept = fresh.clone().with_kv_cache(64 << 20);
+    let chatml = ChatMlIds::find(kept.tokenizer()).expect("chatml");
+    let id = uuid::Uuid::new_v4();
+    let first = conversation(&[("What is the capital of France?", None)]);
+    let (reply1, _) = reply_for(&mut kept, Some(id), &first);
+    let history = conversation(&[("What is the capital of France?", Some(&reply1))]);
+    let turn = "And what is the capital of Spain?";
+
+    // Two partials while the user speaks: the second goes on from the first.
+    let read = |model: &mut EmbeddedModel, history: &[ChatMessage], words: &str| {
+        model
+            .read_ahead_for(id, history, words, &|| false)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first_words = read(&mut kept, &history, "And what is");
+    assert!(
+        first_words > 3,
+        "the turn's header and words: {first_words}"
+    );
+    let more = read(&mut kept, &history, "And what is the capital");
+    let words = kept.tokenizer().encode(" the capital").len();
+    assert_eq!(
+        more, words,
+        "the second read-ahead reads only its new words"
+    );
+    let again = read(&mut kept, &history, "And what is the capital");
+    assert_eq!(again, 0, "already read");
+
+    let mut second = history.clone();
+    second.push(ChatMessage::user(turn));
+    let (reply2, outcome2) = reply_for(&mut kept, Some(id), &second);
+    let rest = kept.tokenizer().encode(" of Spain?").len() + 1 // <|im_end|>
+        + kept.tokenizer().encode("\n").len()
+        + encode_prompt(kept.tokenizer(), chatml, &[]).len();
+    assert_eq!(
+        outcome2.prompt_tokens - outcome2.cached_tokens,
+        rest,
+        "the reply reads only the turn's last words and its own header"
+    );
+    let (whole, outcome) = reply_for(&mut fresh, None, &second);
+    assert_eq!(outcome.cached_tokens, 0);
+    assert_eq!(reply2, whole, "reading ahead changes nothing in the reply");
+
+    // Words the turn went on with inside a word are not used: their tokens differ.
+    let mut third = second.clone();
+    third.push(ChatMessage::assistant(reply2));
+    assert!(read(&mut kept, &third, "Tell") > 0);
+    third.push(ChatMessage::user("Tellurium is what?"));
+    let (_, outcome3) = reply_for(&mut kept, Some(id), &third);
+    let question = encode_prompt(kept.tokenizer(), chatml, &third[third.len() - 1..]).len();
+    assert_eq!(outcome3.prompt_tokens - outcome3.cached_tokens, question);
 }

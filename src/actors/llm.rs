@@ -10,13 +10,20 @@
 //! A speculative reply (started on a draft transcript, before the turn is confirmed)
 //! runs like any other, but neither the user's words nor the reply are stored until
 //! [`ConfirmResponse`]; [`DiscardResponse`] drops it without a trace.
+//!
+//! While the user is still speaking, their words so far ([`ReadAhead`], from partial
+//! transcripts) may be read into the model's kept state on an idle thread, all but the
+//! last word (which the audio may have cut): the reply to the finished turn then
+//! reads only what came after. Nothing of it is stored or sent.
 
 use actix::prelude::*;
 use uuid::Uuid;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{CancelResponse, ChildEvent, ConfirmResponse, DiscardResponse, Respond};
-use crate::llm::backend::{BackendError, Generation, GenerationRequest, LlmEvent};
+use super::messages::{
+    CancelResponse, ChildEvent, ConfirmResponse, DiscardResponse, ReadAhead, Respond,
+};
+use crate::llm::backend::{self, BackendError, Generation, GenerationRequest, LlmEvent};
 use crate::llm::chat::ChatMessage;
 use crate::metrics::{ActorKind, GaugeGuard};
 use crate::protocol::ErrorCode;
@@ -46,6 +53,8 @@ pub struct LlmActor {
     parent: Recipient<ChildEvent>,
     current: Option<Reply>,
     finished: Option<Finished>,
+    /// The newest read-ahead of the turn being spoken (dropping it stops it).
+    read_ahead: Option<backend::ReadAhead>,
     link: ChildLink,
     _live: GaugeGuard,
 }
@@ -56,6 +65,7 @@ impl LlmActor {
             parent: env.parent.clone(),
             current: None,
             finished: None,
+            read_ahead: None,
             _live: env.services.metrics.actor_guard(ActorKind::Llm),
             env,
             link,
@@ -64,6 +74,19 @@ impl LlmActor {
 
     fn conversation_id(&self) -> Uuid {
         self.env.params.conversation_id
+    }
+
+    /// The prompt's messages before a turn that is not stored yet.
+    fn history_before_turn(&self) -> Vec<ChatMessage> {
+        let services = &self.env.services;
+        let llm = &services.config.llm;
+        services.conversations.transcript(
+            self.conversation_id(),
+            &llm.system_prompt,
+            llm.context_messages,
+            llm.context_max_messages,
+            1,
+        )
     }
 
     /// Stop the running reply, if any, and record it as cut.
@@ -158,13 +181,7 @@ impl Handler<Respond> for LlmActor {
         let user = ChatMessage::user(msg.text.clone());
         let mut messages = if msg.speculative {
             // Not stored yet: the prompt is the stored history plus these words.
-            let mut messages = services.conversations.transcript(
-                id,
-                &llm.system_prompt,
-                llm.context_messages,
-                llm.context_max_messages,
-                1,
-            );
+            let mut messages = self.history_before_turn();
             messages.push(user);
             messages
         } else {
@@ -218,6 +235,40 @@ impl Handler<Respond> for LlmActor {
     }
 }
 
+impl Handler<ReadAhead> for LlmActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadAhead, _: &mut Context<Self>) {
+        if self.current.is_some() {
+            return; // the thread is busy with a reply; the words are read with the turn
+        }
+        let Some(backend) = self.env.services.llm.as_ref() else {
+            return;
+        };
+        let Some(words) = settled_words(&msg.words) else {
+            return;
+        };
+        let request = backend::ReadAheadRequest {
+            history: self.history_before_turn(),
+            words: words.to_string(),
+            conversation_id: self.conversation_id(),
+            conversation: self.env.cancel.clone(),
+            hold: Box::new(self.link.hold()),
+        };
+        if let Some(read_ahead) = backend.read_ahead(request) {
+            self.read_ahead = Some(read_ahead);
+        }
+    }
+}
+
+/// The words of a partial transcript that later audio will not change: all but the
+/// last, which the audio may have cut mid-word. `None` when nothing is left.
+fn settled_words(partial: &str) -> Option<&str> {
+    let partial = partial.trim();
+    let cut = partial.rfind(' ')?;
+    Some(partial[..cut].trim_end()).filter(|w| !w.is_empty())
+}
+
 impl Handler<CancelResponse> for LlmActor {
     type Result = ();
 
@@ -254,3 +305,16 @@ impl Handler<DiscardResponse> for LlmActor {
 }
 
 child_controls!(LlmActor, ChildRole::Llm);
+
+#[cfg(test)]
+mod tests {
+    use super::settled_words;
+
+    #[test]
+    fn the_last_word_of_a_partial_is_not_settled() {
+        assert_eq!(settled_words("What is the capit"), Some("What is the"));
+        assert_eq!(settled_words(" What  is "), Some("What"));
+        assert_eq!(settled_words("What"), None);
+        assert_eq!(settled_words(""), None);
+    }
+}

@@ -131,6 +131,14 @@ pub struct ReleaseSpeech {
     pub response_id: uuid::Uuid,
 }
 
+/// The words of a turn still being spoken (a partial transcript): the LLM may read
+/// them ahead, so the reply to the finished turn reads only what comes after.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ReadAhead {
+    pub words: String,
+}
+
 /// Speech resumed in the pause a draft was cut at: stop decoding it.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -172,6 +180,9 @@ pub enum ChildEvent {
     /// The transcript of a draft: what the user said if the current pause ends the
     /// turn. A head start for a speculative reply; never shown to the client.
     DraftTranscript { text: String },
+    /// The transcript of the segment so far while speech goes on; never shown to the
+    /// client.
+    PartialTranscript { text: String },
     /// Speech went on after a pause that had been handed out as a draft.
     SpeechResumed,
     /// The user's turn ended (sent right after its `Stopped`); `voice_end` is when the

@@ -22,10 +22,11 @@ use bytes::Bytes;
 
 use super::conversation::{ConversationActor, SessionHandle};
 use super::messages::{AudioFrames, ClientCommand, Outbound, SessionEnded};
-use super::throttle::TokenBucket;
+use super::throttle::{AudioBudget, TokenBucket};
 use super::write_stall::StallSignal;
 use crate::admission::Permit;
 use crate::audio::coalesce::FrameCoalescer;
+use crate::audio::opus_codec::packet_samples;
 use crate::lifecycle::{close_code, ExitReason};
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::native::{ClientEvent, LlmUpdate};
@@ -46,6 +47,8 @@ pub struct SessionActor {
     last_heard: Instant,
     /// Flood control: client text frames, Pings and error replies take tokens.
     flood: TokenBucket,
+    /// How far the client's audio may run ahead of real time.
+    audio_budget: AudioBudget,
     /// Set by the write-stall watchdog; read by the conversation link on drop.
     stall: Rc<StallSignal>,
     exit: Option<ExitReason>,
@@ -67,6 +70,7 @@ impl SessionActor {
             f64::from(session.client_events_burst),
             f64::from(session.client_events_per_s),
         );
+        let audio_budget = AudioBudget::new(session.max_audio_speed, session.audio_burst_ms);
         SessionActor {
             coalescer: FrameCoalescer::new(params.codec, params.sample_rate, coalesce_ms),
             coalesce_timer: None,
@@ -76,6 +80,7 @@ impl SessionActor {
             link: None,
             last_heard: Instant::now(),
             flood,
+            audio_budget,
             stall,
             exit: None,
             _permit: permit,
@@ -154,9 +159,30 @@ impl SessionActor {
         if data.is_empty() {
             return; // no samples: not audio, not activity
         }
-        if self.params.codec == AudioCodec::Pcm16 && data.len() % 2 != 0 {
-            let message = format!("PCM16 frame has an odd byte count ({})", data.len());
-            return self.bad_input(BadInput::OddLengthPcm, ErrorCode::BadAudio, message, ctx);
+        let samples = match self.params.codec {
+            AudioCodec::Pcm16 if data.len() % 2 != 0 => {
+                let message = format!("PCM16 frame has an odd byte count ({})", data.len());
+                return self.bad_input(BadInput::OddLengthPcm, ErrorCode::BadAudio, message, ctx);
+            }
+            AudioCodec::Pcm16 => data.len() / 2,
+            AudioCodec::Opus => match packet_samples(&data, self.params.sample_rate) {
+                Ok(samples) => samples,
+                Err(error) => {
+                    let message = format!("undecodable Opus packet: {error}");
+                    return self.bad_input(BadInput::BadOpus, ErrorCode::BadAudio, message, ctx);
+                }
+            },
+        };
+        let audio_ms = samples as f64 * 1000.0 / f64::from(self.params.sample_rate);
+        if !self.audio_budget.admit(audio_ms) {
+            let speed = self.services.config.session.max_audio_speed;
+            let message = format!("audio arrives faster than {speed}x real time; frame dropped");
+            return self.bad_input(
+                BadInput::AudioTooFast,
+                ErrorCode::AudioTooFast,
+                message,
+                ctx,
+            );
         }
         self.last_heard = Instant::now();
         if self.conversation.is_none() {

@@ -307,6 +307,11 @@ impl SttActor {
                         act.partial = None;
                     }
                     act.remember(start_ms, &decode);
+                    if let Decode::Text { text, .. } = decode {
+                        if !text.is_empty() {
+                            act.parent.do_send(ChildEvent::PartialTranscript { text });
+                        }
+                    }
                 }),
         );
     }

@@ -45,16 +45,44 @@ impl TokenBucket {
 
     /// Take one token if there is one.
     pub fn take(&mut self) -> bool {
+        self.take_many(1.0)
+    }
+
+    /// Take `amount` tokens if there are that many; otherwise take none.
+    pub fn take_many(&mut self, amount: f64) -> bool {
         let now = Instant::now();
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_s;
         self.tokens = (self.tokens + earned).min(self.burst);
         self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= amount {
+            self.tokens -= amount;
             true
         } else {
             false
         }
+    }
+}
+
+/// How far ahead of the wall clock a client's audio may run: a bucket of milliseconds
+/// of audio that refills at `max_audio_speed` ms per ms. Audio costs the models the
+/// same whoever sends it, so a client sending faster than it could speak would take
+/// other sessions' share; within the burst, catching up after a stall or sending a
+/// short recording at once still works.
+#[derive(Debug)]
+pub struct AudioBudget {
+    bucket: TokenBucket,
+}
+
+impl AudioBudget {
+    pub fn new(max_audio_speed: f64, burst_ms: u32) -> Self {
+        AudioBudget {
+            bucket: TokenBucket::new(f64::from(burst_ms), 1000.0 * max_audio_speed),
+        }
+    }
+
+    /// Admit `audio_ms` of audio, or refuse it whole (nothing is spent then).
+    pub fn admit(&mut self, audio_ms: f64) -> bool {
+        self.bucket.take_many(audio_ms)
     }
 }
 
@@ -71,6 +99,22 @@ mod tests {
         bucket.per_s = 1000.0;
         bucket.refilled = Instant::now() - Duration::from_millis(10);
         assert!(bucket.take(), "ten ms at 1000/s earned tokens");
+    }
+
+    #[test]
+    fn audio_past_the_burst_is_refused_whole_until_the_clock_catches_up() {
+        let mut budget = AudioBudget::new(1.0, 1000);
+        assert!(budget.admit(600.0) && budget.admit(380.0));
+        assert!(
+            !budget.admit(60.0),
+            "about 20 ms left, a 60 ms frame does not fit"
+        );
+        assert!(budget.admit(10.0), "a refused frame spent nothing");
+        budget.bucket.refilled = Instant::now() - Duration::from_millis(100);
+        assert!(
+            budget.admit(60.0),
+            "100 ms of wall clock earned 100 ms of audio"
+        );
     }
 
     #[test]

@@ -36,6 +36,12 @@ impl OpusDecoder {
     }
 }
 
+/// How many samples at `sample_rate` a packet holds, read from its table of contents
+/// without decoding it (an error for a packet no decoder would accept).
+pub fn packet_samples(packet: &[u8], sample_rate: u32) -> Result<usize, OpusError> {
+    Ok(opus::packet::get_nb_samples(packet, sample_rate)?)
+}
+
 /// Encodes mono audio into 20 ms packets (used for TTS output and the bench client).
 pub struct OpusEncoder {
     encoder: opus::Encoder,
@@ -104,6 +110,16 @@ mod tests {
             dec.decode_into(p, &mut out).unwrap();
         }
         assert_eq!(out.len(), 1600);
+    }
+
+    #[test]
+    fn a_packet_tells_its_length_without_decoding() {
+        let mut enc = OpusEncoder::new(16_000).unwrap();
+        let packets = enc.push(&[0; 320]).unwrap();
+        assert_eq!(packet_samples(&packets[0], 16_000).unwrap(), 320);
+        assert_eq!(packet_samples(&packets[0], 48_000).unwrap(), 960);
+        // Code 3 announcing 63 frames of 20 ms: more than the 120 ms a packet may hold.
+        assert!(packet_samples(&[0xff, 0xff], 16_000).is_err());
     }
 
     #[test]

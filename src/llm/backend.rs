@@ -17,7 +17,7 @@ use super::chat::ChatMessage;
 use super::embedded::EmbeddedModel;
 use super::generation::GenerationParams;
 use crate::metrics::Metrics;
-use crate::workers::{CancelToken, JobError, WorkerPool};
+use crate::workers::{CancelToken, JobError, Priority, WorkerPool};
 
 /// Deltas buffered between a generator and its actor before the generator waits.
 const EVENT_BUFFER: usize = 64;
@@ -47,6 +47,30 @@ pub struct GenerationRequest {
     pub conversation: CancelToken,
     /// Released when the generation is completely gone.
     pub hold: Box<dyn Any + Send>,
+}
+
+/// What a backend needs to read the start of a turn ahead of its reply.
+pub struct ReadAheadRequest {
+    /// The prompt's messages before the turn (as a reply to it would see them).
+    pub history: Vec<ChatMessage>,
+    /// The user's words so far.
+    pub words: String,
+    pub conversation_id: Uuid,
+    pub conversation: CancelToken,
+    /// Released when the job is completely gone.
+    pub hold: Box<dyn Any + Send>,
+}
+
+/// A read-ahead queued or running; dropping it stops it.
+pub struct ReadAhead {
+    stop: CancelToken,
+    _job: Box<dyn Any + Send>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 pub struct Generation {
@@ -85,6 +109,13 @@ impl Drop for Generation {
 
 pub trait LlmBackend: Send + Sync {
     fn start(&self, request: GenerationRequest) -> Result<Generation, BackendError>;
+
+    /// Read a turn's first words ahead of its reply, if the backend keeps attention
+    /// state and has an idle thread; `None` when it does not (nothing is lost: the
+    /// reply reads them itself).
+    fn read_ahead(&self, _request: ReadAheadRequest) -> Option<ReadAhead> {
+        None
+    }
 }
 
 /// SmolLM2 in-process: generation runs on the `llm` worker pool, one model per thread.
@@ -115,9 +146,11 @@ impl LlmBackend for EmbeddedBackend {
         let (params, messages) = (self.params.clone(), request.messages);
         let (stopped, conversation) = (stop.clone(), request.conversation.clone());
         let (id, metrics) = (request.conversation_id, Arc::clone(&self.metrics));
-        let job = self
-            .pool
-            .submit(&request.conversation, request.hold, move |model| {
+        let job = self.pool.submit_with(
+            Priority::Urgent,
+            &request.conversation,
+            request.hold,
+            move |model| {
                 let mut on_token = |piece: &str| {
                     let cancelled = stopped.is_cancelled() || conversation.is_cancelled();
                     if cancelled
@@ -155,7 +188,8 @@ impl LlmBackend for EmbeddedBackend {
                     Err(error) => LlmEvent::Failed(error.to_string()),
                 };
                 let _ = events.blocking_send(last);
-            });
+            },
+        );
         match job {
             Ok(answer) => Ok(Generation {
                 events: receiver,
@@ -166,5 +200,41 @@ impl LlmBackend for EmbeddedBackend {
             Err(JobError::Overloaded { .. }) => Err(BackendError::Overloaded),
             Err(error) => Err(BackendError::Unavailable(error.to_string())),
         }
+    }
+
+    /// Only on an idle thread, at normal priority (replies go first), and stopped
+    /// between chunks as soon as a reply waits for the thread.
+    fn read_ahead(&self, request: ReadAheadRequest) -> Option<ReadAhead> {
+        if !self.pool.has_idle_thread() {
+            return None;
+        }
+        let stop = CancelToken::new();
+        let (stopped, conversation) = (stop.clone(), request.conversation.clone());
+        let (id, metrics) = (request.conversation_id, Arc::clone(&self.metrics));
+        let reply_waits = self.pool.waiting_probe();
+        let (history, words) = (request.history, request.words);
+        let job = self.pool.submit_with(
+            Priority::Normal,
+            &request.conversation,
+            request.hold,
+            move |model| {
+                let cancelled =
+                    || stopped.is_cancelled() || conversation.is_cancelled() || reply_waits();
+                let kept_before = model.kv_cache_bytes();
+                let read = model.read_ahead_for(id, &history, &words, &cancelled);
+                let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
+                metrics.latency.llm_kv_cache_bytes.add(kept);
+                match read {
+                    Ok(tokens) => metrics.latency.count_read_ahead(tokens),
+                    Err(error) => {
+                        tracing::debug!(conversation_id = %id, %error, "read-ahead failed")
+                    }
+                }
+            },
+        );
+        job.ok().map(|answer| ReadAhead {
+            stop,
+            _job: Box::new(answer),
+        })
     }
 }

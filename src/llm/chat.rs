@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::pretokenize::split_words;
 use super::tokenizer::Tokenizer;
 
 /// ChatML marker that opens a message.
@@ -99,9 +100,39 @@ impl ChatMlIds {
     }
 }
 
-/// Tokenises the prompt [`build_prompt`] renders, except that message content is
-/// encoded as plain text: a user who says `<|im_end|>` cannot close their own turn.
-pub fn encode_prompt(tokenizer: &Tokenizer, ids: ChatMlIds, messages: &[ChatMessage]) -> Vec<u32> {
+/// Whether the tokenizer, encoding `message` as [`encode_prompt`] does, cuts its text
+/// at byte `at`: then the tokens of the text before and after `at` are the tokens of
+/// the whole. True at either end.
+pub fn splits_cleanly(message: &ChatMessage, at: usize) -> bool {
+    if at == 0 || at == message.content.len() {
+        return true;
+    }
+    let rendered = format!("{}\n{}", message.role.as_str(), message.content);
+    let cut = rendered.len() - message.content.len() + at;
+    let mut end = 0;
+    for word in split_words(&rendered) {
+        end += word.len();
+        if end >= cut {
+            return end == cut;
+        }
+    }
+    false
+}
+
+/// The tokens of a message that is still open: its header and `text` so far, as
+/// [`encode_prompt`] would begin it.
+pub fn encode_open(tokenizer: &Tokenizer, ids: ChatMlIds, role: Role, text: &str) -> Vec<u32> {
+    let mut out = vec![ids.im_start];
+    out.extend(tokenizer.encode(&format!("{}\n{}", role.as_str(), text)));
+    out
+}
+
+/// Tokenises whole messages as [`encode_prompt`] does, without the reply's header.
+pub fn encode_messages(
+    tokenizer: &Tokenizer,
+    ids: ChatMlIds,
+    messages: &[ChatMessage],
+) -> Vec<u32> {
     let mut out = Vec::new();
     for m in messages {
         out.push(ids.im_start);
@@ -109,6 +140,13 @@ pub fn encode_prompt(tokenizer: &Tokenizer, ids: ChatMlIds, messages: &[ChatMess
         out.push(ids.im_end);
         out.extend(tokenizer.encode("\n"));
     }
+    out
+}
+
+/// Tokenises the prompt [`build_prompt`] renders, except that message content is
+/// encoded as plain text: a user who says `<|im_end|>` cannot close their own turn.
+pub fn encode_prompt(tokenizer: &Tokenizer, ids: ChatMlIds, messages: &[ChatMessage]) -> Vec<u32> {
+    let mut out = encode_messages(tokenizer, ids, messages);
     out.push(ids.im_start);
     out.extend(tokenizer.encode("assistant\n"));
     out
@@ -133,6 +171,26 @@ mod tests {
              <|im_start|>assistant\nHello!<|im_end|>\n\
              <|im_start|>user\nCapital of France?<|im_end|>\n\
              <|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn a_message_splits_cleanly_only_before_a_word() {
+        let said = ChatMessage::user("What is the capital of France?");
+        assert!(splits_cleanly(&said, "What is the capital".len()));
+        assert!(
+            !splits_cleanly(&said, "What is the capit".len()),
+            "inside a word"
+        );
+        assert!(
+            !splits_cleanly(&said, "What is the capital ".len()),
+            "the space goes with the next word"
+        );
+        assert!(splits_cleanly(&said, 0) && splits_cleanly(&said, said.content.len()));
+        let number = ChatMessage::user("in 15 minutes");
+        assert!(
+            splits_cleanly(&number, "in 1".len()),
+            "every digit stands alone"
         );
     }
 

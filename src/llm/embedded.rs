@@ -29,11 +29,11 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
-use super::chat::{encode_prompt, ChatMessage, ChatMlIds, Role};
+use super::chat::{encode_messages, encode_open, encode_prompt, ChatMessage, ChatMlIds, Role};
 use super::error::LlmError;
 use super::generation::{sampling, FinishReason, GenerationOutcome, GenerationParams};
 use super::gguf;
-use super::prefix_cache::{Continuation, Covered, Owner, PrefixCache};
+use super::prefix_cache::{Continuation, Covered, Open, Owner, PrefixCache};
 use super::tokenizer::{StreamDecoder, Tokenizer};
 use uuid::Uuid;
 
@@ -41,6 +41,10 @@ use uuid::Uuid;
 /// chunk bounds how long a barge-in or a teardown waits for a long prompt (about 0.3 s
 /// for 32 tokens here); it also bounds the attention scores' memory.
 const PROMPT_CHUNK_TOKENS: usize = 32;
+
+/// Tokens per forward pass when reading ahead: smaller, so a reply waiting for the
+/// thread waits at most one short chunk.
+const READ_AHEAD_CHUNK_TOKENS: usize = 8;
 
 /// A loaded GGUF chat model and its tokenizer. `Send`; `clone()` is cheap and shares
 /// the weights, so a pool loads once and gives each inference thread its own handle.
@@ -204,7 +208,7 @@ impl EmbeddedModel {
             // barge-in, whatever of the reply was said.
             let covers = Covered {
                 messages: messages.to_vec(),
-                open_reply: Some(String::new()),
+                open: Some(Open::Reply(String::new())),
             };
             let owner = Owner::Conversation(id);
             self.cache
@@ -253,6 +257,66 @@ impl EmbeddedModel {
         Ok(outcome(reply.len(), finish_reason, first_token_ms))
     }
 
+    /// Reads the start of what the user is still saying (`words`, from a partial
+    /// transcript, after `history`) into the conversation's kept state, so the reply to
+    /// the finished turn reads only what came after. Starts only from a kept state (the
+    /// conversation's or the shared system prompt's): reading a whole history on a
+    /// guess is not worth a busy thread. Returns how many tokens it read.
+    pub fn read_ahead_for(
+        &mut self,
+        conversation: Uuid,
+        history: &[ChatMessage],
+        words: &str,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<usize, LlmError> {
+        let mut prompt = history.to_vec();
+        prompt.push(ChatMessage::user(words));
+        let Some(hit) = self.cache.lookup(Some(conversation), &prompt) else {
+            return Ok(0);
+        };
+        let rest = self.encode_open_rest(&prompt, hit.from);
+        let read = hit.tokens + rest.len();
+        // Room for the turn's last words and a reply, or it is not worth reading.
+        if rest.is_empty() || read + 2 * PROMPT_CHUNK_TOKENS >= self.context_limit {
+            return Ok(0);
+        }
+        let mut model = hit.state;
+        let chunk = READ_AHEAD_CHUNK_TOKENS;
+        if self
+            .run_chunked(&mut model, &rest, chunk, hit.tokens, cancelled)?
+            .is_none()
+        {
+            return Ok(0);
+        }
+        let covers = Covered {
+            messages: history.to_vec(),
+            open: Some(Open::User(words.to_string())),
+        };
+        self.cache
+            .insert(Owner::Conversation(conversation), covers, read, model);
+        Ok(rest.len())
+    }
+
+    /// The tokens of `prompt`, whose last message is still open, after what a kept
+    /// state has read (`from`).
+    fn encode_open_rest(&self, prompt: &[ChatMessage], from: Continuation) -> Vec<u32> {
+        let last = prompt.len() - 1;
+        let open = &prompt[last];
+        if from.messages == last {
+            if let Some(read) = from.open_bytes {
+                return self.tokenizer.encode(&open.content[read..]);
+            }
+        }
+        let mut rest = self.encode_rest_closed(&prompt[..last], from);
+        rest.extend(encode_open(
+            &self.tokenizer,
+            self.chatml,
+            open.role,
+            &open.content,
+        ));
+        rest
+    }
+
     /// The state to start from, the position it has read to, how many of those tokens
     /// came from a kept state (the rest were read just now), and the prompt tokens
     /// still to read: a kept state, or the pristine weights after reading (and
@@ -277,18 +341,24 @@ impl EmbeddedModel {
             return Ok((model, 0, 0, prompt));
         }
         self.run_prompt(&mut model, &prompt[..system_len], 0, &|| false)?;
-        let covers = Covered {
-            messages: vec![system.clone()],
-            open_reply: None,
-        };
+        let covers = Covered::closed(vec![system.clone()]);
         self.cache
             .insert(Owner::Shared, covers, system_len, model.clone());
         Ok((model, system_len, 0, prompt[system_len..].to_vec()))
     }
 
     /// The tokens of `messages` after what a kept state has read (`from`): the rest of
-    /// an open reply and its closing, then the remaining messages and the reply header.
+    /// an open message and its closing, then the remaining messages and the reply
+    /// header.
     fn encode_rest(&self, messages: &[ChatMessage], from: Continuation) -> Vec<u32> {
+        let mut rest = self.encode_rest_closed(messages, from);
+        rest.push(self.chatml.im_start);
+        rest.extend(self.tokenizer.encode("assistant\n"));
+        rest
+    }
+
+    /// [`encode_rest`](Self::encode_rest) without the reply header.
+    fn encode_rest_closed(&self, messages: &[ChatMessage], from: Continuation) -> Vec<u32> {
         let mut rest = Vec::new();
         let mut next = from.messages;
         if let Some(read) = from.open_bytes {
@@ -297,7 +367,7 @@ impl EmbeddedModel {
             rest.extend(self.tokenizer.encode("\n"));
             next += 1;
         }
-        rest.extend(encode_prompt(
+        rest.extend(encode_messages(
             &self.tokenizer,
             self.chatml,
             &messages[next..],
@@ -330,10 +400,7 @@ impl EmbeddedModel {
         self.run_prompt(&mut model, &tail, position, &|| false)?;
         let mut covered = messages.to_vec();
         covered.push(ChatMessage::assistant(text));
-        let covers = Covered {
-            messages: covered,
-            open_reply: None,
-        };
+        let covers = Covered::closed(covered);
         let owner = Owner::Conversation(conversation);
         self.cache
             .insert(owner, covers, position + tail.len(), model);
@@ -349,12 +416,26 @@ impl EmbeddedModel {
         position: usize,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<Tensor>, LlmError> {
+        self.run_chunked(model, tokens, PROMPT_CHUNK_TOKENS, position, cancelled)
+    }
+
+    /// [`run_prompt`](Self::run_prompt) with `chunk` tokens per forward pass.
+    fn run_chunked(
+        &self,
+        model: &mut ModelWeights,
+        tokens: &[u32],
+        chunk: usize,
+        position: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Tensor>, LlmError> {
         let mut logits = None;
-        for (i, chunk) in tokens.chunks(PROMPT_CHUNK_TOKENS).enumerate() {
+        let mut at = position;
+        for chunk in tokens.chunks(chunk) {
             if cancelled() {
                 return Ok(None);
             }
-            logits = Some(self.forward(model, chunk, position + i * PROMPT_CHUNK_TOKENS)?);
+            logits = Some(self.forward(model, chunk, at)?);
+            at += chunk.len();
         }
         // A lookup never covers a whole prompt, and `encode_prompt` always yields at
         // least `<|im_start|>assistant\n`: there is always a token to read.
@@ -416,14 +497,15 @@ fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-/// candle runs its matrix work on one process-wide rayon pool of busy-waiting threads
-/// behind one lock; with several inference threads (or a busy second core) decode time
-/// swings from 11 to 150 ms per token. One rayon thread makes each inference thread
-/// compute on its own. candle reads the setting once, so call this at process start,
-/// before any other thread exists; an explicit `RAYON_NUM_THREADS` is left alone.
-pub fn pin_candle_threads() {
+/// candle runs its matrix work on one process-wide pool of threads that spin between
+/// work items, behind one lock; with several inference threads (or a busy second core)
+/// decode time swings from 11 to 150 ms per token. One thread makes each inference
+/// thread compute on its own (`llm.matmul_threads`). candle reads the setting once, so
+/// call this at process start, before any other thread exists; an explicit
+/// `RAYON_NUM_THREADS` is left alone.
+pub fn pin_candle_threads(threads: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     }
 }
 

@@ -15,10 +15,16 @@
 //! Entries are bounded in bytes and evicted least recently used first; an entry is
 //! only a cache, so losing it costs time, never correctness. The cache belongs to one
 //! inference thread (no lock).
+//!
+//! A conversation may also hold one entry that has read the start of what the user is
+//! still saying ([`Open::User`], from a partial transcript): the reply to the finished
+//! turn then reads only its last words. It is continued only by a message that starts
+//! with the same text and where the tokenizer cuts the whole message there too, so the
+//! state holds exactly the tokens the whole message encodes to.
 
 use uuid::Uuid;
 
-use super::chat::{ChatMessage, Role};
+use super::chat::{splits_cleanly, ChatMessage, Role};
 
 /// Whose an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +44,35 @@ const MAX_SHARED: usize = 4;
 /// cut marker) and is what a discarded speculative reply must not displace.
 const PER_CONVERSATION: usize = 2;
 
-/// What a state has read: whole `messages`, then, if `open_reply` is set, the header
-/// of an assistant reply and that much of its text.
+/// What a state has read: whole `messages`, then, if `open` is set, the header of one
+/// more message and the start of its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Covered {
     pub messages: Vec<ChatMessage>,
-    pub open_reply: Option<String>,
+    pub open: Option<Open>,
+}
+
+/// The message a state has begun reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Open {
+    /// An assistant reply and that much of its text, as the model produced it.
+    Reply(String),
+    /// A user message and that much of its text, read from a partial transcript.
+    User(String),
+}
+
+impl Covered {
+    /// Whole `messages`, nothing more.
+    pub fn closed(messages: Vec<ChatMessage>) -> Self {
+        Covered {
+            messages,
+            open: None,
+        }
+    }
+
+    fn is_open_user(&self) -> bool {
+        matches!(self.open, Some(Open::User(_)))
+    }
 }
 
 /// How a prompt goes on from a state that covers its start.
@@ -62,20 +91,30 @@ impl Covered {
         if prompt.len() < n || prompt[..n] != self.messages[..] {
             return None;
         }
-        let Some(open) = &self.open_reply else {
+        let Some(open) = &self.open else {
             return Some(Continuation {
                 messages: n,
                 open_bytes: None,
             });
         };
-        // An open reply is only continued by the same reply, as stored afterwards.
         let next = prompt.get(n)?;
-        (next.role == Role::Assistant && next.content.starts_with(open.as_str())).then_some(
-            Continuation {
-                messages: n,
-                open_bytes: Some(open.len()),
-            },
-        )
+        let continued = match open {
+            // An open reply is only continued by the same reply, as stored afterwards.
+            Open::Reply(text) => next.role == Role::Assistant && next.content.starts_with(text),
+            // The user's words so far, continued where the tokenizer cuts too.
+            Open::User(text) => {
+                next.role == Role::User
+                    && next.content.starts_with(text)
+                    && splits_cleanly(next, text.len())
+            }
+        };
+        let read = match open {
+            Open::Reply(text) | Open::User(text) => text.len(),
+        };
+        continued.then_some(Continuation {
+            messages: n,
+            open_bytes: Some(read),
+        })
     }
 }
 
@@ -155,7 +194,8 @@ impl<S: Clone> PrefixCache<S> {
 
     /// Keep `state` (having read `tokens` tokens, covering `covers`) for `owner`: it
     /// replaces the least recently used of that owner's entries once the owner has its
-    /// most. Entries too big for the whole cache are not kept.
+    /// most. Entries too big for the whole cache are not kept. An owner keeps one entry
+    /// of the user's unfinished words, and none once a turn has been read past it.
     pub fn insert(&mut self, owner: Owner, covers: Covered, tokens: usize, state: S) {
         if self.cost(tokens) > self.capacity_bytes || tokens == 0 {
             return;
@@ -169,12 +209,17 @@ impl<S: Clone> PrefixCache<S> {
             same.last_used = now;
             return;
         }
+        self.entries
+            .retain(|e| !(e.owner == owner && e.covers.is_open_user()));
+        let open_user = covers.is_open_user();
         let most = match owner {
+            _ if open_user => 1,
             Owner::Conversation(_) => PER_CONVERSATION,
             Owner::Shared => MAX_SHARED,
         };
-        if self.entries.iter().filter(|e| e.owner == owner).count() >= most {
-            self.evict(|e| e.owner == owner);
+        let same_kind = |e: &Entry<S>| e.owner == owner && e.covers.is_open_user() == open_user;
+        if self.entries.iter().filter(|e| same_kind(e)).count() >= most {
+            self.evict(same_kind);
         }
         let needed = self.cost(tokens);
         while self.bytes() + needed > self.capacity_bytes && !self.entries.is_empty() {
@@ -215,7 +260,14 @@ mod tests {
     fn covers(messages: &[ChatMessage], open_reply: Option<&str>) -> Covered {
         Covered {
             messages: messages.to_vec(),
-            open_reply: open_reply.map(str::to_string),
+            open: open_reply.map(|text| Open::Reply(text.to_string())),
+        }
+    }
+
+    fn open_user(messages: &[ChatMessage], words: &str) -> Covered {
+        Covered {
+            messages: messages.to_vec(),
+            open: Some(Open::User(words.to_string())),
         }
     }
 
@@ -266,6 +318,46 @@ mod tests {
         assert!(
             state.continuation(&other).is_none(),
             "a user turn is no reply"
+        );
+    }
+
+    #[test]
+    fn unfinished_words_are_continued_only_at_a_word_boundary() {
+        let chat = chat();
+        let asked = open_user(&chat[..3], "and");
+        let from = asked.continuation(&chat);
+        assert_eq!(from.map(|c| (c.messages, c.open_bytes)), Some((3, Some(3))));
+        let mut longer = chat.clone();
+        longer[3] = ChatMessage::user("andorra?");
+        assert!(
+            asked.continuation(&longer).is_none(),
+            "the word went on: its tokens differ"
+        );
+        longer[3] = ChatMessage::assistant("and Spain?");
+        assert!(
+            asked.continuation(&longer).is_none(),
+            "a reply is no user turn"
+        );
+    }
+
+    #[test]
+    fn one_entry_of_unfinished_words_until_the_turn_is_read() {
+        let chat = chat();
+        let mut cache = PrefixCache::new(1000, 1);
+        let me = Owner::Conversation(id(1));
+        cache.insert(me, covers(&chat[..3], None), 10, "replied");
+        cache.insert(me, open_user(&chat[..3], "and"), 11, "and");
+        cache.insert(me, open_user(&chat[..3], "and Spain"), 13, "and Spain");
+        let hit = cache
+            .lookup(Some(id(1)), &chat)
+            .map(|h| (h.state, h.from.open_bytes));
+        assert_eq!(hit, Some(("and Spain", Some(9))));
+        assert_eq!(cache.bytes(), 10 + 13, "the newer words replaced the older");
+        cache.insert(me, covers(&chat, Some("")), 15, "asked");
+        assert_eq!(
+            cache.bytes(),
+            10 + 15,
+            "the read turn dropped the unfinished one"
         );
     }
 

@@ -117,14 +117,15 @@ impl LatencyMetrics {
             Opts::new(
                 "hearken_llm_prompt_tokens_total",
                 "Prompt tokens of embedded replies: read by the model, or already in kept \
-                 attention state (cached)",
+                 attention state (cached); read_ahead counts the user's words read while \
+                 they were still speaking",
             ),
             &["source"],
         )
         .expect("static metric definition");
         zero(&preemptive_replies, &["started", "used", "discarded"]);
         zero(&turn_decisions, &["complete", "incomplete", "silence"]);
-        zero(&llm_prompt_tokens, &["read", "cached"]);
+        zero(&llm_prompt_tokens, &["read", "cached", "read_ahead"]);
         LatencyMetrics {
             turn_stage_seconds,
             preemptive_replies,
@@ -195,6 +196,17 @@ impl LatencyMetrics {
         self.llm_prompt_tokens
             .with_label_values(&["cached"])
             .inc_by(cached as u64);
+    }
+
+    /// Tokens of a turn read ahead of its reply, from a partial transcript.
+    pub fn count_read_ahead(&self, tokens: usize) {
+        self.llm_prompt_tokens
+            .with_label_values(&["read_ahead"])
+            .inc_by(tokens as u64);
+    }
+
+    pub fn prompt_tokens(&self, source: &str) -> u64 {
+        self.llm_prompt_tokens.with_label_values(&[source]).get()
     }
 }
 

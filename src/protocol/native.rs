@@ -184,6 +184,9 @@ pub enum ErrorCode {
     /// The previous session of this conversation did not end within
     /// `session.register_timeout_ms`; the socket closes with 1013 (try again later).
     ConversationBusy,
+    /// Audio arrived faster than `session.max_audio_speed` times real time, past its
+    /// burst; the frame was dropped.
+    AudioTooFast,
 }
 
 impl ErrorCode {

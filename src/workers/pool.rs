@@ -194,6 +194,13 @@ impl<S: 'static> WorkerPool<S> {
     pub fn has_idle_thread(&self) -> bool {
         self.pending.load(Ordering::Acquire) < self.threads.len()
     }
+
+    /// A check, usable from inside a job, of whether some job waits for a thread:
+    /// optional work that is running stops early so the waiting one starts.
+    pub fn waiting_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (pending, threads) = (Arc::clone(&self.pending), self.threads.len());
+        move || pending.load(Ordering::Acquire) > threads
+    }
 }
 
 /// Counts one job as pending from submission until it is answered or dropped unrun.

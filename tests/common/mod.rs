@@ -57,7 +57,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(config: Config) -> TestServer {
-        hearken::llm::embedded::pin_candle_threads();
+        hearken::llm::embedded::pin_candle_threads(1);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use super::ConversationActor;
 use crate::actors::messages::{
     AudioFrames, ChildEvent, ClientCommand, ConfirmResponse, DropDraft, FlushSpeech, Outbound,
-    Record, ReleaseSpeech, SegmentKind, SpeakDelta, SpeakEnd, Transcribe,
+    ReadAhead, Record, ReleaseSpeech, SegmentKind, SpeakDelta, SpeakEnd, Transcribe,
 };
 use crate::audio::segmenter::SpeechEvent;
 use crate::metrics::Preemptive;
@@ -92,6 +92,11 @@ impl Handler<ChildEvent> for ConversationActor {
                 }
             }
             ChildEvent::TurnEnded { voice_end } => self.turn.turn_ended(voice_end),
+            ChildEvent::PartialTranscript { text } => {
+                if let Some(llm) = self.children.llm.as_ref() {
+                    llm.do_send(ReadAhead { words: text });
+                }
+            }
             ChildEvent::DraftTranscript { text } => {
                 let same = self.speculation.as_ref().is_some_and(|s| s.text == text);
                 if !same {
