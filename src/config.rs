@@ -390,6 +390,9 @@ pub struct WorkersConfig {
     pub io_threads: usize,
     /// Jobs a pool accepts before it reports `overloaded`.
     pub queue_depth: usize,
+    /// Nice levels the speech-recognition and language-model threads run below the
+    /// rest, so turn detection stays real time under overload (0: equal priority).
+    pub model_nice: i32,
 }
 
 impl Default for WorkersConfig {
@@ -398,6 +401,7 @@ impl Default for WorkersConfig {
             dsp_threads: 2,
             io_threads: 1,
             queue_depth: 4096,
+            model_nice: 5,
         }
     }
 }

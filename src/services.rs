@@ -28,7 +28,7 @@ use crate::registry::RegistryHandle;
 use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
 use crate::workers::pool::StateInit;
 use crate::workers::silero_batcher::SileroBatcher;
-use crate::workers::WorkerPool;
+use crate::workers::{niceness, WorkerPool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
@@ -135,8 +135,11 @@ impl Services {
             readiness.expect_loads(threads);
             let ready = Arc::clone(&readiness);
             let intra = config.stt.intra_threads;
-            let init: StateInit<Moonshine> =
-                Arc::new(move || Moonshine::load_files(&files, intra).map_err(|e| e.to_string()));
+            let nice = config.workers.model_nice;
+            let init: StateInit<Moonshine> = Arc::new(move || {
+                niceness::lower_current_thread(nice);
+                Moonshine::load_files(&files, intra).map_err(|e| e.to_string())
+            });
             Some(WorkerPool::with_state(
                 "stt",
                 threads,
@@ -290,7 +293,9 @@ fn llm_backend(
             readiness.expect_loads(llm.threads);
             let ready = Arc::clone(readiness);
             let kv_cache_bytes = llm.kv_cache_mb as usize * 1024 * 1024;
+            let nice = config.workers.model_nice;
             let init: StateInit<EmbeddedModel> = Arc::new(move || {
+                niceness::lower_current_thread(nice);
                 EmbeddedModel::load(&path)
                     .map(|model| model.with_kv_cache(kv_cache_bytes))
                     .map_err(|e| e.to_string())

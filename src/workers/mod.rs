@@ -4,6 +4,7 @@
 
 pub mod cancel;
 mod denormals;
+pub mod niceness;
 pub mod pool;
 mod queue;
 pub mod silero_batcher;
