@@ -289,9 +289,10 @@ pub struct LlmConfig {
     /// (about 45 KiB per token for SmolLM2-135M; least recently used dropped first).
     pub kv_cache_mb: u32,
     /// Threads one forward pass of the embedded model is split over (candle's matrix
-    /// pool, fixed at start). 2 gives a lone conversation its reply ~100 ms sooner on a
-    /// 2-core machine; 1 keeps the model off the core that speech recognition and
-    /// synthesis use when many conversations are busy.
+    /// pool, fixed at start). 2 answers a lone conversation ~80 ms sooner on a 2-core
+    /// machine (first audio p50 579 instead of 662 ms); with four busy conversations 1
+    /// is better (p50 2.5 s instead of 3.3 s), as the pool then waits for a core that
+    /// recognition and synthesis hold.
     pub matmul_threads: usize,
     /// Longest `llm.system_prompt` a client may set with `session.update`, in bytes.
     pub max_system_prompt_bytes: usize,
@@ -327,7 +328,7 @@ impl Default for LlmConfig {
             context_max_messages: 21,
             history_max_conversations: 10_000,
             kv_cache_mb: 256,
-            matmul_threads: 1,
+            matmul_threads: 2,
             max_system_prompt_bytes: 4096,
             history_max_bytes: 32 * 1024,
             history_total_bytes: 64 * 1024 * 1024,
