@@ -113,6 +113,11 @@ pub struct SessionConfig {
     /// are refused with `error` `audio_too_fast`: a client that sends faster than it
     /// speaks would otherwise take other sessions' share of the models.
     pub audio_burst_ms: u32,
+    /// Undecodable audio frames (bad Opus, odd-length PCM) allowed in a burst, one more
+    /// earned per second; past that the session is closed with 1007. A working client
+    /// never sends one (the stream is TCP), so a run of them is a corrupt or hostile
+    /// stream, and its half-decodable noise would cost the models like speech.
+    pub bad_audio_burst: u32,
 }
 
 impl Default for SessionConfig {
@@ -129,6 +134,7 @@ impl Default for SessionConfig {
             client_events_burst: 60,
             max_audio_speed: 1.5,
             audio_burst_ms: 30_000,
+            bad_audio_burst: 10,
         }
     }
 }
@@ -484,8 +490,12 @@ impl Config {
         if self.session.register_timeout_ms < 100 {
             return invalid("session.register_timeout_ms", "must be at least 100");
         }
-        if !(self.session.max_audio_speed >= 1.0) {
+        let speed = self.session.max_audio_speed;
+        if speed.is_nan() || speed < 1.0 {
             return invalid("session.max_audio_speed", "must be at least 1 (real time)");
+        }
+        if self.session.bad_audio_burst == 0 {
+            return invalid("session.bad_audio_burst", "must be at least 1");
         }
         if self.session.audio_burst_ms < 1000 {
             return invalid("session.audio_burst_ms", "must be at least 1000");

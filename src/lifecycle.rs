@@ -13,6 +13,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket framing rules.
     pub const PROTOCOL: u16 = 1002;
+    /// The client's audio cannot be decoded, again and again: the stream is corrupt.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const SERVER_ERROR: u16 = 1011;

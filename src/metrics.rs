@@ -76,6 +76,8 @@ pub enum BadInput {
     PromptTooLarge,
     /// Audio past the session's real-time budget (`session.max_audio_speed`).
     AudioTooFast,
+    /// A session closed (1007) after more undecodable frames than `session.bad_audio_burst`.
+    CorruptStream,
 }
 
 impl BadInput {
@@ -92,6 +94,7 @@ impl BadInput {
             BadInput::Flood => "flood",
             BadInput::PromptTooLarge => "prompt_too_large",
             BadInput::AudioTooFast => "audio_too_fast",
+            BadInput::CorruptStream => "corrupt_stream",
         }
     }
 }

@@ -237,3 +237,36 @@ async fn audio_far_faster_than_real_time_is_refused_then_closed() {
     send_close(&mut other).await;
     assert!(eventually(|| server.gauges() == before).await);
 }
+
+#[tokio::test]
+async fn a_corrupt_opus_stream_is_closed_with_1007() {
+    let mut config = test_config();
+    config.session.bad_audio_burst = 5;
+    let server = TestServer::start(config);
+    let before = server.gauges();
+    let mut events = server.events();
+    let mut other = healthy_session(&server).await;
+    let (mut ws, started) = start_session(&server.url("codec=opus&sample_rate=48000")).await;
+
+    // Packets whose table of contents announces 63 frames of 20 ms: never valid.
+    for _ in 0..20 {
+        if ws
+            .send(Message::binary(vec![0xffu8, 0xff, 0x01, 0x02]))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let last = expect_error(&mut ws, "bad_audio").await;
+    assert!(last["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(close_code(&mut ws).await, Some(1007));
+    let (reason, _) = disconnect_of(&mut events, &conversation_id(&started)).await;
+    assert_eq!(reason, "server_error");
+    assert_eq!(server.metrics.bad_input(BadInput::CorruptStream), 1);
+    // Five refused with an error each, the sixth ended the stream; none reached a decoder.
+    assert_eq!(server.metrics.bad_input(BadInput::BadOpus), 6);
+    still_serves(&mut other).await;
+    send_close(&mut other).await;
+    assert!(eventually(|| server.gauges() == before).await);
+}

@@ -67,4 +67,3 @@ fn memory_does_not_grow_across_calls() {
         "peak grew to {peak_after} MB"
     );
 }
-

@@ -49,6 +49,8 @@ pub struct SessionActor {
     flood: TokenBucket,
     /// How far the client's audio may run ahead of real time.
     audio_budget: AudioBudget,
+    /// Undecodable frames allowed before the stream counts as corrupt.
+    bad_audio: TokenBucket,
     /// Set by the write-stall watchdog; read by the conversation link on drop.
     stall: Rc<StallSignal>,
     exit: Option<ExitReason>,
@@ -81,6 +83,7 @@ impl SessionActor {
             last_heard: Instant::now(),
             flood,
             audio_budget,
+            bad_audio: TokenBucket::new(f64::from(session.bad_audio_burst), 1.0),
             stall,
             exit: None,
             _permit: permit,
@@ -132,13 +135,26 @@ impl SessionActor {
         ctx.text(event.to_json());
     }
 
-    /// An error reply to the client's input; each takes a flood-control token.
+    /// An error reply to the client's input; each takes a flood-control token, and
+    /// undecodable audio also a token of its own: a run of it ends the session (1007).
     fn client_error(
         &mut self,
         code: ErrorCode,
         message: String,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
+        if code == ErrorCode::BadAudio && self.exit.is_none() && !self.bad_audio.take() {
+            tracing::info!(conversation_id = %self.params.conversation_id, "corrupt audio stream; closing");
+            self.services
+                .metrics
+                .count_bad_input(BadInput::CorruptStream);
+            let event = ServerEvent::error(
+                code,
+                format!("{message}; the audio stream is corrupt, closing"),
+            );
+            self.send_event(&event, ctx);
+            return self.end(ExitReason::ServerError, close_code::INVALID_PAYLOAD, ctx);
+        }
         if self.take_token(ctx) {
             self.send_event(&ServerEvent::error(code, message), ctx);
         }
@@ -156,8 +172,8 @@ impl SessionActor {
     }
 
     fn on_audio(&mut self, data: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
-        if data.is_empty() {
-            return; // no samples: not audio, not activity
+        if data.is_empty() || self.exit.is_some() {
+            return; // no samples (not audio, not activity), or the session is ending
         }
         let samples = match self.params.codec {
             AudioCodec::Pcm16 if data.len() % 2 != 0 => {

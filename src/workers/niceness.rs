@@ -47,6 +47,10 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(inner.1, (inner.0 + 3).min(19));
-        assert_eq!(nice_of_this_thread(), outer, "the spawning thread is unchanged");
+        assert_eq!(
+            nice_of_this_thread(),
+            outer,
+            "the spawning thread is unchanged"
+        );
     }
 }
