@@ -62,6 +62,8 @@ const pending = new Map();
 // Whether binary frames belong to a reply being played (false after a cut).
 let acceptingAudio = false;
 let sounding = false;
+// The reply whose audio is arriving or sounding.
+let speaking = null;
 let stopFlushed = null;
 
 function setState(name) {
@@ -138,6 +140,7 @@ function onPlayback(message) {
     if (message.flushed === 'stop' && stopFlushed) stopFlushed();
   }
   if (message.reached !== undefined) {
+    speaking = message.reached;
     const reply = pending.get(message.reached);
     pending.delete(message.reached);
     sounding = true;
@@ -161,6 +164,8 @@ function onPlayback(message) {
 function bargeIn() {
   if (!sounding && !acceptingAudio) return;
   stats.bargeIns += 1;
+  if (speaking) view.interrupted(speaking);
+  speaking = null;
   acceptingAudio = false;
   sounding = false;
   pending.clear();
@@ -221,13 +226,13 @@ function onEvent(event) {
       save();
       break;
     case 'response.done':
-      view.replyDone(event.response_id, event.cancelled);
-      if (event.cancelled) record.cancelled = true;
+      if (event.cancelled) view.interrupted(event.response_id);
       save();
       if (!sounding && !acceptingAudio && stats.state === 'thinking') setState('listening');
       break;
     case 'response.audio.started':
       acceptingAudio = true;
+      speaking = event.response_id;
       pending.set(event.response_id, {
         row: currentTurn(),
         record,
@@ -238,6 +243,7 @@ function onEvent(event) {
       audio.mark(event.response_id);
       break;
     case 'response.audio.done':
+      if (event.cancelled) view.interrupted(event.response_id);
       acceptingAudio = false;
       if (!sounding && stats.state === 'speaking') setState('listening');
       break;
@@ -293,6 +299,7 @@ function release() {
   sentOn = null;
   acceptingAudio = false;
   sounding = false;
+  speaking = null;
   pending.clear();
   stats.queuedSamples = 0;
   if (closing) closing.close();

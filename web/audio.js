@@ -37,8 +37,10 @@ export class AudioIO {
       await context.resume();
       stream = await navigator.mediaDevices.getUserMedia({
         // Echo cancellation keeps hearken's own voice out of the microphone (it would
-        // interrupt itself); the browser's noise suppression and gain help the VAD.
-        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+        // interrupt itself). The browser's noise suppression and gain control stay off:
+        // measured here, they clipped speech and smeared consonants enough to turn
+        // "fox jumps" into a different word; the VAD and recogniser want the raw signal.
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
       });
     } catch (error) {
       context.close();

@@ -31,8 +31,12 @@ export class LifecyclePanel {
   follow(token) {
     if (this.source) this.source.close();
     this.source = new EventSource(endpoint('v1/events', { token }));
-    this.source.onopen = () => { this.status.textContent = 'following'; };
+    this.source.onopen = () => {
+      this.status.textContent = 'following';
+      this.status.dataset.following = '';
+    };
     this.source.onerror = () => {
+      delete this.status.dataset.following;
       this.status.textContent = this.source.readyState === EventSource.CLOSED
         ? 'not available (auth or subscriber limit)'
         : 'reconnecting…';

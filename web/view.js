@@ -36,9 +36,11 @@ export class View {
     pill.dataset.state = name.replace(/ /g, '-');
   }
 
+  // Which controls work now; a new conversation can be begun only while stopped.
   buttons({ start, stop }) {
     $('start').disabled = !start;
     $('stop').disabled = !stop;
+    $('forget').hidden = !start || !$('conversation').dataset.id;
   }
 
   // A problem (role alert) or, with `notice`, something that is being handled.
@@ -59,7 +61,7 @@ export class View {
     $('conversation').title = id || '';
     $('conversation').dataset.id = id || '';
     $('resumed').hidden = resumed !== true;
-    $('forget').hidden = !id;
+    $('forget').hidden = !id || $('start').disabled;
   }
 
   level(peak) {
@@ -125,10 +127,12 @@ export class View {
     text.scrollIntoView({ block: 'end', behavior: 'smooth' });
   }
 
-  replyDone(id, cancelled) {
+  // Mark a reply that was cut short (by the user's voice, or the server).
+  interrupted(id) {
     const reply = this.replies.get(id);
-    if (reply && cancelled) {
+    if (reply && !reply.box.classList.contains('cancelled')) {
       reply.box.classList.add('cancelled');
+      reply.text.dataset.interrupted = 'true';
       reply.box.append(element('span', 'cut', 'interrupted'));
     }
   }

@@ -83,6 +83,7 @@ async function snapshot() {
       state: document.querySelector('[data-testid="state"]').textContent,
       transcripts: texts('transcript'),
       replies: texts('reply'),
+      interrupted: [...document.querySelectorAll('[data-testid="reply"]')].map((n) => n.dataset.interrupted === 'true'),
       latencies: [...document.querySelectorAll('[data-testid="latency"]')].map((n) => Number(n.dataset.ms)),
       resumedBadge: !document.querySelector('[data-testid="resumed"]').hidden,
       error: document.querySelector('[data-testid="error"]').hidden ? null : document.querySelector('[data-testid="error"]').textContent,
