@@ -4,13 +4,14 @@
 // runs out fails the run with the page's state and a screenshot beside the result.
 //
 //   node tests/browser/demo.mjs --url http://127.0.0.1:PORT/ --audio mic.wav \
-//        --scenario conversation|resume|screenshot --out DIR
+//        --scenario conversation|resume|screenshot --out DIR [--turns N]
 //
 // conversation: Start; the spoken turn's transcript, its reply text and sound; the
 //   second utterance cuts the reply (barge-in); screenshot; Stop while the next reply
 //   sounds; the lifecycle panel shows the start and the disconnect.
 // resume: Start; reload while the reply sounds; Start again resumes the conversation.
-// screenshot: Start, one turn and its reply, screenshot (for the README), Stop.
+// screenshot: Start, --turns N (default 1) turns and their replies, screenshot (the
+//   README's, against a server with the embedded model), Stop.
 
 import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -172,7 +173,9 @@ async function resume() {
 async function screenshot() {
   await open();
   await page.click('[data-testid="start"]');
-  await until('a reply with its latency', () => document.querySelectorAll('[data-testid="latency"]').length >= 1);
+  const turns = Number(args.turns || 1);
+  await until(`${turns} replies with their latency`,
+    (n) => document.querySelectorAll('[data-testid="latency"]').length >= n, turns);
   await until('the reply to finish', () => window.hearkenStats.state === 'listening');
   await page.screenshot({ path: join(args.out, 'demo-page.png') });
   const shown = await snapshot();
