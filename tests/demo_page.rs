@@ -88,8 +88,9 @@ fn browser_config(base_url: &str) -> hearken::Config {
     config
 }
 
-/// Run one scenario of demo.mjs against `server`; returns its RESULT object.
-async fn run_page(server: &TestServer, scenario: &str, microphone: &Path) -> Value {
+/// Run one scenario of demo.mjs against `server`, with `extra` arguments; returns its
+/// RESULT object.
+async fn run_page(server: &TestServer, scenario: &str, microphone: &Path, extra: &[&str]) -> Value {
     let script = root().join("tests/browser/demo.mjs");
     let playwright = root().join("tests/browser/node_modules/playwright-core");
     assert!(
@@ -104,6 +105,7 @@ async fn run_page(server: &TestServer, scenario: &str, microphone: &Path) -> Val
         .args(["--scenario", scenario])
         .arg("--out")
         .arg(out_dir())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -205,13 +207,46 @@ fn texts(value: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn settle(server: &TestServer, baseline: &[(String, i64)]) {
-    let settled = eventually(|| server.gauges() == baseline).await;
-    assert!(
-        settled,
-        "gauges {:?} did not return to {baseline:?}",
-        server.gauges()
-    );
+/// One browser scenario and what it left behind: the fake LLM's requests, the server
+/// (still running) and the `/v1/events` stream opened before the page.
+struct Run {
+    result: Value,
+    upstream: common::fake_llm::FakeLlm,
+    server: TestServer,
+    events: EventStream,
+    baseline: Vec<(String, i64)>,
+}
+
+/// Start the fake LLM (answering `LONG_REPLY`) and a server, then run `scenario`.
+async fn run(scenario: &str, microphone: &Path) -> Run {
+    let upstream = fake_llm(Upstream::Scripted(LONG_REPLY)).await;
+    let server = TestServer::start(browser_config(&upstream.base_url));
+    let events = EventStream::open(&server).await;
+    let baseline = server.gauges();
+    let result = run_page(&server, scenario, microphone, &[]).await;
+    Run {
+        result,
+        upstream,
+        server,
+        events,
+        baseline,
+    }
+}
+
+impl Run {
+    /// Wait for every gauge to return to its start, then read the lifecycle events up
+    /// to a sentinel session's end.
+    async fn teardown_events(&mut self) -> Vec<Value> {
+        let server = &self.server;
+        let settled = eventually(|| server.gauges() == self.baseline).await;
+        assert!(
+            settled,
+            "gauges {:?} did not return to {:?}",
+            server.gauges(),
+            self.baseline
+        );
+        self.events.until_sentinel(server).await
+    }
 }
 
 #[tokio::test]
@@ -223,12 +258,8 @@ async fn speak_hear_interrupt_and_stop_in_chromium() {
         // 6 s after FIRST, talks over it.
         &[(FIRST.0, 6.0), (SECOND.0, 20.0)],
     );
-    let upstream = fake_llm(Upstream::Scripted(LONG_REPLY)).await;
-    let server = TestServer::start(browser_config(&upstream.base_url));
-    let mut events = EventStream::open(&server).await;
-    let baseline = server.gauges();
-
-    let result = run_page(&server, "conversation", &mic).await;
+    let mut run = run("conversation", &mic).await;
+    let result = &run.result;
     let first = &result["firstReply"];
     let transcript = &texts(&first["transcripts"])[0];
     let error = wer(FIRST.1, transcript);
@@ -281,8 +312,7 @@ async fn speak_hear_interrupt_and_stop_in_chromium() {
         && e["conversation"] == id.as_str()
         && e["reason"] == "client_disconnect"));
 
-    settle(&server, &baseline).await;
-    let seen = events.until_sentinel(&server).await;
+    let seen = run.teardown_events().await;
     let disconnects = of_conversation(&seen, &id, "connection_disconnected");
     assert_eq!(disconnects.len(), 1, "exactly one disconnect: {seen:?}");
     assert_eq!(disconnects[0]["reason"], "client_disconnect");
@@ -293,12 +323,8 @@ async fn speak_hear_interrupt_and_stop_in_chromium() {
 async fn reload_resumes_the_conversation_in_chromium() {
     let _one = BROWSER.lock().await;
     let mic = microphone("mic-resume.wav", &[(FIRST.0, 12.0)]);
-    let upstream = fake_llm(Upstream::Scripted(LONG_REPLY)).await;
-    let server = TestServer::start(browser_config(&upstream.base_url));
-    let mut events = EventStream::open(&server).await;
-    let baseline = server.gauges();
-
-    let result = run_page(&server, "resume", &mic).await;
+    let mut run = run("resume", &mic).await;
+    let result = &run.result;
     let before = &result["before"];
     let earlier = texts(&before["transcripts"])[0].clone();
     let id = before["stats"]["conversationId"]
@@ -313,7 +339,7 @@ async fn reload_resumes_the_conversation_in_chromium() {
     assert_eq!(after["resumedBadge"], true);
 
     // The model saw the earlier turn in the prompt of the turn after the reload.
-    let requests = upstream.requests.lock().unwrap().clone();
+    let requests = run.upstream.requests.lock().unwrap().clone();
     let carried = requests.iter().any(|request| {
         let users: Vec<&Value> = request["messages"]
             .as_array()
@@ -325,10 +351,30 @@ async fn reload_resumes_the_conversation_in_chromium() {
     });
     assert!(carried, "no prompt carried {earlier:?}: {requests:?}");
 
-    settle(&server, &baseline).await;
-    let seen = events.until_sentinel(&server).await;
+    let seen = run.teardown_events().await;
     let starts = of_conversation(&seen, &id, "connection_started");
     assert_eq!(starts.len(), 2, "{seen:?}");
     let disconnects = of_conversation(&seen, &id, "connection_disconnected");
     assert_eq!(disconnects.len(), 2, "one per session: {seen:?}");
+}
+
+#[tokio::test]
+async fn refusals_in_plain_words_in_chromium() {
+    let _one = BROWSER.lock().await;
+    let mic = microphone("mic-refusals.wav", &[(FIRST.0, 1.0)]);
+    let mut config = light_config();
+    config.auth.tokens = vec!["right".into()];
+    config.server.max_sessions = 1;
+    let server = TestServer::start(config);
+    // The only session slot is taken.
+    let (_held, _) = start_session(&server.url("token=right")).await;
+
+    let result = run_page(&server, "refusals", &mic, &["--token", "right"]).await;
+    let wrong = result["wrongToken"].as_str().unwrap();
+    assert!(wrong.contains("token was not accepted"), "{wrong}");
+    let full = result["serverFull"]["error"].as_str().unwrap();
+    assert!(full.contains("server is full (HTTP 503)"), "{full}");
+    assert_eq!(result["serverFull"]["state"], "off");
+    let refused = result["networkErrors"].as_array().unwrap();
+    assert!(refused.iter().any(|e| e.as_str().unwrap().contains("401")));
 }

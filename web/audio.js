@@ -2,7 +2,7 @@
 // out) and replies through the playback worklet (a gap-free queue that can be flushed
 // at once). Owns the AudioContext and the microphone; close() releases both.
 
-const WIRE_RATE = 16000;
+import { WIRE_RATE } from './resampler.js';
 
 // Why the microphone could not be opened, in words a user can act on.
 export class MicrophoneError extends Error {}

@@ -4,9 +4,8 @@
 // copied) with its peak level, for the meter; the page sends it as one binary
 // WebSocket message.
 
-import { Resampler } from './resampler.js';
+import { Resampler, WIRE_RATE } from './resampler.js';
 
-const WIRE_RATE = 16000;
 // 20 ms at 16 kHz: the frame size the protocol recommends.
 const FRAME_SAMPLES = 320;
 

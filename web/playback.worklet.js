@@ -7,9 +7,8 @@
 // and it reports {played, queued} (samples at the context's rate) about every 50 ms,
 // and {idle: true} when the queue runs dry.
 
-import { Resampler } from './resampler.js';
+import { Resampler, WIRE_RATE } from './resampler.js';
 
-const WIRE_RATE = 16000;
 // Render quanta (128 frames each) between reports: ~50 ms at 48 kHz.
 const REPORT_EVERY = 20;
 

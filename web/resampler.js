@@ -7,6 +7,9 @@
 // PHASES fractional positions: each output sample costs 2 × half multiply-adds and no
 // trigonometry (about 1.3 M per second either way, nothing for a worklet).
 
+// The rate of audio on the wire, both ways: what the worklets convert to and from.
+export const WIRE_RATE = 16000;
+
 const PHASES = 256;
 // Zero crossings of the sinc on each side: the filter's sharpness.
 const ZERO_CROSSINGS = 12;

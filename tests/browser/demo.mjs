@@ -10,6 +10,7 @@
 //   second utterance cuts the reply (barge-in); screenshot; Stop while the next reply
 //   sounds; the lifecycle panel shows the start and the disconnect.
 // resume: Start; reload while the reply sounds; Start again resumes the conversation.
+// refusals (with --token): a wrong token, then a full server, in plain words.
 // screenshot: Start, --turns N (default 1) turns and their replies, screenshot (the
 //   README's, against a server with the embedded model), Stop.
 
@@ -61,8 +62,14 @@ const page = context.pages()[0] || (await context.newPage());
 page.on('request', (request) => requests.push(request.url()));
 page.on('websocket', (socket) => requests.push(socket.url()));
 page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+// The browser's own lines about failed requests are kept apart: a refusal the page
+// handles (401, 503) is one of them, and only the refusals scenario expects any.
+const networkErrors = [];
 page.on('console', (message) => {
-  if (message.type() === 'error') problems.push(`console: ${message.text()}`);
+  if (message.type() !== 'error') return;
+  const text = message.text();
+  const network = /^(Failed to load resource|WebSocket connection to)/.test(text);
+  (network ? networkErrors : problems).push(`console: ${text}`);
 });
 
 const stats = () => page.evaluate(() => JSON.parse(JSON.stringify(window.hearkenStats)));
@@ -183,14 +190,31 @@ async function screenshot() {
   return { shown };
 }
 
-const scenarios = { conversation, resume, screenshot };
+// Against a server with auth on and its one session slot taken: a wrong token, then the
+// right one, each refusal in plain words.
+async function refusals() {
+  await page.goto(args.url);
+  await until('the token form', () => !document.getElementById('token-form').hidden);
+  await page.fill('#token', 'wrong');
+  await page.click('[data-testid="start"]');
+  await until('the wrong token to be refused', () => /token/.test(document.querySelector('[data-testid="error"]').textContent)
+    && !document.querySelector('[data-testid="start"]').disabled);
+  const wrongToken = await page.textContent('[data-testid="error"]');
+  await page.fill('#token', args.token);
+  await page.click('[data-testid="start"]');
+  await until('the full server to refuse', () => /full/.test(document.querySelector('[data-testid="error"]').textContent)
+    && !document.querySelector('[data-testid="start"]').disabled);
+  return { wrongToken, serverFull: await snapshot() };
+}
+
+const scenarios = { conversation, resume, screenshot, refusals };
 let exitCode = 0;
 try {
   const scenario = scenarios[args.scenario];
   if (!scenario) throw new Error(`unknown --scenario ${args.scenario}`);
   const result = await scenario();
   const foreign = requests.filter((url) => new URL(url).host !== origin);
-  console.log(`RESULT ${JSON.stringify({ ...result, requests, foreign, problems })}`);
+  console.log(`RESULT ${JSON.stringify({ ...result, requests, foreign, problems, networkErrors })}`);
 } catch (error) {
   exitCode = 1;
   log('FAILED:', error.message);
@@ -200,7 +224,7 @@ try {
   } catch (inner) {
     log('could not capture the page:', inner.message);
   }
-  log('problems:', JSON.stringify(problems));
+  log('problems:', JSON.stringify(problems), 'network errors:', JSON.stringify(networkErrors));
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
