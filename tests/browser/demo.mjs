@@ -130,12 +130,15 @@ async function open() {
 const ownDisconnect = (id) => [...document.querySelectorAll('[data-testid="event"]')]
   .some((n) => n.dataset.conversation === id && n.dataset.type === 'connection_disconnected');
 
-async function stopAndWatchTeardown() {
+// Stop, watch the teardown reach the lifecycle panel, and add the page's final state
+// to what the scenario saw.
+async function stopAndFinish(seen) {
   const { conversationId } = await stats();
   await page.click('[data-testid="stop"]');
   await until('Stop to flush playback', () => window.hearkenStats.flushes.some((f) => f.reason === 'stop')
     && window.hearkenStats.state === 'off');
   await until('the disconnect in the lifecycle panel', ownDisconnect, conversationId);
+  return { ...seen, final: await snapshot() };
 }
 
 async function conversation() {
@@ -152,9 +155,7 @@ async function conversation() {
   await until('the second reply to sound', () => window.hearkenStats.replies >= 2
     && window.hearkenStats.state === 'speaking' && window.hearkenStats.queuedSamples > 0);
   await page.screenshot({ path: join(args.out, 'demo-conversation.png') });
-  const beforeStop = await snapshot();
-  await stopAndWatchTeardown();
-  return { firstReply, afterBargeIn, beforeStop, final: await snapshot() };
+  return stopAndFinish({ firstReply, afterBargeIn, beforeStop: await snapshot() });
 }
 
 async function resume() {
@@ -172,9 +173,7 @@ async function resume() {
   await until('a transcript after the reload', () => window.hearkenStats.turns >= 1);
   await until('its reply text', () => document.querySelectorAll('[data-testid="reply"]').length
     > document.querySelectorAll('.turn.restored [data-testid="reply"]').length);
-  const after = await snapshot();
-  await stopAndWatchTeardown();
-  return { before, reloaded, after, final: await snapshot() };
+  return stopAndFinish({ before, reloaded, after: await snapshot() });
 }
 
 async function screenshot() {
@@ -185,9 +184,7 @@ async function screenshot() {
     (n) => document.querySelectorAll('[data-testid="latency"]').length >= n, turns);
   await until('the reply to finish', () => window.hearkenStats.state === 'listening');
   await page.screenshot({ path: join(args.out, 'demo-page.png') });
-  const shown = await snapshot();
-  await stopAndWatchTeardown();
-  return { shown };
+  return stopAndFinish({ shown: await snapshot() });
 }
 
 // Against a server with auth on and its one session slot taken: a wrong token, then the
