@@ -356,6 +356,8 @@ function forget() {
   if (session) return;
   stored.id = null;
   stored.turns = [];
+  turn = null;
+  record = null;
   sessionStorage.removeItem(STORE_KEY);
   stats.conversationId = null;
   stats.resumed = null;
