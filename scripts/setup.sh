@@ -2,7 +2,8 @@
 # Install what hearken needs on a Debian machine, when it is missing, and fetch the
 # model files. Safe to run again: every step checks before it acts.
 #
-#   scripts/setup.sh            system packages + models into $HEARKEN_MODELS_DIR (default: models)
+#   scripts/setup.sh            system packages, the browser test's npm package, and models
+#                               into $HEARKEN_MODELS_DIR (default: models)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,8 +13,14 @@ models_dir="${HEARKEN_MODELS_DIR:-$root/models}"
 # Debian packages: cmake builds libopus (opus crate); espeak-ng and sox make speech
 # (TTS phonemes, fixtures); nginx runs the reverse-proxy test; pip fetches models;
 # venv holds the packages that convert Moonshine to float32 ONNX (fetch-models.sh).
+# chromium runs the demo page's browser test (tests/demo_page.rs).
 packages=(cmake pkg-config gcc g++ make espeak-ng sox nginx python3 python3-pip python3-venv
-          ca-certificates)
+          ca-certificates chromium)
+# Node and npm drive that Chromium (tests/browser/); Debian's only when none is installed,
+# so a newer Node already on the machine is kept.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -47,6 +54,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: Rust is missing. Install it with rustup (https://rustup.rs), e.g." >&2
     echo "       apt-get install rustup && rustup default stable   (Debian 13+)" >&2
     exit 1
+fi
+
+# playwright-core for the browser test, exactly as pinned in the committed lock file; again
+# only when the lock changed since the last install. (playwright-core downloads no browser:
+# the test uses Debian's /usr/bin/chromium.)
+browser="$root/tests/browser"
+stamp="$browser/node_modules/.installed-package-lock.json"
+if ! cmp -s "$browser/package-lock.json" "$stamp"; then
+    echo "setup: npm ci in tests/browser" >&2
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error
+    cp "$browser/package-lock.json" "$stamp"
 fi
 
 "$here/fetch-models.sh" "$models_dir"

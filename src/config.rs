@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub keep_alive_ms: u64,
     /// How long a connection's shutdown may take before it is dropped.
     pub client_disconnect_timeout_ms: u64,
+    /// Serve the demo page on `GET /` (the way a new user first hears hearken); a
+    /// deployment that wants only the API turns it off.
+    pub demo_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             request_head_timeout_ms: 5_000,
             keep_alive_ms: 5_000,
             client_disconnect_timeout_ms: 1_000,
+            demo_page: true,
         }
     }
 }

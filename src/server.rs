@@ -19,7 +19,7 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::write_stall::ConnectionSocket;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::http::{events, ops, ws, AppState, ServerStatus};
+use crate::http::{demo::DemoPage, events, ops, ws, AppState, ServerStatus};
 use crate::metrics::Metrics;
 use crate::registry::{DrainAll, Registry};
 use crate::services::Services;
@@ -76,9 +76,17 @@ impl Server {
         });
         let bind_addr = format!("{}:{}", config.server.host, config.server.port);
         let ms = Duration::from_millis;
+        let auth_required = !config.auth.tokens.is_empty();
+        let demo = (config.server.demo_page).then(|| DemoPage::new(auth_required));
         let mut http = HttpServer::new(move || {
+            let demo = demo.clone();
             App::new()
                 .app_data(state.clone())
+                .configure(|cfg| {
+                    if let Some(page) = demo {
+                        page.routes(cfg)
+                    }
+                })
                 .route("/v1/ws", web::get().to(ws::upgrade))
                 .route("/v1/events", web::get().to(events::events))
                 .route("/v1/conversations", web::get().to(ops::conversations))

@@ -1,6 +1,7 @@
-//! HTTP routes: the WebSocket upgrade and the operator endpoints.
+//! HTTP routes: the WebSocket upgrade, the operator endpoints and the demo page.
 
 pub mod auth;
+pub mod demo;
 pub mod events;
 pub mod ops;
 pub mod ws;
