@@ -73,6 +73,7 @@ impl SessionActor {
             f64::from(session.client_events_per_s),
         );
         let audio_budget = AudioBudget::new(session.max_audio_speed, session.audio_burst_ms);
+        let bad_audio = TokenBucket::new(f64::from(session.bad_audio_burst), 1.0);
         SessionActor {
             coalescer: FrameCoalescer::new(params.codec, params.sample_rate, coalesce_ms),
             coalesce_timer: None,
@@ -83,7 +84,7 @@ impl SessionActor {
             last_heard: Instant::now(),
             flood,
             audio_budget,
-            bad_audio: TokenBucket::new(f64::from(session.bad_audio_burst), 1.0),
+            bad_audio,
             stall,
             exit: None,
             _permit: permit,
