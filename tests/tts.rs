@@ -50,9 +50,14 @@ fn transcribe(samples_16k: &[i16]) -> String {
     model_support::init();
     let dir = model_support::models_dir().join(hearken::models::MOONSHINE_DIR);
     let mut moonshine = Moonshine::load(&dir).expect("moonshine loads");
-    let floats: Vec<f32> = samples_16k
+    // Half a second of silence on each side, as a listener's recording would have:
+    // Moonshine hallucinates a number ("20", "2021") on audio that starts abruptly.
+    let pad = vec![0.0f32; 8_000];
+    let floats: Vec<f32> = pad
         .iter()
-        .map(|s| f32::from(*s) / 32768.0)
+        .copied()
+        .chain(samples_16k.iter().map(|s| f32::from(*s) / 32768.0))
+        .chain(pad.iter().copied())
         .collect();
     moonshine.transcribe(&floats).expect("transcribes")
 }
