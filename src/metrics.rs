@@ -74,6 +74,14 @@ pub enum BadInput {
     Flood,
     /// A `session.update` system prompt over `llm.max_system_prompt_bytes`.
     PromptTooLarge,
+    /// A well-formed event with a bad field, or one the session's state does not allow.
+    InvalidEvent,
+    /// Audio in an event that is not valid base64.
+    BadBase64,
+    /// A binary frame where the protocol carries only JSON text.
+    BinaryInsteadOfText,
+    /// One event carrying more audio than `realtime.max_append_ms`.
+    AudioTooLarge,
 }
 
 impl BadInput {
@@ -89,6 +97,10 @@ impl BadInput {
             BadInput::TextInsteadOfAudio => "text_instead_of_audio",
             BadInput::Flood => "flood",
             BadInput::PromptTooLarge => "prompt_too_large",
+            BadInput::InvalidEvent => "invalid_event",
+            BadInput::BadBase64 => "bad_base64",
+            BadInput::BinaryInsteadOfText => "binary_instead_of_text",
+            BadInput::AudioTooLarge => "audio_too_large",
         }
     }
 }

@@ -1,8 +1,9 @@
-//! HTTP routes: the WebSocket upgrade and the operator endpoints.
+//! HTTP routes: the WebSocket upgrades (native and Realtime) and the operator endpoints.
 
 pub mod auth;
 pub mod events;
 pub mod ops;
+pub mod realtime;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};
