@@ -217,7 +217,7 @@ async def cancel(session, pcm, out):
 async def drop(session, pcm, out):
     """Stream, then drop the TCP connection without a Close frame."""
     created = session.events[0]
-    await session.stream(pcm[: len(pcm) // 2])
+    await session.stream(pcm[: len(pcm) // 4 * 2])  # the first half, whole samples
     await session.until("input_audio_buffer.speech_started")
     session.connection._connection.transport.abort()
     return {"conversation_id": created["session"]["conversation_id"], "dropped": True}

@@ -109,35 +109,36 @@ impl Replies {
         })
     }
 
-    /// The model's actor was restarted: replies it was writing have failed.
-    pub fn text_failed_all(&mut self, message: &str) -> Vec<PipelineEvent> {
-        let waiting: Vec<Uuid> = self
+    /// The replies `waiting` holds for, each ended by `end`.
+    fn end_all(
+        &mut self,
+        waiting: impl Fn(&Reply) -> bool,
+        end: impl Fn(&mut Self, Uuid) -> Option<PipelineEvent>,
+    ) -> Vec<PipelineEvent> {
+        let ids: Vec<Uuid> = self
             .live
             .iter()
-            .filter(|(_, r)| r.outcome.is_none())
+            .filter(|(_, r)| waiting(r))
             .map(|(id, _)| *id)
             .collect();
-        let failed = || ReplyOutcome::Failed {
-            message: message.to_string(),
+        ids.into_iter().filter_map(|id| end(self, id)).collect()
+    }
+
+    /// The model's actor was restarted: replies it was writing have failed.
+    pub fn text_failed_all(&mut self, message: &str) -> Vec<PipelineEvent> {
+        let failed = |replies: &mut Self, id| {
+            let message = message.to_string();
+            replies.text_done(id, ReplyOutcome::Failed { message })
         };
-        waiting
-            .into_iter()
-            .filter_map(|id| self.text_done(id, failed()))
-            .collect()
+        self.end_all(|r| r.outcome.is_none(), failed)
     }
 
     /// The TTS actor was restarted: speech under way is over.
     pub fn speech_over_all(&mut self) -> Vec<PipelineEvent> {
-        let waiting: Vec<Uuid> = self
-            .live
-            .iter()
-            .filter(|(_, r)| r.speech.is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        waiting
-            .into_iter()
-            .filter_map(|id| self.speech_done(id, true))
-            .collect()
+        self.end_all(
+            |r| r.speech.is_none(),
+            |replies, id| replies.speech_done(id, true),
+        )
     }
 
     fn finish_if_over(&mut self, id: Uuid) -> Option<PipelineEvent> {

@@ -18,8 +18,8 @@ use super::client::ResponseParam;
 use super::error::RealtimeError;
 use super::items::{LoggedItem, Piece};
 use super::server::{
-    At, AudioOutputJson, Content, ItemJson, ItemStatus, Part, ResponseAudioJson, ResponseJson,
-    ServerEvent, StatusDetails, StatusError, UsageJson,
+    At, AudioOutputJson, Content, EventIds, ItemJson, ItemStatus, Part, ResponseAudioJson,
+    ResponseJson, ServerEvent, StatusDetails, StatusError, UsageJson,
 };
 use super::session::{max_tokens, modality, modality_name, FormatJson};
 use super::RealtimeWire;
@@ -82,6 +82,40 @@ impl ResponseState {
                 text: self.text.clone(),
             },
         }
+    }
+
+    /// The output item added (or done), and, in the conversation, the item too.
+    fn item_events(&self, ids: &mut EventIds, out: &mut Outbox, item: &ItemJson, done: bool) {
+        let (response_id, previous_item_id) = (self.id.as_str(), self.previous.as_deref());
+        let output = if done {
+            ServerEvent::OutputItemDone {
+                response_id,
+                output_index: 0,
+                item,
+            }
+        } else {
+            ServerEvent::OutputItemAdded {
+                response_id,
+                output_index: 0,
+                item,
+            }
+        };
+        out.text(ids.frame(&output));
+        if self.out_of_band {
+            return;
+        }
+        let conversation = if done {
+            ServerEvent::ItemDone {
+                previous_item_id,
+                item,
+            }
+        } else {
+            ServerEvent::ItemAdded {
+                previous_item_id,
+                item,
+            }
+        };
+        out.text(ids.frame(&conversation));
     }
 
     fn item(&self, status: ItemStatus, content: Vec<Content>) -> ItemJson {
@@ -304,17 +338,7 @@ impl RealtimeWire {
         let response = state.json("in_progress", None, Vec::new(), None, conversation_id);
         out.text(ids.frame(&ServerEvent::ResponseCreated { response }));
         let item = state.item(ItemStatus::InProgress, Vec::new());
-        out.text(ids.frame(&ServerEvent::OutputItemAdded {
-            response_id: &state.id,
-            output_index: 0,
-            item: &item,
-        }));
-        if !state.out_of_band {
-            out.text(ids.frame(&ServerEvent::ItemAdded {
-                previous_item_id: state.previous.as_deref(),
-                item: &item,
-            }));
-        }
+        state.item_events(ids, out, &item, false);
         out.text(ids.frame(&ServerEvent::ContentPartAdded {
             at: state.at(),
             part: state.part(),
@@ -439,17 +463,7 @@ impl RealtimeWire {
             _ => ItemStatus::Incomplete,
         };
         let item = state.item(item_status, state.content());
-        out.text(ids.frame(&ServerEvent::OutputItemDone {
-            response_id: &state.id,
-            output_index: 0,
-            item: &item,
-        }));
-        if !state.out_of_band {
-            out.text(ids.frame(&ServerEvent::ItemDone {
-                previous_item_id: state.previous.as_deref(),
-                item: &item,
-            }));
-        }
+        state.item_events(ids, out, &item, true);
         let (status, details) = status_json(status);
         let response = state.json(
             status,
