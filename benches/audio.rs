@@ -21,7 +21,7 @@ use hearken::audio::opus_codec::{OpusDecoder, OpusEncoder};
 use hearken::audio::pcm::{encode_pcm16, i16_to_f32};
 use hearken::audio::resample::StreamResampler;
 use hearken::audio::segmenter::SegmenterConfig;
-use hearken::protocol::AudioCodec;
+use hearken::protocol::{AudioCodec, AudioFormat};
 
 /// Fixture rate (Hz) and the samples in one 20 ms frame at it.
 const FOX_RATE: u32 = 16_000;
@@ -67,6 +67,7 @@ fn segmenter() -> SegmenterConfig {
         turn_max_silence_ms: 0,
         partial_every_ms: 0,
         collect_audio: false,
+        manual: false,
     }
 }
 
@@ -84,7 +85,12 @@ fn webrtc_vad(c: &mut Criterion, fox: &[i16]) {
     group.throughput(Throughput::Elements(1));
 
     let engine = VadEngine::Webrtc(WebrtcVadConfig { mode: WEBRTC_MODE });
-    let mut ingest = Ingest::new(AudioCodec::Pcm16, FOX_RATE, engine, segmenter()).expect("ingest");
+    let mut ingest = Ingest::new(
+        AudioFormat::new(AudioCodec::Pcm16, FOX_RATE),
+        engine,
+        segmenter(),
+    )
+    .expect("ingest");
     let mut out = IngestOutput::default();
     group.bench_function("ingest_pcm16_16k", |b| {
         b.iter(|| {

@@ -68,3 +68,17 @@ if ! cmp -s "$browser/package-lock.json" "$stamp"; then
 fi
 
 "$here/fetch-models.sh" "$models_dir"
+
+# The official OpenAI Python SDK, pinned with every dependency, for the Realtime API
+# test (tests/realtime_sdk.rs), in a private venv. Made again only when the pinned list
+# changes (the copy in the venv is the stamp, written last).
+sdk_requirements="$here/realtime-sdk.requirements.txt"
+sdk_venv="${HEARKEN_OPENAI_VENV:-$models_dir/.venv-openai}"
+if [[ ! -x "$sdk_venv/bin/python" ]] || ! cmp -s "$sdk_requirements" "$sdk_venv/.requirements"; then
+    echo "setup: OpenAI SDK venv $sdk_venv" >&2
+    rm -rf "$sdk_venv"
+    python3 -m venv "$sdk_venv"
+    "$sdk_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        --only-binary=:all: -r "$sdk_requirements"
+    cp "$sdk_requirements" "$sdk_venv/.requirements"
+fi

@@ -34,6 +34,7 @@ pub struct Config {
     pub recorder: RecorderConfig,
     pub workers: WorkersConfig,
     pub models: ModelsConfig,
+    pub realtime: RealtimeConfig,
     pub debug: DebugConfig,
 }
 
@@ -431,6 +432,27 @@ impl Default for ModelsConfig {
     }
 }
 
+/// `GET /v1/realtime`, the OpenAI Realtime API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// Largest WebSocket frame on `/v1/realtime`: events carry base64 audio, so it is
+    /// larger than `session.max_frame_bytes`; bigger frames close the session (1009).
+    pub max_event_bytes: usize,
+    /// Most audio one `input_audio_buffer.append` may carry, in ms; more is refused
+    /// with an `error` event and the session goes on.
+    pub max_append_ms: u64,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        RealtimeConfig {
+            max_event_bytes: 2 * 1024 * 1024,
+            max_append_ms: 30_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
@@ -542,6 +564,15 @@ impl Config {
         }
         if self.session.max_frame_bytes < 320 {
             return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
+        }
+        if self.realtime.max_append_ms < 20 {
+            return invalid("realtime.max_append_ms", "must hold one 20 ms frame");
+        }
+        if self.realtime.max_event_bytes < 64 * 1024 {
+            return invalid(
+                "realtime.max_event_bytes",
+                "must be at least 65536 (appends of ordinary size must fit)",
+            );
         }
         if self.stt.intra_threads == 0 {
             return invalid("stt.intra_threads", "must be at least 1");

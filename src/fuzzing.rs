@@ -27,7 +27,7 @@ use crate::audio::segmenter::{
 use crate::audio::MODEL_RATE;
 use crate::config::SUPPORTED_SAMPLE_RATES;
 use crate::protocol::native::{ClientEvent, ErrorCode, ServerEvent, SessionQuery};
-use crate::protocol::AudioCodec;
+use crate::protocol::{AudioCodec, AudioFormat};
 
 /// Samples per millisecond at the model rate.
 const SAMPLES_PER_MS: u64 = MODEL_RATE as u64 / 1000;
@@ -119,7 +119,7 @@ pub fn upgrade_query(data: &[u8]) {
     let Ok(params) = query.into_inner().validate() else {
         return;
     };
-    assert!(SUPPORTED_SAMPLE_RATES.contains(&params.sample_rate));
+    assert!(SUPPORTED_SAMPLE_RATES.contains(&params.input.sample_rate));
     assert!((1..=128).contains(&params.client_id.len()));
     assert!(!params.client_id.chars().any(char::is_control));
 }
@@ -175,6 +175,7 @@ fn ingest_segmenter() -> SegmenterConfig {
         turn_check_after_ms: 0,
         turn_max_silence_ms: 400,
         collect_audio: true,
+        manual: false,
     }
 }
 
@@ -199,9 +200,13 @@ pub fn ingest(data: &[u8]) {
         VadEngine::Webrtc(WebrtcVadConfig { mode: 2 })
     };
     let config = ingest_segmenter();
-    let mut ingest = Ingest::new(setup.codec, setup.sample_rate, engine, config)
-        .expect("every supported codec and rate sets up")
-        .keep_native(setup.keep_native);
+    let mut ingest = Ingest::new(
+        AudioFormat::new(setup.codec, setup.sample_rate),
+        engine,
+        config,
+    )
+    .expect("every supported codec and rate sets up")
+    .keep_native(setup.keep_native);
     let mut events = EventOrder::default();
     let mut ops = 0;
     while !input.is_empty() && ops < MAX_OPS {
@@ -275,6 +280,7 @@ fn segmenter_config(input: &mut Reader) -> SegmenterConfig {
         turn_check_after_ms,
         turn_max_silence_ms,
         collect_audio,
+        manual: false,
     }
 }
 
@@ -311,7 +317,9 @@ pub fn segmenter(data: &[u8]) {
                 segmenter.push(&frame, score, &mut out);
                 samples_in += len as u64;
             }
-            5 => segmenter.flush(&mut out),
+            5 => {
+                segmenter.flush(&mut out);
+            }
             op => {
                 let key = last_check.unwrap_or_else(|| PauseKey {
                     start_ms: u64::from(input.u8()),

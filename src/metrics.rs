@@ -78,6 +78,14 @@ pub enum BadInput {
     AudioTooFast,
     /// A session closed (1007) after more undecodable frames than `session.bad_audio_burst`.
     CorruptStream,
+    /// A well-formed event with a bad field, or one the session's state does not allow.
+    InvalidEvent,
+    /// Audio in an event that is not valid base64.
+    BadBase64,
+    /// A binary frame where the protocol carries only JSON text.
+    BinaryInsteadOfText,
+    /// One event carrying more audio than `realtime.max_append_ms`.
+    AudioTooLarge,
 }
 
 impl BadInput {
@@ -95,6 +103,10 @@ impl BadInput {
             BadInput::PromptTooLarge => "prompt_too_large",
             BadInput::AudioTooFast => "audio_too_fast",
             BadInput::CorruptStream => "corrupt_stream",
+            BadInput::InvalidEvent => "invalid_event",
+            BadInput::BadBase64 => "bad_base64",
+            BadInput::BinaryInsteadOfText => "binary_instead_of_text",
+            BadInput::AudioTooLarge => "audio_too_large",
         }
     }
 }

@@ -19,7 +19,7 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::write_stall::ConnectionSocket;
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::http::{demo::DemoPage, events, ops, ws, AppState, ServerStatus};
+use crate::http::{demo::DemoPage, events, ops, realtime, ws, AppState, ServerStatus};
 use crate::metrics::Metrics;
 use crate::registry::{DrainAll, Registry};
 use crate::services::Services;
@@ -88,6 +88,7 @@ impl Server {
                     }
                 })
                 .route("/v1/ws", web::get().to(ws::upgrade))
+                .route("/v1/realtime", web::get().to(realtime::upgrade))
                 .route("/v1/events", web::get().to(events::events))
                 .route("/v1/conversations", web::get().to(ops::conversations))
                 .route("/health", web::get().to(ops::health))

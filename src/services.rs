@@ -271,7 +271,6 @@ fn llm_backend(
                 api_key: (!llm.api_key.is_empty()).then(|| llm.api_key.clone()),
                 connect_timeout: Duration::from_millis(llm.connect_timeout_ms),
                 read_timeout: Duration::from_millis(llm.read_timeout_ms),
-                max_tokens: llm.max_tokens,
             };
             let breaker = CircuitBreaker::new(
                 llm.breaker_failures,

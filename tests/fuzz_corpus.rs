@@ -111,6 +111,9 @@ fn ingest_seed(setup: IngestSetup, samples: &[i16], frame_samples: usize) -> Vec
             packets.extend(encoder.finish().expect("encode"));
             packets
         }
+        AudioCodec::Pcmu | AudioCodec::Pcma => {
+            unreachable!("the ingest fuzzer's setup byte names PCM16 or Opus")
+        }
     };
     let mut seed = IngestSeed::new(setup);
     for (pair, audio) in frames.chunks(2).zip(samples.chunks(2 * frame_samples)) {

@@ -1,42 +1,59 @@
-//! `LlmActor`: answers each final transcript with a streamed, cancellable reply.
+//! `LlmActor`: keeps the conversation's history and answers with streamed,
+//! cancellable replies.
 //!
-//! The user's words go into the conversation store (which outlives the session, so a
-//! reconnect resumes with its history), then the backend streams the reply as deltas.
-//! A new utterance while a reply is running (barge-in), `response.cancel`, or the
-//! conversation's end cancels it at once: dropping the [`Generation`] stops the embedded
-//! decoder at its next token or aborts the HTTP request. A cancelled reply is stored
-//! marked as cut, so the model knows it was interrupted.
+//! The history lives in the conversation store (which outlives the session, so a
+//! reconnect resumes it). This actor is its one writer for the conversation: the
+//! user's transcribed turns, items a client adds, deletes or truncates
+//! (`history.rs` in this folder), and the replies. Each reply is built from the stored
+//! history, streamed by the backend as deltas, and stored as an item when it ends. A
+//! new reply while one is running (barge-in), `response.cancel`, or the conversation's
+//! end cancels it at once: dropping the [`Generation`] stops the embedded decoder at
+//! its next token or aborts the HTTP request. A cancelled reply is stored marked as
+//! cut, so the model knows it was interrupted; an out-of-band reply is not stored.
 //!
 //! A speculative reply (started on a draft transcript, before the turn is confirmed)
-//! runs like any other, but neither the user's words nor the reply are stored until
-//! [`ConfirmResponse`]; [`DiscardResponse`] drops it without a trace.
+//! runs like any other, but is stored only after [`ConfirmResponse`] (the user's words
+//! are stored by then); [`DiscardResponse`] drops it without a trace.
 //!
 //! While the user is still speaking, their words so far ([`ReadAhead`], from partial
 //! transcripts) may be read into the model's kept state on an idle thread, all but the
 //! last word (which the audio may have cut): the reply to the finished turn then
 //! reads only what came after. Nothing of it is stored or sent.
 
+mod history;
+
 use actix::prelude::*;
 use uuid::Uuid;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
 use super::messages::{
-    CancelResponse, ChildEvent, ConfirmResponse, DiscardResponse, ReadAhead, Respond,
+    CancelResponse, ChildEvent, ConfirmResponse, DiscardResponse, ReadAhead, ReplyOutcome, Respond,
 };
 use crate::llm::backend::{self, BackendError, Generation, GenerationRequest, LlmEvent};
 use crate::llm::chat::ChatMessage;
 use crate::metrics::{ActorKind, GaugeGuard};
+use crate::protocol::pipeline::{Item, ItemId, ItemRole, Modality, Usage};
 use crate::protocol::ErrorCode;
 
 /// Appended to a reply that was interrupted, in the stored history.
-const CUT_MARKER: &str = " [interrupted]";
+pub const CUT_MARKER: &str = " [interrupted]";
 
 /// The reply being generated.
 struct Reply {
     id: Uuid,
+    item_id: ItemId,
     text: String,
-    /// Speculative: the user's words, stored once the turn is confirmed.
-    unconfirmed: Option<String>,
+    /// Speculative and not confirmed yet: stored only once its turn is.
+    unconfirmed: bool,
+    out_of_band: bool,
+    /// Spoken (audio modality): stored as a spoken item.
+    spoken: bool,
+    /// Deltas received: the output tokens of a reply that ends before the backend
+    /// reports its count.
+    deltas: u32,
+    /// What the listener heard, when a client truncated the reply while it was
+    /// still being written: stored instead of the whole text.
+    heard: Option<String>,
     _generation: Generation,
     _inflight: GaugeGuard,
 }
@@ -44,8 +61,9 @@ struct Reply {
 /// A speculative reply that finished before its turn was confirmed.
 struct Finished {
     id: Uuid,
-    user: String,
+    item_id: ItemId,
     text: String,
+    spoken: bool,
 }
 
 pub struct LlmActor {
@@ -92,39 +110,58 @@ impl LlmActor {
     /// Stop the running reply, if any, and record it as cut.
     fn cancel_current(&mut self) {
         if let Some(reply) = self.current.take() {
-            self.finish(reply, true);
+            let usage = Usage {
+                output_tokens: reply.deltas,
+                ..Usage::default()
+            };
+            self.finish(reply, ReplyOutcome::Cancelled { usage });
         }
     }
 
-    fn finish(&mut self, reply: Reply, cancelled: bool) {
-        let mut text = reply.text;
-        if cancelled {
+    fn finish(&mut self, reply: Reply, outcome: ReplyOutcome) {
+        let cut = !matches!(outcome, ReplyOutcome::Completed { .. });
+        let mut text = reply.heard.unwrap_or(reply.text);
+        if cut {
             text.push_str(CUT_MARKER);
         }
-        match reply.unconfirmed {
-            // Stored only if its turn is confirmed; a cancelled one never will be.
-            Some(user) if !cancelled => {
+        if reply.out_of_band {
+            // Never stored.
+        } else if reply.unconfirmed {
+            // Stored only if its turn is confirmed; a cut one never will be.
+            if !cut {
                 self.finished = Some(Finished {
                     id: reply.id,
-                    user,
+                    item_id: reply.item_id,
                     text,
+                    spoken: reply.spoken,
                 });
             }
-            Some(_) => {}
-            None => self.store_reply(text),
+        } else {
+            self.store_reply(&reply.item_id, text, reply.spoken);
         }
         self.parent.do_send(ChildEvent::ResponseDone {
             response_id: reply.id,
-            cancelled,
+            outcome,
         });
     }
 
-    fn store_reply(&self, text: String) {
-        if !text.trim().is_empty() {
-            self.env
-                .services
-                .conversations
-                .push(self.conversation_id(), ChatMessage::assistant(text));
+    fn store_reply(&self, item_id: &str, text: String, spoken: bool) {
+        if text.trim().is_empty() {
+            return;
+        }
+        let item = Item {
+            id: item_id.to_string(),
+            role: ItemRole::Assistant,
+            text,
+            audio: spoken,
+        };
+        let stored = self
+            .env
+            .services
+            .conversations
+            .insert(self.conversation_id(), &item, None);
+        if let Err(error) = stored {
+            tracing::warn!(conversation_id = %self.conversation_id(), %error, "reply not stored");
         }
     }
 
@@ -135,25 +172,73 @@ impl LlmActor {
         match event {
             LlmEvent::Delta(text) => {
                 reply.text.push_str(&text);
+                reply.deltas += 1;
                 self.parent
                     .do_send(ChildEvent::ResponseDelta { response_id, text });
             }
-            LlmEvent::Finished => {
+            LlmEvent::Finished(completion) => {
                 if let Some(reply) = self.current.take() {
-                    self.finish(reply, false);
+                    let usage = Usage {
+                        input_tokens: completion.input_tokens,
+                        cached_tokens: completion.cached_tokens,
+                        output_tokens: completion.output_tokens.max(reply.deltas),
+                    };
+                    let length_limited = completion.length_limited;
+                    let outcome = ReplyOutcome::Completed {
+                        usage,
+                        length_limited,
+                    };
+                    self.finish(reply, outcome);
                 }
             }
             LlmEvent::Failed(error) => {
                 tracing::warn!(conversation_id = %self.conversation_id(), %error, "reply failed");
+                let message = format!("the reply failed: {error}");
                 self.parent.do_send(ChildEvent::ClientError {
                     code: ErrorCode::LlmUnavailable,
-                    message: format!("the reply failed: {error}"),
+                    message: message.clone(),
                 });
                 if let Some(reply) = self.current.take() {
-                    self.finish(reply, true);
+                    self.finish(reply, ReplyOutcome::Failed { message });
                 }
             }
         }
+    }
+
+    /// The prompt: the stored history (plus a speculative turn's words), with the
+    /// reply's own instructions in place of the system prompt if it has some.
+    fn prompt(&self, msg: &Respond) -> Vec<ChatMessage> {
+        let services = &self.env.services;
+        let llm = &services.config.llm;
+        let pending = usize::from(msg.draft.is_some());
+        let mut messages = services.conversations.transcript(
+            self.conversation_id(),
+            &llm.system_prompt,
+            llm.context_messages,
+            llm.context_max_messages,
+            pending,
+        );
+        if let (Some(instructions), Some(system)) =
+            (msg.options.instructions.as_ref(), messages.first_mut())
+        {
+            *system = ChatMessage::system(instructions.clone());
+        }
+        if let Some(draft) = &msg.draft {
+            messages.push(ChatMessage::user(draft.clone()));
+        }
+        messages.shrink_to_fit();
+        messages
+    }
+
+    fn refuse(&self, response_id: Uuid, code: ErrorCode, message: String) {
+        self.parent.do_send(ChildEvent::ClientError {
+            code,
+            message: message.clone(),
+        });
+        self.parent.do_send(ChildEvent::ResponseDone {
+            response_id,
+            outcome: ReplyOutcome::Failed { message },
+        });
     }
 }
 
@@ -170,36 +255,21 @@ impl Handler<Respond> for LlmActor {
     type Result = ();
 
     fn handle(&mut self, msg: Respond, ctx: &mut Context<Self>) {
-        self.cancel_current(); // barge-in: the newest utterance wins
+        self.cancel_current(); // barge-in: the newest reply wins
         self.finished = None;
         let services = &self.env.services;
         let Some(backend) = services.llm.as_ref() else {
-            return;
+            let message = "no language model is configured (llm.backend = \"none\")";
+            return self.refuse(msg.response_id, ErrorCode::LlmUnavailable, message.into());
         };
-        let id = self.conversation_id();
         let llm = &services.config.llm;
-        let user = ChatMessage::user(msg.text.clone());
-        let mut messages = if msg.speculative {
-            // Not stored yet: the prompt is the stored history plus these words.
-            let mut messages = self.history_before_turn();
-            messages.push(user);
-            messages
-        } else {
-            services.conversations.push(id, user);
-            services.conversations.transcript(
-                id,
-                &llm.system_prompt,
-                llm.context_messages,
-                llm.context_max_messages,
-                0,
-            )
-        };
-        messages.shrink_to_fit();
+        let max_tokens = msg.options.max_tokens.unwrap_or(llm.max_tokens);
         let request = GenerationRequest {
-            messages,
-            conversation_id: id,
+            messages: self.prompt(&msg),
+            conversation_id: self.conversation_id(),
             conversation: self.env.cancel.clone(),
             hold: Box::new(self.link.hold()),
+            max_tokens: max_tokens.clamp(1, llm.max_tokens.max(1)),
         };
         let mut generation = match backend.start(request) {
             Ok(generation) => generation,
@@ -208,10 +278,7 @@ impl Handler<Respond> for LlmActor {
                     BackendError::Overloaded => ErrorCode::Overloaded,
                     BackendError::Unavailable(_) => ErrorCode::LlmUnavailable,
                 };
-                return self.parent.do_send(ChildEvent::ClientError {
-                    code,
-                    message: error.to_string(),
-                });
+                return self.refuse(msg.response_id, code, error.to_string());
             }
         };
         let response_id = msg.response_id;
@@ -227,8 +294,13 @@ impl Handler<Respond> for LlmActor {
         );
         self.current = Some(Reply {
             id: response_id,
+            item_id: msg.item_id,
             text: String::new(),
-            unconfirmed: msg.speculative.then_some(msg.text),
+            unconfirmed: msg.draft.is_some(),
+            out_of_band: msg.options.out_of_band,
+            spoken: msg.options.modality == Modality::Audio,
+            deltas: 0,
+            heard: None,
             _generation: generation,
             _inflight: GaugeGuard::new(services.metrics.llm_inflight.clone()),
         });
@@ -280,16 +352,12 @@ impl Handler<CancelResponse> for LlmActor {
 impl Handler<ConfirmResponse> for LlmActor {
     type Result = ();
 
+    /// The user's words are stored by now (the conversation sent them first).
     fn handle(&mut self, msg: ConfirmResponse, _: &mut Context<Self>) {
-        let conversations = &self.env.services.conversations;
-        let id = self.conversation_id();
         if let Some(reply) = self.current.as_mut().filter(|r| r.id == msg.response_id) {
-            if let Some(user) = reply.unconfirmed.take() {
-                conversations.push(id, ChatMessage::user(user));
-            }
+            reply.unconfirmed = false;
         } else if let Some(done) = self.finished.take_if(|f| f.id == msg.response_id) {
-            conversations.push(id, ChatMessage::user(done.user));
-            self.store_reply(done.text);
+            self.store_reply(&done.item_id, done.text, done.spoken);
         }
     }
 }

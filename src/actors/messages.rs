@@ -10,7 +10,8 @@ use super::child::ChildRole;
 use crate::audio::segmenter::{SpeechEvent, SpeechSegment};
 use crate::lifecycle::ExitReason;
 use crate::protocol::native::FailureMode;
-use crate::protocol::{ClientEvent, ErrorCode, ServerEvent};
+use crate::protocol::pipeline::{Item, ItemId, ReplyOptions, TurnDetection, Usage};
+use crate::protocol::{AudioFormat, Command, ErrorCode, PipelineEvent};
 
 /// Consecutive binary audio frames from the client, in the session's codec, in
 /// arrival order (the session batches them: see `audio::coalesce`).
@@ -20,18 +21,19 @@ pub struct AudioFrames {
     pub frames: Vec<Bytes>,
 }
 
-/// A parsed client text event, handed from the transport to its conversation.
+/// What the client's protocol asks of the conversation.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct ClientCommand {
-    pub event: ClientEvent,
+    pub command: Command,
 }
 
-/// Something for the client: a JSON event or a binary audio frame.
+/// Something for the client, for its protocol to put into words: an event of the
+/// pipeline, or one frame of reply audio in the output format.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub enum Outbound {
-    Event(ServerEvent),
+    Event(PipelineEvent),
     Audio(Bytes),
 }
 
@@ -56,10 +58,32 @@ pub struct InjectFailure {
     pub mode: FailureMode,
 }
 
-/// End of speech from the client (`audio.end`): close the open segment.
+/// The client's input is complete: close the open segment, or (manual turns) hand the
+/// audio since the last commit on as one segment.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct FlushSpeech;
+
+/// Forget the open segment (or the manual turn's audio).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ClearSpeech;
+
+/// New turn detection or input format for the VAD (the format changes only before any
+/// audio arrived).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ConfigureInput {
+    pub detection: TurnDetection,
+    pub format: AudioFormat,
+}
+
+/// Speak the next replies in this format.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SetOutputFormat {
+    pub format: AudioFormat,
+}
 
 /// A speech segment for the recogniser.
 #[derive(Message, Debug)]
@@ -80,16 +104,54 @@ pub enum SegmentKind {
     Partial,
 }
 
-/// Answer what the user said. The conversation names the reply, so it can hold back
-/// a speculative reply's events before the LLM has produced any.
+/// Reply to the conversation as stored. The conversation names the reply and the
+/// item it becomes, so it can hold back a speculative reply's events before the LLM
+/// has produced any.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct Respond {
     pub response_id: uuid::Uuid,
-    pub text: String,
-    /// Started on a draft transcript before the turn is confirmed: the user's words
-    /// and the reply enter the stored history only on [`ConfirmResponse`].
-    pub speculative: bool,
+    pub item_id: ItemId,
+    /// Speculative: the user's words from a draft transcript, not stored yet. The
+    /// reply enters the stored history only on [`ConfirmResponse`].
+    pub draft: Option<String>,
+    pub options: ReplyOptions,
+}
+
+/// A change to, or a look at, the conversation's stored items. The LLM actor keeps
+/// the history, so every change goes through it in order with its replies.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum EditHistory {
+    /// Store `item` after `previous`; `announce` answers with `ItemAdded` (items a
+    /// client added) rather than silently (the user's transcribed turns).
+    Add {
+        item: Item,
+        previous: Option<ItemId>,
+        reply_to: Option<String>,
+        announce: bool,
+    },
+    Delete {
+        item_id: ItemId,
+        reply_to: Option<String>,
+    },
+    Truncate {
+        item_id: ItemId,
+        text: String,
+        reply_to: Option<String>,
+    },
+    Retrieve {
+        item_id: ItemId,
+        reply_to: Option<String>,
+    },
+}
+
+/// How the model's part of a reply ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    Completed { usage: Usage, length_limited: bool },
+    Cancelled { usage: Usage },
+    Failed { message: String },
 }
 
 /// The turn a speculative reply answered is confirmed with the same words: the reply
@@ -188,33 +250,46 @@ pub enum ChildEvent {
     /// The user's turn ended (sent right after its `Stopped`); `voice_end` is when the
     /// last voiced audio arrived, where every stage time of the reply is counted from.
     TurnEnded { voice_end: Instant },
-    /// A final transcript of one speech segment; `audio_ms` is where the segment ended.
+    /// A final transcript of one speech segment (empty: no words); `audio_ms` is where
+    /// the segment ended.
     Transcript {
         text: String,
         audio_ms: u64,
         stt_ms: u64,
     },
+    /// The final segment ending at `audio_ms` will have no transcript.
+    TranscriptFailed { audio_ms: u64, message: String },
+    /// A flush found no speech to hand on.
+    NothingToCommit,
     /// A piece of the reply being generated.
     ResponseDelta {
         response_id: uuid::Uuid,
         text: String,
     },
-    /// The reply is complete, or was cancelled.
+    /// The model's part of the reply is over.
     ResponseDone {
         response_id: uuid::Uuid,
-        cancelled: bool,
+        outcome: ReplyOutcome,
     },
     /// A reply's first clause is synthesised (its audio may still be held).
     FirstClauseReady { response_id: uuid::Uuid },
     /// A reply's first audio frame is about to go out.
     AudioStarted { response_id: uuid::Uuid },
+    /// The words of the reply audio that follows.
+    SpokenText {
+        response_id: uuid::Uuid,
+        text: String,
+    },
     /// One frame of reply audio, in the session's codec.
     Audio { frame: bytes::Bytes },
-    /// A reply's audio is finished, or was cut.
+    /// A reply's speech is over (finished or cut); `audible` if any audio was sent.
     AudioDone {
         response_id: uuid::Uuid,
         cancelled: bool,
+        audible: bool,
     },
+    /// An answer for the client (e.g. about a stored item).
+    ToClient { event: PipelineEvent },
     /// Something the client should hear about; the session keeps going.
     ClientError { code: ErrorCode, message: String },
     /// The child hit an error it cannot continue from; the supervisor decides.

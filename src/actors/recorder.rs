@@ -75,7 +75,7 @@ impl RecorderActor {
         let dir = &env.services.config.recorder.dir;
         let file = FileSpec {
             path: dir.join(format!("{}.wav", env.params.conversation_id)),
-            sample_rate: env.params.sample_rate,
+            sample_rate: env.params.input.sample_rate,
             metrics: Arc::clone(&env.services.metrics),
         };
         RecorderActor {

@@ -1,8 +1,9 @@
 //! `SessionActor`: the WebSocket transport of one client, and nothing else.
 //!
-//! It parses frames into typed events, writes outbound events and audio, enforces the idle
-//! timeout, frame limits and flood control, and closes the socket with the right code. It
-//! holds no pipeline state. On start it asks the registry for a lease (waiting out a
+//! Its wire protocol ([`Wire`]: native or the Realtime API) turns frames into commands
+//! and audio and the conversation's events into frames; the session carries them out,
+//! enforces the idle timeout, frame limits and flood control, and closes the socket
+//! with the right code. It holds no pipeline state. On start it asks the registry for a lease (waiting out a
 //! superseded predecessor, at most `session.register_timeout_ms`), then starts its
 //! conversation. However it ends — Close frame, dropped TCP, timeout, a write stall (the
 //! watchdog in `write_stall.rs` drops it), a supervisor's request, a panic — its `Drop`
@@ -29,14 +30,19 @@ use crate::audio::coalesce::FrameCoalescer;
 use crate::audio::opus_codec::packet_samples;
 use crate::lifecycle::{close_code, ExitReason};
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
-use crate::protocol::native::{ClientEvent, LlmUpdate};
-use crate::protocol::{AudioCodec, ErrorCode, ServerEvent, SessionParams};
+use crate::protocol::{
+    Action, ErrorCode, Fault, Outbox, PipelineEvent, SessionParams, SessionStart, Wire,
+};
 use crate::registry::{EndSession, RegisterError};
 use crate::services::Services;
 
 pub struct SessionActor {
     params: SessionParams,
     services: Arc<Services>,
+    /// The wire protocol: frames in and out.
+    wire: Box<dyn Wire>,
+    /// Reused between frames: what the wire asks the session to do.
+    outbox: Outbox,
     conversation: Option<Addr<ConversationActor>>,
     link: Option<ConversationLink>,
     /// Audio frames gathered into batches before they are handed on.
@@ -45,7 +51,7 @@ pub struct SessionActor {
     coalesce_timer: Option<SpawnHandle>,
     /// Last client activity (see the module docs), for the idle timeout.
     last_heard: Instant,
-    /// Flood control: client text frames, Pings and error replies take tokens.
+    /// Flood control: client events, Pings and error replies take tokens.
     flood: TokenBucket,
     /// How far the client's audio may run ahead of real time.
     audio_budget: AudioBudget,
@@ -58,10 +64,26 @@ pub struct SessionActor {
     _live: GaugeGuard,
 }
 
+/// The counter a rejected input is counted under.
+fn bad_input_kind(fault: Fault) -> BadInput {
+    match fault {
+        Fault::MalformedJson => BadInput::MalformedJson,
+        Fault::UnknownEvent => BadInput::UnknownEvent,
+        Fault::InvalidEvent => BadInput::InvalidEvent,
+        Fault::BadAudio => BadInput::OddLengthPcm,
+        Fault::TextInsteadOfAudio => BadInput::TextInsteadOfAudio,
+        Fault::BinaryInsteadOfText => BadInput::BinaryInsteadOfText,
+        Fault::PromptTooLarge => BadInput::PromptTooLarge,
+        Fault::AudioTooLarge => BadInput::AudioTooLarge,
+        Fault::BadBase64 => BadInput::BadBase64,
+    }
+}
+
 impl SessionActor {
     pub fn new(
         params: SessionParams,
         services: Arc<Services>,
+        wire: Box<dyn Wire>,
         permit: Permit,
         stall: Rc<StallSignal>,
     ) -> Self {
@@ -75,10 +97,12 @@ impl SessionActor {
         let audio_budget = AudioBudget::new(session.max_audio_speed, session.audio_burst_ms);
         let bad_audio = TokenBucket::new(f64::from(session.bad_audio_burst), 1.0);
         SessionActor {
-            coalescer: FrameCoalescer::new(params.codec, params.sample_rate, coalesce_ms),
+            coalescer: FrameCoalescer::new(params.input, coalesce_ms),
             coalesce_timer: None,
             params,
             services,
+            wire,
+            outbox: Outbox::default(),
             conversation: None,
             link: None,
             last_heard: Instant::now(),
@@ -132,78 +156,110 @@ impl SessionActor {
         ctx.stop();
     }
 
-    fn send_event(&self, event: &ServerEvent, ctx: &mut ws::WebsocketContext<Self>) {
-        ctx.text(event.to_json());
-    }
-
-    /// An error reply to the client's input; each takes a flood-control token, and
-    /// undecodable audio also a token of its own: a run of it ends the session (1007).
-    fn client_error(
+    /// Let the wire act on something, then carry out what it asked for, in order.
+    fn with_wire(
         &mut self,
-        code: ErrorCode,
-        message: String,
         ctx: &mut ws::WebsocketContext<Self>,
+        act: impl FnOnce(&mut dyn Wire, &mut Outbox),
     ) {
-        if code == ErrorCode::BadAudio && self.exit.is_none() && !self.bad_audio.take() {
-            tracing::info!(conversation_id = %self.params.conversation_id, "corrupt audio stream; closing");
-            self.services
-                .metrics
-                .count_bad_input(BadInput::CorruptStream);
-            let event = ServerEvent::error(
-                code,
-                format!("{message}; the audio stream is corrupt, closing"),
-            );
-            self.send_event(&event, ctx);
-            return self.end(ExitReason::ServerError, close_code::INVALID_PAYLOAD, ctx);
-        }
-        if self.take_token(ctx) {
-            self.send_event(&ServerEvent::error(code, message), ctx);
+        let mut out = std::mem::take(&mut self.outbox);
+        act(self.wire.as_mut(), &mut out);
+        self.carry_out(&mut out, ctx);
+        self.outbox = out;
+    }
+
+    fn carry_out(&mut self, out: &mut Outbox, ctx: &mut ws::WebsocketContext<Self>) {
+        for action in out.drain() {
+            match action {
+                Action::Text(text) => ctx.text(text),
+                Action::Binary(data) => ctx.binary(data),
+                Action::Reject { fault, text } => {
+                    self.services.metrics.count_bad_input(bad_input_kind(fault));
+                    let corrupt = fault == Fault::BadAudio && self.corrupt_stream(ctx);
+                    if !corrupt && self.take_token(ctx) {
+                        ctx.text(text);
+                    }
+                }
+                Action::Audio(data) => self.on_audio(data, ctx),
+                Action::InputFormat(format) => {
+                    self.hand_on_partial(ctx);
+                    self.coalescer.set_format(format);
+                }
+                Action::Command(command) => {
+                    // Commands follow the audio sent before them (a commit above all).
+                    self.hand_on_partial(ctx);
+                    if let Some(conversation) = self.conversation.as_ref() {
+                        // Control events are rare and small: they bypass the audio bound.
+                        conversation.do_send(ClientCommand { command });
+                    }
+                }
+                Action::Activity => self.last_heard = Instant::now(),
+                Action::Timer { after_ms, key } => {
+                    ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
+                        act.with_wire(ctx, |wire, out| wire.timer(key, out));
+                    });
+                }
+            }
         }
     }
 
-    fn bad_input(
+    /// One more undecodable frame: past `session.bad_audio_burst` of them the stream
+    /// is corrupt and the session ends (1007). True if it ended.
+    fn corrupt_stream(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        if self.exit.is_some() || self.bad_audio.take() {
+            return false;
+        }
+        tracing::info!(conversation_id = %self.params.conversation_id, "corrupt audio stream; closing");
+        self.services
+            .metrics
+            .count_bad_input(BadInput::CorruptStream);
+        let message = "too many undecodable audio frames; the audio stream is corrupt, closing";
+        ctx.text(self.wire.error_text(ErrorCode::BadAudio, message));
+        self.end(ExitReason::ServerError, close_code::INVALID_PAYLOAD, ctx);
+        true
+    }
+
+    /// An error about the client's input that the session finds itself: counted, and
+    /// it takes a flood-control token.
+    fn reject(
         &mut self,
         kind: BadInput,
         code: ErrorCode,
-        message: String,
+        message: &str,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         self.services.metrics.count_bad_input(kind);
-        self.client_error(code, message, ctx);
+        let corrupt = code == ErrorCode::BadAudio && self.corrupt_stream(ctx);
+        if !corrupt && self.take_token(ctx) {
+            ctx.text(self.wire.error_text(code, message));
+        }
     }
 
     fn on_audio(&mut self, data: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
-        if data.is_empty() || self.exit.is_some() {
-            return; // no samples (not audio, not activity), or the session is ending
+        if self.conversation.is_none() || data.is_empty() || self.exit.is_some() {
+            return; // no samples, or the session is ending
         }
-        let samples = match self.params.codec {
-            AudioCodec::Pcm16 if data.len() % 2 != 0 => {
-                let message = format!("PCM16 frame has an odd byte count ({})", data.len());
-                return self.bad_input(BadInput::OddLengthPcm, ErrorCode::BadAudio, message, ctx);
-            }
-            AudioCodec::Pcm16 => data.len() / 2,
-            AudioCodec::Opus => match packet_samples(&data, self.params.sample_rate) {
+        let format = self.coalescer.format();
+        let samples = match format.codec.bytes_per_sample() {
+            Some(width) => data.len() / width as usize,
+            None => match packet_samples(&data, format.sample_rate) {
                 Ok(samples) => samples,
                 Err(error) => {
                     let message = format!("undecodable Opus packet: {error}");
-                    return self.bad_input(BadInput::BadOpus, ErrorCode::BadAudio, message, ctx);
+                    return self.reject(BadInput::BadOpus, ErrorCode::BadAudio, &message, ctx);
                 }
             },
         };
-        let audio_ms = samples as f64 * 1000.0 / f64::from(self.params.sample_rate);
+        let audio_ms = samples as f64 * 1000.0 / f64::from(format.sample_rate);
         if !self.audio_budget.admit(audio_ms) {
             let speed = self.services.config.session.max_audio_speed;
             let message = format!("audio arrives faster than {speed}x real time; frame dropped");
-            return self.bad_input(
+            return self.reject(
                 BadInput::AudioTooFast,
                 ErrorCode::AudioTooFast,
-                message,
+                &message,
                 ctx,
             );
-        }
-        self.last_heard = Instant::now();
-        if self.conversation.is_none() {
-            return;
         }
         match self.coalescer.push(data) {
             Some(frames) => self.hand_on(frames, ctx),
@@ -252,66 +308,19 @@ impl SessionActor {
         }
     }
 
+    /// A client text frame: an event costs a flood-control token, audio does not (it
+    /// is paced by backpressure).
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        if !self.take_token(ctx) {
+        if self.exit.is_some() {
             return;
         }
-        if !text.trim_start().starts_with('{') {
-            let message = "text frames carry JSON events; send audio as binary frames".into();
-            return self.bad_input(
-                BadInput::TextInsteadOfAudio,
-                ErrorCode::UnexpectedFrame,
-                message,
-                ctx,
-            );
+        let mut out = std::mem::take(&mut self.outbox);
+        self.wire.client_text(text, &mut out);
+        if out.carries_audio() || self.take_token(ctx) {
+            self.carry_out(&mut out, ctx);
         }
-        let event = match ClientEvent::parse(text) {
-            Ok(event) => event,
-            Err((code, message)) => {
-                let kind = match code {
-                    ErrorCode::UnknownEvent => BadInput::UnknownEvent,
-                    _ => BadInput::MalformedJson,
-                };
-                return self.bad_input(kind, code, message, ctx);
-            }
-        };
-        let max_prompt = self.services.config.llm.max_system_prompt_bytes;
-        match event {
-            ClientEvent::SessionUpdate {
-                llm:
-                    Some(LlmUpdate {
-                        system_prompt: Some(prompt),
-                    }),
-            } if prompt.len() > max_prompt => {
-                let message = format!(
-                    "llm.system_prompt is {} bytes; the limit is {max_prompt}",
-                    prompt.len()
-                );
-                self.bad_input(BadInput::PromptTooLarge, ErrorCode::TooLarge, message, ctx);
-            }
-            ClientEvent::Ping => {
-                self.last_heard = Instant::now();
-                self.send_event(&ServerEvent::Pong, ctx)
-            }
-            ClientEvent::DebugFailChild { .. } if !self.services.config.debug.fault_injection => {
-                let message = "unknown event type `debug.fail_child`".to_string();
-                self.bad_input(
-                    BadInput::UnknownEvent,
-                    ErrorCode::UnknownEvent,
-                    message,
-                    ctx,
-                );
-            }
-            event => {
-                self.last_heard = Instant::now();
-                // Events follow the audio sent before them (`audio.end` above all).
-                self.hand_on_partial(ctx);
-                if let Some(conversation) = self.conversation.as_ref() {
-                    // Control events are rare and small: they bypass the audio bound.
-                    conversation.do_send(ClientCommand { event });
-                }
-            }
-        }
+        out.drain();
+        self.outbox = out;
     }
 
     fn start_conversation(
@@ -347,13 +356,11 @@ impl SessionActor {
             stall: Rc::clone(&self.stall),
         });
         self.conversation = Some(addr);
-        let started = ServerEvent::SessionStarted {
+        let start = SessionStart {
             conversation_id: self.params.conversation_id,
             resumed,
-            codec: self.params.codec,
-            sample_rate: self.params.sample_rate,
         };
-        self.send_event(&started, ctx);
+        self.with_wire(ctx, |wire, out| wire.started(start, out));
     }
 
     fn check_idle(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -363,7 +370,6 @@ impl SessionActor {
         }
     }
 }
-
 impl Actor for SessionActor {
     type Context = ws::WebsocketContext<Self>;
 
@@ -399,10 +405,7 @@ impl Actor for SessionActor {
                         );
                         let message = "the previous session of this conversation has not \
                                        ended; try again later";
-                        act.send_event(
-                            &ServerEvent::error(ErrorCode::ConversationBusy, message),
-                            ctx,
-                        );
+                        ctx.text(act.wire.error_text(ErrorCode::ConversationBusy, message));
                         // No tree was started, so no event: the reason is only logged.
                         act.end(ExitReason::Timeout, close_code::TRY_AGAIN_LATER, ctx)
                     }
@@ -414,7 +417,9 @@ impl Actor for SessionActor {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         match item {
-            Ok(ws::Message::Binary(data)) => self.on_audio(data, ctx),
+            Ok(ws::Message::Binary(data)) => {
+                self.with_wire(ctx, |wire, out| wire.client_binary(data, out))
+            }
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
             // Answered (it costs a token), but not activity: a client library's
             // automatic pings must not hold a tree that never hears audio.
@@ -431,8 +436,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 ctx.stop();
             }
             Ok(ws::Message::Continuation(_)) => {
-                let message = "fragmented messages are not supported".to_string();
-                self.client_error(ErrorCode::Unsupported, message, ctx);
+                let message = "fragmented messages are not supported";
+                if self.take_token(ctx) {
+                    ctx.text(self.wire.error_text(ErrorCode::Unsupported, message));
+                }
             }
             Ok(ws::Message::Nop) => {}
             Err(ws::ProtocolError::Overflow) => {
@@ -464,13 +471,22 @@ impl Handler<Outbound> for SessionActor {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
-            // Errors about the client's input (e.g. undecodable Opus) count like the
-            // session's own replies; past the limit the client is flooding.
-            Outbound::Event(ServerEvent::Error { code, message }) if code.is_client_fault() => {
-                self.client_error(code, message, ctx)
+            Outbound::Event(event) => {
+                // Errors about the client's input (e.g. undecodable Opus) count like the
+                // session's own replies; past the limit the client is flooding.
+                if let PipelineEvent::Error { code, .. } = &event {
+                    if *code == ErrorCode::BadAudio && self.corrupt_stream(ctx) {
+                        return;
+                    }
+                    if code.is_client_fault() && !self.take_token(ctx) {
+                        return;
+                    }
+                }
+                self.with_wire(ctx, |wire, out| wire.pipeline_event(event, out));
             }
-            Outbound::Event(event) => self.send_event(&event, ctx),
-            Outbound::Audio(data) => ctx.binary(data),
+            Outbound::Audio(frame) => {
+                self.with_wire(ctx, |wire, out| wire.pipeline_audio(frame, out))
+            }
         }
     }
 }

@@ -99,10 +99,16 @@ impl SttActor {
         }
     }
 
-    fn overloaded(&self, message: &str) {
+    /// A final segment was skipped: the client hears why, and its item that no
+    /// transcript will come.
+    fn overloaded(&self, message: &str, audio_ms: u64) {
         self.env.services.metrics.overloaded.inc();
         self.parent.do_send(ChildEvent::ClientError {
             code: ErrorCode::Overloaded,
+            message: message.to_string(),
+        });
+        self.parent.do_send(ChildEvent::TranscriptFailed {
+            audio_ms,
             message: message.to_string(),
         });
     }
@@ -171,13 +177,14 @@ impl SttActor {
         }
     }
 
+    /// Every final segment gets its transcript, empty when no words were heard (its
+    /// item is then complete with no words).
     fn publish(&self, text: String, elapsed: Duration, audio_ms: u64) {
         let metrics = &self.env.services.metrics;
         metrics.stt_seconds.observe(elapsed.as_secs_f64());
-        if text.is_empty() {
-            return;
+        if !text.is_empty() {
+            metrics.transcripts.inc();
         }
-        metrics.transcripts.inc();
         self.parent.do_send(ChildEvent::Transcript {
             text,
             audio_ms,
@@ -223,14 +230,16 @@ impl SttActor {
     }
 
     fn transcribe(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
-        if self.queued >= MAX_QUEUED_SEGMENTS {
-            return self.overloaded("speech recognition is behind; a segment was skipped");
-        }
         let audio_ms = segment.end_ms;
+        if self.queued >= MAX_QUEUED_SEGMENTS {
+            let message = "speech recognition is behind; a segment was skipped";
+            return self.overloaded(message, audio_ms);
+        }
         let decode = match self.decode(&segment, None, Priority::Urgent) {
             Ok(decode) => decode,
             Err(JobError::Overloaded { .. }) => {
-                return self.overloaded("speech recognition is at capacity; a segment was skipped")
+                let message = "speech recognition is at capacity; a segment was skipped";
+                return self.overloaded(message, audio_ms);
             }
             Err(error) => return self.fail(error.to_string()),
         };

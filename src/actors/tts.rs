@@ -8,6 +8,10 @@
 //! silences the reply within one frame of being processed and drops everything queued.
 //! The conversation's registry entry shows `tts_active` while audio is going out.
 //!
+//! The first frame of each piece carries the piece's words: when it goes out, the
+//! conversation hears `SpokenText`, so a protocol can pair the audio with exactly the
+//! words it says (the Realtime API's transcript, and where a truncated reply was cut).
+//!
 //! A speculative reply arrives *held*: its first piece is synthesised at once, so the
 //! audio is ready when the turn is confirmed, but nothing goes out (and nothing more
 //! is synthesised) until [`ReleaseSpeech`]. A held reply that is dropped never made a
@@ -21,12 +25,15 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{ChildEvent, ReleaseSpeech, SpeakDelta, SpeakEnd, StopSpeaking};
+use super::messages::{
+    ChildEvent, ReleaseSpeech, SetOutputFormat, SpeakDelta, SpeakEnd, StopSpeaking,
+};
+use crate::audio::g711::{self, Law};
 use crate::audio::opus_codec::OpusEncoder;
 use crate::audio::pcm::{encode_pcm16, f32_to_i16};
 use crate::audio::resample::StreamResampler;
 use crate::metrics::{ActorKind, GaugeGuard};
-use crate::protocol::{AudioCodec, ErrorCode};
+use crate::protocol::{AudioCodec, AudioFormat, ErrorCode};
 use crate::registry::SetTtsActive;
 use crate::tts::SentenceSplitter;
 use crate::workers::{JobError, Priority};
@@ -42,7 +49,8 @@ struct Speech {
     queue: VecDeque<(String, GaugeGuard)>,
     synthesizing: bool,
     text_done: bool,
-    frames: VecDeque<Bytes>,
+    /// Frames to send; the first of each piece carries the piece's words.
+    frames: VecDeque<(Bytes, Option<String>)>,
     /// When the current run of frames started, and how much of it has been sent.
     clock: Option<(Instant, Duration)>,
     audio_started: bool,
@@ -64,6 +72,9 @@ pub struct TtsActor {
     env: ChildEnv,
     parent: Recipient<ChildEvent>,
     speech: Option<Speech>,
+    /// The output format of the reply being spoken, and of the next one.
+    format: AudioFormat,
+    next_format: AudioFormat,
     /// Bumped on every stop, so results of abandoned syntheses are ignored.
     epoch: u64,
     ticker: Option<SpawnHandle>,
@@ -76,6 +87,8 @@ impl TtsActor {
         TtsActor {
             parent: env.parent.clone(),
             speech: None,
+            format: env.params.output,
+            next_format: env.params.output,
             epoch: 0,
             ticker: None,
             _live: env.services.metrics.actor_guard(ActorKind::Tts),
@@ -103,11 +116,14 @@ impl TtsActor {
             ctx.cancel_future(ticker);
         }
         if let Some(speech) = self.speech.take() {
+            // Every reply hears its end, audible or not: it is only over once its
+            // speech is.
+            self.parent.do_send(ChildEvent::AudioDone {
+                response_id: speech.response_id,
+                cancelled,
+                audible: speech.audio_started,
+            });
             if speech.audio_started {
-                self.parent.do_send(ChildEvent::AudioDone {
-                    response_id: speech.response_id,
-                    cancelled,
-                });
                 self.set_active(false);
             }
         }
@@ -145,7 +161,8 @@ impl TtsActor {
         let first_piece = speech.pieces_started == 1;
         let response_id = speech.response_id;
         let phonemizer = std::sync::Arc::clone(&tts.phonemizer);
-        let (codec, rate) = (self.env.params.codec, self.env.params.sample_rate);
+        let format = self.format;
+        let words = sentence.clone();
         // The first clause is what the listener waits for: ahead of other replies' rest.
         let priority = if first_piece {
             Priority::Urgent
@@ -159,7 +176,7 @@ impl TtsActor {
                     let samples = voice
                         .speak(&phonemizer, &sentence)
                         .map_err(|e| e.to_string())?;
-                    encode(&samples, voice.sample_rate(), rate, codec)
+                    encode(&samples, voice.sample_rate(), format)
                 });
         let epoch = self.epoch;
         let answer = match job {
@@ -181,7 +198,10 @@ impl TtsActor {
                     }
                     let mut held = false;
                     if let Some(speech) = act.speech.as_mut() {
-                        speech.frames.extend(frames);
+                        let mut words = Some(words);
+                        speech
+                            .frames
+                            .extend(frames.into_iter().map(|frame| (frame, words.take())));
                         held = speech.held;
                     }
                     if !held {
@@ -231,11 +251,16 @@ impl TtsActor {
         let now = Instant::now();
         let (start, sent) = speech.clock.get_or_insert((now, Duration::ZERO));
         while *sent <= now.duration_since(*start) + lead {
-            let Some(frame) = speech.frames.pop_front() else {
+            let Some((frame, words)) = speech.frames.pop_front() else {
                 // Underrun: restart the clock with the next frames.
                 speech.clock = None;
                 break;
             };
+            if let Some(text) = words {
+                let response_id = speech.response_id;
+                self.parent
+                    .do_send(ChildEvent::SpokenText { response_id, text });
+            }
             self.parent.do_send(ChildEvent::Audio { frame });
             *sent += FRAME;
         }
@@ -252,17 +277,22 @@ impl TtsActor {
     }
 }
 
-/// Resample Piper's output to the session's rate and cut it into 20 ms frames of the
-/// session's codec (the last one padded with silence). Runs on the TTS worker.
-fn encode(samples: &[f32], from: u32, to: u32, codec: AudioCodec) -> Result<Vec<Bytes>, String> {
+/// Resample Piper's output to the output rate and cut it into 20 ms frames of the
+/// output codec (the last one padded with silence). Runs on the TTS worker.
+fn encode(samples: &[f32], from: u32, format: AudioFormat) -> Result<Vec<Bytes>, String> {
+    let to = format.sample_rate;
     let resampled = StreamResampler::convert_clip(from, to, samples).map_err(|e| e.to_string())?;
     let mut pcm: Vec<i16> = resampled.into_iter().map(f32_to_i16).collect();
     let frame = to as usize / 50;
     pcm.resize(pcm.len().div_ceil(frame) * frame, 0);
-    match codec {
-        AudioCodec::Pcm16 => Ok(pcm
-            .chunks(frame)
-            .map(|c| Bytes::from(encode_pcm16(c)))
+    let frames = pcm.chunks(frame);
+    match format.codec {
+        AudioCodec::Pcm16 => Ok(frames.map(|c| Bytes::from(encode_pcm16(c))).collect()),
+        AudioCodec::Pcmu => Ok(frames
+            .map(|c| Bytes::from(g711::encode(Law::Mu, c)))
+            .collect()),
+        AudioCodec::Pcma => Ok(frames
+            .map(|c| Bytes::from(g711::encode(Law::A, c)))
             .collect()),
         AudioCodec::Opus => {
             let mut encoder = OpusEncoder::new(to).map_err(|e| e.to_string())?;
@@ -289,6 +319,7 @@ impl Handler<SpeakDelta> for TtsActor {
         }
         if self.speech.as_ref().map(|s| s.response_id) != Some(msg.response_id) {
             self.stop(ctx); // a new reply replaces whatever was being said
+            self.format = self.next_format;
             let early_words = self.env.services.config.tts.first_piece_words;
             self.speech = Some(Speech {
                 response_id: msg.response_id,
@@ -358,6 +389,15 @@ impl Handler<ReleaseSpeech> for TtsActor {
         }
         self.pump(ctx);
         self.finish_if_done(ctx);
+    }
+}
+
+impl Handler<SetOutputFormat> for TtsActor {
+    type Result = ();
+
+    /// From the next reply on: one reply is never spoken in two formats.
+    fn handle(&mut self, msg: SetOutputFormat, _: &mut Context<Self>) {
+        self.next_format = msg.format;
     }
 }
 

@@ -7,6 +7,10 @@
 //! conversation's state is only ever touched by one thread. The mailbox and the pending
 //! list are bounded; frames beyond them are dropped and counted.
 //!
+//! A protocol may change the turn detection mid-session (`ConfigureInput`: other
+//! thresholds, Smart Turn on or off, manual turns) and the input format before any
+//! audio arrived; changes apply between jobs, like verdicts.
+//!
 //! With `vad.turn = "smart"`, early in each pause the turn so far goes to the Smart
 //! Turn pool; its verdict ends the turn at once (complete) or lets the pause run longer
 //! (incomplete). A verdict is applied to the segmenter between jobs, so it only ever
@@ -21,13 +25,16 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::child::{child_controls, ChildEnv, ChildLink, ChildRole};
-use super::messages::{AudioFrames, ChildEvent, FlushSpeech, SegmentKind};
+use super::messages::{
+    AudioFrames, ChildEvent, ClearSpeech, ConfigureInput, FlushSpeech, SegmentKind,
+};
 use crate::audio::ingest::{Ingest, IngestError, IngestOutput, VadEngine, WebrtcVadConfig};
 use crate::audio::pcm::i16_to_f32;
 use crate::audio::segmenter::{PauseKey, SegmenterConfig, SpeechEvent, TurnCheck};
 use crate::config;
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
-use crate::protocol::ErrorCode;
+use crate::protocol::pipeline::TurnDetection;
+use crate::protocol::{AudioFormat, ErrorCode};
 use crate::workers::silero_batcher::VadReply;
 use crate::workers::{JobError, Priority};
 
@@ -55,6 +62,15 @@ pub struct VadActor {
     verdicts: Vec<(PauseKey, Option<bool>)>,
     /// Turns end by Smart Turn verdicts (else by silence alone).
     smart_turn: bool,
+    /// Smart Turn probability at or above which a turn is complete.
+    turn_threshold: f32,
+    /// The segmenter settings from the configuration, which `ConfigureInput` adjusts.
+    base: SegmenterConfig,
+    /// The format being decoded.
+    format: AudioFormat,
+    /// A configuration, or a clear, that came while a job held the state.
+    reconfigure: Option<(SegmenterConfig, AudioFormat)>,
+    clear_pending: bool,
     max_pending: usize,
     forward_decoded: bool,
     link: ChildLink,
@@ -89,6 +105,7 @@ impl VadActor {
             turn_max_silence_ms: config.vad.turn_max_silence_ms,
             // Segments are only kept when a recogniser will read them.
             collect_audio: config.stt.enabled,
+            manual: false,
         };
         let smart_turn = env.services.turn.is_some();
         let engine = match config.vad.engine {
@@ -97,8 +114,8 @@ impl VadActor {
                 mode: config.vad.webrtc_mode,
             }),
         };
-        let ingest = Ingest::new(env.params.codec, env.params.sample_rate, engine, segmenter)?
-            .keep_native(config.recorder.enabled);
+        let ingest =
+            Ingest::new(env.params.input, engine, segmenter)?.keep_native(config.recorder.enabled);
         Ok(VadActor {
             parent: env.parent.clone(),
             max_pending: MAX_PENDING_FRAMES,
@@ -110,6 +127,11 @@ impl VadActor {
             processed: (Instant::now(), 0),
             verdicts: Vec::new(),
             smart_turn,
+            turn_threshold: config.vad.turn_threshold,
+            base: segmenter,
+            format: env.params.input,
+            reconfigure: None,
+            clear_pending: false,
             _live: env.services.metrics.actor_guard(ActorKind::Vad),
             env,
             link,
@@ -158,10 +180,14 @@ impl VadActor {
                         act.ingest = Some(ingest);
                         act.processed = (arrival, clock_ms);
                         act.count_silence_ends(&out);
+                        if out.nothing_to_commit {
+                            act.parent.do_send(ChildEvent::NothingToCommit);
+                        }
                         act.deliver(out, arrival, clock_ms, ctx);
                         for (key, complete) in std::mem::take(&mut act.verdicts) {
                             act.apply_verdict(key, complete, ctx);
                         }
+                        act.apply_settings();
                         act.dispatch(ctx);
                     }
                     Err(JobError::Cancelled) => {}
@@ -268,7 +294,7 @@ impl VadActor {
             };
             let latency = &act.env.services.metrics.latency;
             latency.turn_model_seconds.observe(elapsed.as_secs_f64());
-            let complete = probability >= act.env.services.config.vad.turn_threshold;
+            let complete = probability >= act.turn_threshold;
             latency.count_turn_decision(if complete { "complete" } else { "incomplete" });
             tracing::debug!(
                 conversation_id = %act.env.params.conversation_id,
@@ -290,6 +316,59 @@ impl VadActor {
         ingest.apply_turn_verdict(key, complete, &mut out);
         let (arrival, clock_ms) = self.processed;
         self.deliver(out, arrival, clock_ms, ctx);
+    }
+
+    /// The segmenter settings for `detection`, from the configured ones.
+    fn segmenter_for(&self, detection: TurnDetection) -> SegmenterConfig {
+        let config = &self.env.services.config;
+        match detection {
+            TurnDetection::Manual => SegmenterConfig {
+                manual: true,
+                ..self.base
+            },
+            TurnDetection::Vad(vad) => {
+                let smart = vad.smart.filter(|_| self.env.services.turn.is_some());
+                SegmenterConfig {
+                    start_threshold: vad.start_threshold,
+                    end_threshold: vad.end_threshold,
+                    pad_ms: vad.pad_ms,
+                    min_silence_ms: vad.min_silence_ms,
+                    turn_check_after_ms: if smart.is_some() {
+                        config.vad.turn_check_after_ms
+                    } else {
+                        0
+                    },
+                    turn_max_silence_ms: smart
+                        .map_or(config.vad.turn_max_silence_ms, |s| s.max_silence_ms),
+                    manual: false,
+                    ..self.base
+                }
+            }
+        }
+    }
+
+    /// Apply a configuration or clear that waited for the state to come home.
+    fn apply_settings(&mut self) {
+        let Some(ingest) = self.ingest.as_mut() else {
+            return;
+        };
+        let mut failed = None;
+        if let Some((segmenter, format)) = self.reconfigure.take() {
+            ingest.set_segmenter(segmenter);
+            self.smart_turn = segmenter.turn_check_after_ms > 0;
+            if format != self.format {
+                match ingest.set_input(format) {
+                    Ok(()) => self.format = format,
+                    Err(error) => failed = Some(error.to_string()),
+                }
+            }
+        }
+        if std::mem::take(&mut self.clear_pending) {
+            ingest.clear();
+        }
+        if let Some(error) = failed {
+            self.fail(error);
+        }
     }
 
     fn fail(&mut self, error: String) {
@@ -330,6 +409,32 @@ impl Handler<FlushSpeech> for VadActor {
     fn handle(&mut self, _: FlushSpeech, ctx: &mut Context<Self>) {
         self.flush_pending = true;
         self.dispatch(ctx);
+    }
+}
+
+impl Handler<ConfigureInput> for VadActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConfigureInput, _: &mut Context<Self>) {
+        if let TurnDetection::Vad(vad) = msg.detection {
+            if let Some(smart) = vad.smart {
+                self.turn_threshold = smart.threshold;
+            }
+        }
+        self.reconfigure = Some((self.segmenter_for(msg.detection), msg.format));
+        self.apply_settings();
+    }
+}
+
+impl Handler<ClearSpeech> for VadActor {
+    type Result = ();
+
+    /// Audio not handed to a job yet is part of what is forgotten.
+    fn handle(&mut self, _: ClearSpeech, _: &mut Context<Self>) {
+        self.pending.clear();
+        self.flush_pending = false;
+        self.clear_pending = true;
+        self.apply_settings();
     }
 }
 

@@ -9,15 +9,14 @@
 
 use bytes::Bytes;
 
-use crate::protocol::AudioCodec;
+use crate::protocol::{AudioCodec, AudioFormat};
 
 /// Duration assumed for a frame whose length cannot be read (a bad Opus packet); the
 /// decoder reports it later.
 const UNKNOWN_FRAME_US: u64 = 20_000;
 
 pub struct FrameCoalescer {
-    codec: AudioCodec,
-    sample_rate: u32,
+    format: AudioFormat,
     target_us: u64,
     frames: Vec<Bytes>,
     buffered_us: u64,
@@ -25,10 +24,9 @@ pub struct FrameCoalescer {
 
 impl FrameCoalescer {
     /// `target_ms = 0` hands every frame on alone.
-    pub fn new(codec: AudioCodec, sample_rate: u32, target_ms: u32) -> Self {
+    pub fn new(format: AudioFormat, target_ms: u32) -> Self {
         FrameCoalescer {
-            codec,
-            sample_rate,
+            format,
             target_us: u64::from(target_ms) * 1000,
             frames: Vec::new(),
             buffered_us: 0,
@@ -59,15 +57,27 @@ impl FrameCoalescer {
         self.frames.is_empty()
     }
 
+    /// The format frames arrive in now.
+    pub fn format(&self) -> AudioFormat {
+        self.format
+    }
+
+    /// Frames from now on come in `format` (take the buffered ones first).
+    pub fn set_format(&mut self, format: AudioFormat) {
+        self.format = format;
+    }
+
     fn duration_us(&self, frame: &[u8]) -> u64 {
-        let samples = match self.codec {
+        let rate = self.format.sample_rate;
+        let samples = match self.format.codec {
             AudioCodec::Pcm16 => frame.len() as u64 / 2,
-            AudioCodec::Opus => match opus::packet::get_nb_samples(frame, self.sample_rate) {
+            AudioCodec::Pcmu | AudioCodec::Pcma => frame.len() as u64,
+            AudioCodec::Opus => match opus::packet::get_nb_samples(frame, rate) {
                 Ok(samples) => samples as u64,
                 Err(_) => return UNKNOWN_FRAME_US,
             },
         };
-        samples * 1_000_000 / u64::from(self.sample_rate)
+        samples * 1_000_000 / u64::from(rate)
     }
 }
 
@@ -81,7 +91,7 @@ mod tests {
 
     #[test]
     fn pcm_frames_are_batched_by_duration() {
-        let mut coalescer = FrameCoalescer::new(AudioCodec::Pcm16, 16_000, 60);
+        let mut coalescer = FrameCoalescer::new(AudioFormat::new(AudioCodec::Pcm16, 16_000), 60);
         assert!(coalescer.push(pcm_ms(20)).is_none());
         assert!(coalescer.push(pcm_ms(20)).is_none());
         let batch = coalescer.push(pcm_ms(20)).expect("60 ms buffered");
@@ -92,9 +102,9 @@ mod tests {
 
     #[test]
     fn a_long_frame_passes_at_once_and_zero_target_never_holds() {
-        let mut coalescer = FrameCoalescer::new(AudioCodec::Pcm16, 16_000, 60);
+        let mut coalescer = FrameCoalescer::new(AudioFormat::new(AudioCodec::Pcm16, 16_000), 60);
         assert_eq!(coalescer.push(pcm_ms(100)).map(|b| b.len()), Some(1));
-        let mut unbatched = FrameCoalescer::new(AudioCodec::Pcm16, 16_000, 0);
+        let mut unbatched = FrameCoalescer::new(AudioFormat::new(AudioCodec::Pcm16, 16_000), 0);
         assert_eq!(unbatched.push(pcm_ms(10)).map(|b| b.len()), Some(1));
     }
 
@@ -103,7 +113,7 @@ mod tests {
         let mut encoder =
             opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
         let packet = Bytes::from(encoder.encode_vec(&[0i16; 960], 4000).unwrap());
-        let mut coalescer = FrameCoalescer::new(AudioCodec::Opus, 48_000, 40);
+        let mut coalescer = FrameCoalescer::new(AudioFormat::new(AudioCodec::Opus, 48_000), 40);
         assert!(coalescer.push(packet.clone()).is_none());
         assert_eq!(coalescer.push(packet).map(|b| b.len()), Some(2));
         assert!(coalescer

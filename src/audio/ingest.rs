@@ -12,13 +12,14 @@
 
 use bytes::Bytes;
 
+use super::g711::{self, Law};
 use super::opus_codec::OpusDecoder;
 use super::pcm::{decode_pcm16_into, f32_to_i16, i16_to_f32};
 use super::resample::StreamResampler;
 use super::segmenter::{PauseKey, Segmenter, SegmenterConfig, SegmenterOutput};
 use super::MODEL_RATE;
 use crate::models::{SileroState, WINDOW_SAMPLES};
-use crate::protocol::AudioCodec;
+use crate::protocol::{AudioCodec, AudioFormat};
 
 /// webrtc-vad frame: 20 ms at 16 kHz.
 const WEBRTC_FRAME: usize = 320;
@@ -86,25 +87,17 @@ pub struct IngestOutput {
     pub native: Vec<i16>,
     pub speech: SegmenterOutput,
     pub errors: Vec<IngestError>,
+    /// A flush found nothing to hand on (no open segment, no manual audio).
+    pub nothing_to_commit: bool,
 }
 
 impl Ingest {
     pub fn new(
-        codec: AudioCodec,
-        sample_rate: u32,
+        format: AudioFormat,
         engine: VadEngine,
         segmenter: SegmenterConfig,
     ) -> Result<Self, IngestError> {
-        let setup = |e: &dyn std::fmt::Display| IngestError::Setup(e.to_string());
-        let opus = match codec {
-            AudioCodec::Opus => Some(OpusDecoder::new(sample_rate).map_err(|e| setup(&e))?),
-            AudioCodec::Pcm16 => None,
-        };
-        let resampler = if sample_rate == MODEL_RATE {
-            None
-        } else {
-            Some(StreamResampler::new(sample_rate, MODEL_RATE).map_err(|e| setup(&e))?)
-        };
+        let (codec, opus, resampler) = Self::decoding(format)?;
         let detector = match engine {
             VadEngine::Webrtc(config) => {
                 let mode = match config.mode {
@@ -138,6 +131,43 @@ impl Ingest {
         })
     }
 
+    /// What decodes `format` and brings it to 16 kHz.
+    #[allow(clippy::type_complexity)]
+    fn decoding(
+        format: AudioFormat,
+    ) -> Result<(AudioCodec, Option<OpusDecoder>, Option<StreamResampler>), IngestError> {
+        let setup = |e: &dyn std::fmt::Display| IngestError::Setup(e.to_string());
+        let rate = format.sample_rate;
+        let opus = match format.codec {
+            AudioCodec::Opus => Some(OpusDecoder::new(rate).map_err(|e| setup(&e))?),
+            AudioCodec::Pcm16 | AudioCodec::Pcmu | AudioCodec::Pcma => None,
+        };
+        let resampler = if rate == MODEL_RATE {
+            None
+        } else {
+            Some(StreamResampler::new(rate, MODEL_RATE).map_err(|e| setup(&e))?)
+        };
+        Ok((format.codec, opus, resampler))
+    }
+
+    /// Decode `format` from now on. The detector and segmenter (and so the audio
+    /// clock) carry on.
+    pub fn set_input(&mut self, format: AudioFormat) -> Result<(), IngestError> {
+        let (codec, opus, resampler) = Self::decoding(format)?;
+        (self.codec, self.opus, self.resampler) = (codec, opus, resampler);
+        Ok(())
+    }
+
+    /// New segmenter settings (see `Segmenter::set_config`).
+    pub fn set_segmenter(&mut self, config: SegmenterConfig) {
+        self.segmenter.set_config(config);
+    }
+
+    /// Forget the open segment without handing it on.
+    pub fn clear(&mut self) {
+        self.segmenter.clear();
+    }
+
     /// Also hand back the decoded audio at the session's rate (for the recorder).
     pub fn keep_native(mut self, keep: bool) -> Self {
         self.keep_native = keep;
@@ -166,7 +196,7 @@ impl Ingest {
     /// The client says speech is over: close any open segment. (With Silero, call it
     /// after [`Ingest::apply_silero`].)
     pub fn flush(&mut self, out: &mut IngestOutput) {
-        self.segmenter.flush(&mut out.speech);
+        out.nothing_to_commit = !self.segmenter.flush(&mut out.speech);
     }
 
     /// Silero's pending windows and the state they advance (empty for webrtc).
@@ -225,6 +255,14 @@ impl Ingest {
         match self.codec {
             AudioCodec::Pcm16 => decode_pcm16_into(frame, &mut self.scratch_native)
                 .ok_or(IngestError::OddLengthPcm(frame.len())),
+            AudioCodec::Pcmu => {
+                g711::decode_into(Law::Mu, frame, &mut self.scratch_native);
+                Ok(())
+            }
+            AudioCodec::Pcma => {
+                g711::decode_into(Law::A, frame, &mut self.scratch_native);
+                Ok(())
+            }
             AudioCodec::Opus => {
                 let opus = self
                     .opus
@@ -303,6 +341,7 @@ mod tests {
             turn_max_silence_ms: 0,
             partial_every_ms: 0,
             collect_audio: false,
+            manual: false,
         }
     }
 
@@ -312,9 +351,13 @@ mod tests {
 
     #[test]
     fn silence_gives_no_events_and_bad_frames_are_reported() {
-        let mut ingest = Ingest::new(AudioCodec::Pcm16, 16_000, webrtc(), segmenter())
-            .unwrap()
-            .keep_native(true);
+        let mut ingest = Ingest::new(
+            AudioFormat::new(AudioCodec::Pcm16, 16_000),
+            webrtc(),
+            segmenter(),
+        )
+        .unwrap()
+        .keep_native(true);
         let mut out = IngestOutput::default();
         let silence = Bytes::from(vec![0u8; 640]);
         let frames = [silence.clone(), Bytes::from_static(&[1, 2, 3]), silence];
@@ -326,7 +369,12 @@ mod tests {
 
     #[test]
     fn garbage_opus_is_reported() {
-        let mut ingest = Ingest::new(AudioCodec::Opus, 48_000, webrtc(), segmenter()).unwrap();
+        let mut ingest = Ingest::new(
+            AudioFormat::new(AudioCodec::Opus, 48_000),
+            webrtc(),
+            segmenter(),
+        )
+        .unwrap();
         let mut out = IngestOutput::default();
         ingest.process(&[Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])], &mut out);
         assert!(matches!(out.errors[..], [IngestError::BadOpus(_)]));
@@ -334,8 +382,12 @@ mod tests {
 
     #[test]
     fn silero_engine_cuts_whole_windows_and_keeps_the_rest() {
-        let mut ingest =
-            Ingest::new(AudioCodec::Pcm16, 16_000, VadEngine::Silero, segmenter()).unwrap();
+        let mut ingest = Ingest::new(
+            AudioFormat::new(AudioCodec::Pcm16, 16_000),
+            VadEngine::Silero,
+            segmenter(),
+        )
+        .unwrap();
         let mut out = IngestOutput::default();
         // 1300 samples: two whole windows, 276 samples left over.
         ingest.process(&[Bytes::from(vec![0u8; 2600])], &mut out);

@@ -2,6 +2,7 @@
 //! Everything here is plain synchronous code that runs on worker threads.
 
 pub mod coalesce;
+pub mod g711;
 pub mod ingest;
 pub mod opus_codec;
 pub mod pcm;

@@ -23,6 +23,10 @@
 //! never cuts a sentence that it would have let go on; if no verdict can come
 //! ([`Segmenter::turn_unknown`]) the segment ends after `min_silence_ms`, as with
 //! silence alone.
+//!
+//! Manual turns (`manual`): no detection at all. Every sample is kept (the newest
+//! `max_segment_ms` of it) until [`Segmenter::flush`] hands it on as one segment, as a
+//! client that commits its own input expects.
 
 use std::collections::VecDeque;
 
@@ -47,6 +51,8 @@ pub struct SegmenterConfig {
     pub turn_max_silence_ms: u32,
     /// Keep segment audio (only needed when a recogniser listens).
     pub collect_audio: bool,
+    /// Manual turns: no speech detection; a flush commits everything since the last.
+    pub manual: bool,
 }
 
 /// Which pause of which segment: a verdict applies only to the pause it was asked
@@ -164,8 +170,33 @@ impl Segmenter {
         samples_to_ms(self.clock)
     }
 
+    /// New settings from the next frame on. Switching between manual and detected
+    /// turns forgets the audio not handed on yet.
+    pub fn set_config(&mut self, config: SegmenterConfig) {
+        let switched = config.manual != self.config.manual;
+        self.config = config;
+        self.preroll_cap =
+            (ms_to_samples(config.pad_ms) + ms_to_samples(config.min_speech_ms)) as usize + 1024;
+        if switched {
+            self.clear();
+        }
+    }
+
+    /// Forget the open segment (or the manual turn's audio) without handing it on.
+    pub fn clear(&mut self) {
+        self.in_speech = false;
+        self.run = 0;
+        self.pause_incomplete = false;
+        self.segment.clear();
+        self.preroll.clear();
+        self.segment_start = self.clock;
+    }
+
     /// Feed one analysed frame with its speech score.
     pub fn push(&mut self, frame: &[i16], score: f32, out: &mut SegmenterOutput) {
+        if self.config.manual {
+            return self.push_manual(frame);
+        }
         self.clock += frame.len() as u64;
         if self.in_speech {
             self.push_in_speech(frame, score, out);
@@ -304,14 +335,47 @@ impl Segmenter {
         }
     }
 
-    /// End the current segment now (client sent `audio.end`, or silence was long enough).
-    pub fn flush(&mut self, out: &mut SegmenterOutput) {
-        if self.in_speech {
+    /// Manual turns keep everything, the newest `max_segment_ms` at most (trimmed a
+    /// second at a time, so the front is not moved on every frame).
+    fn push_manual(&mut self, frame: &[i16]) {
+        if self.segment.is_empty() {
+            self.segment_start = self.clock;
+        }
+        self.clock += frame.len() as u64;
+        if !self.config.collect_audio {
+            return;
+        }
+        self.segment.extend_from_slice(frame);
+        let cap = ms_to_samples(self.config.max_segment_ms) as usize;
+        let second = ms_to_samples(1000) as usize;
+        if self.segment.len() > cap + second {
+            let excess = self.segment.len() - cap;
+            self.segment.drain(..excess);
+            self.segment_start += excess as u64;
+        }
+    }
+
+    /// End the current segment now (the client's input is complete, or silence was
+    /// long enough). False if there was nothing to hand on.
+    pub fn flush(&mut self, out: &mut SegmenterOutput) -> bool {
+        if self.config.manual {
+            if self.segment.is_empty() {
+                return false;
+            }
+            self.last_voiced_end = self.clock;
+            let segment = self.take_segment(self.clock);
+            out.segments.extend(segment);
+            self.segment_start = self.clock;
+            return true;
+        }
+        let open = self.in_speech;
+        if open {
             self.last_voiced_end = self.clock;
             self.finish_segment(out);
         }
         self.preroll.clear();
         self.run = 0;
+        open
     }
 
     /// The current segment as `finish_segment` would cut it once the pause is long
@@ -377,6 +441,7 @@ mod tests {
             turn_check_after_ms: 0,
             turn_max_silence_ms: 0,
             collect_audio: true,
+            manual: false,
         }
     }
 

@@ -1,9 +1,11 @@
-//! HTTP routes: the WebSocket upgrade, the operator endpoints and the demo page.
+//! HTTP routes: the WebSocket upgrades (native and Realtime), the operator endpoints
+//! and the demo page.
 
 pub mod auth;
 pub mod demo;
 pub mod events;
 pub mod ops;
+pub mod realtime;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, Ordering};

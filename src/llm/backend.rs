@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::chat::ChatMessage;
 use super::embedded::EmbeddedModel;
-use super::generation::GenerationParams;
+use super::generation::{FinishReason, GenerationParams};
 use crate::metrics::Metrics;
 use crate::workers::{CancelToken, JobError, Priority, WorkerPool};
 
@@ -25,8 +25,19 @@ const EVENT_BUFFER: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub enum LlmEvent {
     Delta(String),
-    Finished,
+    Finished(Completion),
     Failed(String),
+}
+
+/// How a finished reply went, as far as the backend can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Completion {
+    pub input_tokens: u32,
+    /// Input tokens found in kept attention state.
+    pub cached_tokens: u32,
+    pub output_tokens: u32,
+    /// Cut at the token limit rather than ended by the model.
+    pub length_limited: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +58,8 @@ pub struct GenerationRequest {
     pub conversation: CancelToken,
     /// Released when the generation is completely gone.
     pub hold: Box<dyn Any + Send>,
+    /// Most tokens in this reply.
+    pub max_tokens: u32,
 }
 
 /// What a backend needs to read the start of a turn ahead of its reply.
@@ -143,7 +156,11 @@ impl LlmBackend for EmbeddedBackend {
     fn start(&self, request: GenerationRequest) -> Result<Generation, BackendError> {
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let stop = CancelToken::new();
-        let (params, messages) = (self.params.clone(), request.messages);
+        let params = GenerationParams {
+            max_tokens: request.max_tokens as usize,
+            ..self.params.clone()
+        };
+        let messages = request.messages;
         let (stopped, conversation) = (stop.clone(), request.conversation.clone());
         let (id, metrics) = (request.conversation_id, Arc::clone(&self.metrics));
         let job = self.pool.submit_with(
@@ -183,7 +200,13 @@ impl LlmBackend for EmbeddedBackend {
                             total_ms = outcome.total_ms,
                             "reply generated"
                         );
-                        LlmEvent::Finished
+                        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                        LlmEvent::Finished(Completion {
+                            input_tokens: count(outcome.prompt_tokens),
+                            cached_tokens: count(cached),
+                            output_tokens: count(outcome.tokens),
+                            length_limited: outcome.finish_reason == FinishReason::Length,
+                        })
                     }
                     Err(error) => LlmEvent::Failed(error.to_string()),
                 };

@@ -9,6 +9,10 @@
 //! so without the byte bounds a client could make the server keep ~64 KiB per
 //! conversation for the whole TTL.
 //!
+//! Each message is an item with an id (`protocol::pipeline::ItemId`): the Realtime API
+//! retrieves, deletes, truncates and inserts items by id, and a client of either
+//! protocol that resumes a conversation reads the same items.
+//!
 //! Conversations sit in a recency list (an index-linked list in a slab, oldest first),
 //! so finding the least recently used one and the expired ones costs O(1) per entry
 //! removed, never a scan of the store. One `std` mutex guards it: every operation is a
@@ -21,12 +25,60 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use uuid::Uuid;
 
-use super::chat::ChatMessage;
+use super::chat::{ChatMessage, Role};
+use crate::protocol::pipeline::{new_item_id, Item, ItemRole};
+
+/// Why an item operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("no item with id `{item_id}` in this conversation")]
+    NotFound { item_id: String },
+    #[error("an item with id `{item_id}` already exists")]
+    Duplicate { item_id: String },
+    #[error("item `{item_id}` is not an assistant message")]
+    NotAssistant { item_id: String },
+}
+
+/// `previous` value that inserts an item at the start of the conversation.
+pub const ROOT: &str = "root";
+
+/// One stored message and its item id.
+#[derive(Debug, Clone)]
+struct Stored {
+    id: String,
+    message: ChatMessage,
+    /// Spoken (user audio, or a spoken reply).
+    audio: bool,
+}
+
+impl Stored {
+    fn item(&self) -> Item {
+        let role = match self.message.role {
+            Role::System => ItemRole::System,
+            Role::User => ItemRole::User,
+            Role::Assistant => ItemRole::Assistant,
+        };
+        Item {
+            id: self.id.clone(),
+            role,
+            text: self.message.content.clone(),
+            audio: self.audio,
+        }
+    }
+}
+
+fn chat_message(item: &Item) -> ChatMessage {
+    match item.role {
+        ItemRole::System => ChatMessage::system(item.text.clone()),
+        ItemRole::User => ChatMessage::user(item.text.clone()),
+        ItemRole::Assistant => ChatMessage::assistant(item.text.clone()),
+    }
+}
 
 struct Entry {
     id: Uuid,
     system_prompt: Option<String>,
-    messages: VecDeque<ChatMessage>,
+    messages: VecDeque<Stored>,
     /// Bytes of the system prompt and message contents.
     bytes: usize,
     touched: Instant,
@@ -145,8 +197,8 @@ impl Entries {
 }
 
 /// Bytes a message holds in the store.
-fn message_bytes(message: &ChatMessage) -> usize {
-    message.content.len()
+fn message_bytes(stored: &Stored) -> usize {
+    stored.message.content.len()
 }
 
 pub struct ConversationStore {
@@ -208,12 +260,100 @@ impl ConversationStore {
         self.with(|entries| entries.get(&id).is_some_and(|e| self.live(e, now)))
     }
 
-    /// Append one message, creating the conversation if needed.
+    /// Append one message under a fresh item id, creating the conversation if needed.
     pub fn push(&self, id: Uuid, message: ChatMessage) {
+        let stored = Stored {
+            id: new_item_id(),
+            message,
+            audio: false,
+        };
         self.update(id, |entry| {
-            entry.bytes += message_bytes(&message);
-            entry.messages.push_back(message);
-        });
+            entry.bytes += message_bytes(&stored);
+            entry.messages.push_back(stored);
+            Ok(())
+        })
+        .unwrap_or_default();
+    }
+
+    /// Add `item` after the item `previous` ([`ROOT`]: first; `None`: last).
+    pub fn insert(
+        &self,
+        id: Uuid,
+        item: &Item,
+        previous: Option<&str>,
+    ) -> Result<(), HistoryError> {
+        let stored = Stored {
+            id: item.id.clone(),
+            message: chat_message(item),
+            audio: item.audio,
+        };
+        self.update(id, |entry| {
+            if entry.messages.iter().any(|m| m.id == stored.id) {
+                return Err(HistoryError::Duplicate {
+                    item_id: stored.id.clone(),
+                });
+            }
+            let at = match previous {
+                None => entry.messages.len(),
+                Some(ROOT) => 0,
+                Some(previous) => {
+                    let found = entry.messages.iter().position(|m| m.id == previous);
+                    found.ok_or_else(|| HistoryError::NotFound {
+                        item_id: previous.to_string(),
+                    })? + 1
+                }
+            };
+            entry.bytes += message_bytes(&stored);
+            entry.messages.insert(at, stored);
+            Ok(())
+        })
+    }
+
+    /// The item `item_id` of a live conversation.
+    pub fn item(&self, id: Uuid, item_id: &str) -> Result<Item, HistoryError> {
+        let now = Instant::now();
+        self.with(|entries| {
+            let entry = entries.get(&id).filter(|e| self.live(e, now));
+            entry
+                .and_then(|e| e.messages.iter().find(|m| m.id == item_id))
+                .map(Stored::item)
+                .ok_or_else(|| HistoryError::NotFound {
+                    item_id: item_id.to_string(),
+                })
+        })
+    }
+
+    pub fn delete(&self, id: Uuid, item_id: &str) -> Result<(), HistoryError> {
+        self.update(id, |entry| {
+            let at = entry.messages.iter().position(|m| m.id == item_id);
+            let at = at.ok_or_else(|| HistoryError::NotFound {
+                item_id: item_id.to_string(),
+            })?;
+            if let Some(gone) = entry.messages.remove(at) {
+                entry.bytes -= message_bytes(&gone);
+            }
+            Ok(())
+        })
+    }
+
+    /// Replace the text of the assistant item `item_id` (a reply cut where the
+    /// listener stopped hearing it).
+    pub fn rewrite_reply(&self, id: Uuid, item_id: &str, text: String) -> Result<(), HistoryError> {
+        self.update(id, |entry| {
+            let stored = entry.messages.iter_mut().find(|m| m.id == item_id);
+            let stored = stored.ok_or_else(|| HistoryError::NotFound {
+                item_id: item_id.to_string(),
+            })?;
+            if stored.message.role != Role::Assistant {
+                return Err(HistoryError::NotAssistant {
+                    item_id: item_id.to_string(),
+                });
+            }
+            let before = stored.message.content.len();
+            entry.bytes = entry.bytes - before + text.len();
+            stored.message.content = text;
+            Ok(())
+        })
     }
 
     /// Replace the conversation's system prompt (from `session.update`). A prompt over
@@ -227,11 +367,18 @@ impl ConversationStore {
             let old = entry.system_prompt.as_ref().map_or(0, String::len);
             entry.bytes = entry.bytes - old + prompt.len();
             entry.system_prompt = Some(prompt);
-        });
-        true
+            Ok(())
+        })
+        .is_ok()
     }
 
-    fn update(&self, id: Uuid, change: impl FnOnce(&mut Entry)) {
+    /// Apply `change` to the conversation (created if needed), then enforce the bounds.
+    /// A change that fails leaves the conversation as it was.
+    fn update(
+        &self,
+        id: Uuid,
+        change: impl FnOnce(&mut Entry) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError> {
         let now = Instant::now();
         self.with(|entries| {
             let existing = entries.index.get(&id).copied();
@@ -253,7 +400,7 @@ impl ConversationStore {
             };
             let before = entries.entry(slot).bytes;
             let entry = entries.entry_mut(slot);
-            change(entry);
+            change(entry)?;
             while entry.messages.len() > self.max_messages
                 || (entry.bytes > self.max_bytes && !entry.messages.is_empty())
             {
@@ -276,7 +423,8 @@ impl ConversationStore {
                     _ => break,
                 }
             }
-        });
+            Ok(())
+        })
     }
 
     /// The messages to send to the model: the system prompt, then the newest stored
@@ -300,7 +448,8 @@ impl ConversationStore {
             if let Some(entry) = entry {
                 let total = entry.messages.len() + pending;
                 let skip = context_skip(total, min_recent, max_recent).min(entry.messages.len());
-                messages.extend(entry.messages.iter().skip(skip).cloned());
+                let kept = entry.messages.iter().skip(skip);
+                messages.extend(kept.map(|stored| stored.message.clone()));
             }
             messages
         })
@@ -454,6 +603,63 @@ mod tests {
         assert!(!store.contains(ids[0]) && store.contains(ids[2]) && store.contains(ids[3]));
         assert_eq!(store.bytes(), 160);
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn items_are_found_inserted_rewritten_and_deleted_by_id() {
+        let store =
+            ConversationStore::new(Duration::from_secs(60), 10, 10).with_byte_limits(1000, 10_000);
+        let id = Uuid::new_v4();
+        let item = |item_id: &str, role, text: &str| Item {
+            id: item_id.into(),
+            role,
+            text: text.into(),
+            audio: false,
+        };
+        store
+            .insert(id, &item("a", ItemRole::User, "hello"), None)
+            .unwrap();
+        store
+            .insert(id, &item("b", ItemRole::Assistant, "hi there"), None)
+            .unwrap();
+        store
+            .insert(id, &item("c", ItemRole::System, "be kind"), Some(ROOT))
+            .unwrap();
+        store
+            .insert(id, &item("d", ItemRole::User, "and?"), Some("a"))
+            .unwrap();
+        let order: Vec<String> = store.transcript(id, "s", 10, 10, 0)[1..]
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(order, ["be kind", "hello", "and?", "hi there"]);
+        assert_eq!(
+            store.insert(id, &item("a", ItemRole::User, "again"), None),
+            Err(HistoryError::Duplicate {
+                item_id: "a".into()
+            })
+        );
+        assert!(matches!(
+            store.insert(id, &item("e", ItemRole::User, "x"), Some("zz")),
+            Err(HistoryError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.rewrite_reply(id, "a", "no".into()),
+            Err(HistoryError::NotAssistant { .. })
+        ));
+        store.rewrite_reply(id, "b", "hi".into()).unwrap();
+        assert_eq!(store.item(id, "b").unwrap().text, "hi");
+        let bytes = store.bytes();
+        store.delete(id, "d").unwrap();
+        assert_eq!(store.bytes(), bytes - "and?".len());
+        assert!(matches!(
+            store.item(id, "d"),
+            Err(HistoryError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.delete(id, "d"),
+            Err(HistoryError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::backend::{BackendError, Generation, GenerationRequest, LlmBackend, LlmEvent};
+use super::backend::{
+    BackendError, Completion, Generation, GenerationRequest, LlmBackend, LlmEvent,
+};
 use super::breaker::CircuitBreaker;
 use crate::workers::CancelToken;
 
@@ -22,7 +24,6 @@ pub struct OpenAiConfig {
     pub api_key: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub max_tokens: u32,
 }
 
 pub struct OpenAiBackend {
@@ -69,7 +70,7 @@ impl LlmBackend for OpenAiBackend {
             "model": self.config.model,
             "messages": request.messages,
             "stream": true,
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": request.max_tokens,
         }));
         if let Some(key) = &self.config.api_key {
             http = http.bearer_auth(key);
@@ -81,22 +82,24 @@ impl LlmBackend for OpenAiBackend {
             let _hold = hold;
             let outcome = stream_reply(http, read_timeout, &events).await;
             match &outcome {
-                Ok(()) => attempt.succeeded(),
+                Ok(_) => attempt.succeeded(),
                 Err(_) => attempt.failed(),
             }
-            let last = outcome.map_or_else(LlmEvent::Failed, |()| LlmEvent::Finished);
+            let last = outcome.map_or_else(LlmEvent::Failed, LlmEvent::Finished);
             let _ = events.send(last).await;
         });
         Ok(Generation::with_task(receiver, CancelToken::new(), task))
     }
 }
 
-/// Send the request and forward each content delta until `[DONE]` or the end.
+/// Send the request and forward each content delta until `[DONE]` or the end. The
+/// server reports no token counts in a stream: each delta counts as one output token.
 async fn stream_reply(
     http: reqwest::RequestBuilder,
     read_timeout: Duration,
     events: &mpsc::Sender<LlmEvent>,
-) -> Result<(), String> {
+) -> Result<Completion, String> {
+    let mut completion = Completion::default();
     let response = tokio::time::timeout(read_timeout, http.send())
         .await
         .map_err(|_| "timed out waiting for the response".to_string())?
@@ -111,18 +114,20 @@ async fn stream_reply(
             .await
             .map_err(|_| "timed out reading the stream".to_string())?;
         let Some(chunk) = chunk else {
-            return Ok(());
+            return Ok(completion);
         };
         pending.push_str(&String::from_utf8_lossy(&chunk.map_err(|e| e.to_string())?));
         while let Some(end) = pending.find('\n') {
             let line: String = pending.drain(..=end).collect();
             match parse_sse_line(line.trim()) {
                 SseLine::Delta(text) => {
+                    completion.output_tokens += 1;
                     if events.send(LlmEvent::Delta(text)).await.is_err() {
-                        return Ok(()); // nobody listens: the reply was cancelled
+                        return Ok(completion); // nobody listens: the reply was cancelled
                     }
                 }
-                SseLine::Done => return Ok(()),
+                SseLine::Length => completion.length_limited = true,
+                SseLine::Done => return Ok(completion),
                 SseLine::Other => {}
             }
         }
@@ -132,6 +137,8 @@ async fn stream_reply(
 #[derive(Debug, PartialEq)]
 enum SseLine {
     Delta(String),
+    /// The reply was cut at `max_tokens` (`finish_reason: "length"`).
+    Length,
     Done,
     Other,
 }
@@ -143,15 +150,15 @@ fn parse_sse_line(line: &str) -> SseLine {
     if data == "[DONE]" {
         return SseLine::Done;
     }
-    let delta = serde_json::from_str::<serde_json::Value>(data)
-        .ok()
-        .and_then(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        });
-    delta.map_or(SseLine::Other, SseLine::Delta)
+    let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data) else {
+        return SseLine::Other;
+    };
+    let choice = &chunk["choices"][0];
+    match choice["delta"]["content"].as_str() {
+        Some(text) if !text.is_empty() => SseLine::Delta(text.to_string()),
+        _ if choice["finish_reason"] == "length" => SseLine::Length,
+        _ => SseLine::Other,
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +173,7 @@ mod tests {
         assert_eq!(parse_sse_line(": keep-alive"), SseLine::Other);
         let role_only = r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#;
         assert_eq!(parse_sse_line(role_only), SseLine::Other);
+        let cut = r#"data: {"choices":[{"delta":{},"finish_reason":"length"}]}"#;
+        assert_eq!(parse_sse_line(cut), SseLine::Length);
     }
 }

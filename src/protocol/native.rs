@@ -16,7 +16,46 @@ pub enum AudioCodec {
     Pcm16,
     /// One Opus packet per frame.
     Opus,
+    /// G.711 μ-law at 8 kHz, one byte per sample.
+    Pcmu,
+    /// G.711 A-law at 8 kHz, one byte per sample.
+    Pcma,
 }
+
+impl AudioCodec {
+    /// Bytes per sample of a codec with a fixed frame size (`None` for Opus).
+    pub fn bytes_per_sample(self) -> Option<u32> {
+        match self {
+            AudioCodec::Pcm16 => Some(2),
+            AudioCodec::Pcmu | AudioCodec::Pcma => Some(1),
+            AudioCodec::Opus => None,
+        }
+    }
+}
+
+/// How audio travels in one direction: codec and sample rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioFormat {
+    pub codec: AudioCodec,
+    pub sample_rate: u32,
+}
+
+impl AudioFormat {
+    pub const fn new(codec: AudioCodec, sample_rate: u32) -> Self {
+        AudioFormat { codec, sample_rate }
+    }
+
+    /// Milliseconds of audio in `bytes` of a fixed-size codec (0 for Opus).
+    pub fn bytes_to_ms(self, bytes: usize) -> u64 {
+        match self.codec.bytes_per_sample() {
+            Some(width) => bytes as u64 * 1000 / (u64::from(width) * u64::from(self.sample_rate)),
+            None => 0,
+        }
+    }
+}
+
+/// G.711 is defined at 8 kHz only.
+pub const G711_RATE: u32 = 8000;
 
 /// Raw query parameters of `GET /v1/ws`, before validation.
 #[derive(Debug, Default, Deserialize)]
@@ -35,8 +74,37 @@ pub struct SessionParams {
     /// Whether the client named the conversation (a resume attempt).
     pub conversation_id_given: bool,
     pub client_id: String,
-    pub codec: AudioCodec,
-    pub sample_rate: u32,
+    /// The client's audio, as the session receives it.
+    pub input: AudioFormat,
+    /// The spoken reply, as the session sends it.
+    pub output: AudioFormat,
+}
+
+impl SessionParams {
+    /// The conversation to open: the one the client named, or a new one.
+    pub fn conversation(
+        conversation_id: Option<String>,
+        client_id: Option<String>,
+    ) -> Result<(Uuid, bool, String), ParseError> {
+        let (conversation_id, given) = match conversation_id {
+            Some(text) => (
+                Uuid::parse_str(&text).map_err(|_| ParseError::BadConversationId(text))?,
+                true,
+            ),
+            None => (Uuid::new_v4(), false),
+        };
+        let client_id = match client_id {
+            None => format!("anon-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            Some(id) => {
+                let printable = id.chars().all(|c| !c.is_control());
+                if id.is_empty() || id.len() > MAX_CLIENT_ID_BYTES || !printable {
+                    return Err(ParseError::BadClientId);
+                }
+                id
+            }
+        };
+        Ok((conversation_id, given, client_id))
+    }
 }
 
 /// Why an upgrade request was refused with 400.
@@ -44,8 +112,10 @@ pub struct SessionParams {
 pub enum ParseError {
     #[error("conversation_id is not a UUID: {0}")]
     BadConversationId(String),
-    #[error("codec must be pcm16 or opus, got {0}")]
+    #[error("codec must be pcm16, opus, pcmu or pcma, got {0}")]
     BadCodec(String),
+    #[error("G.711 (pcmu, pcma) is 8000 Hz only, got {0}")]
+    G711Rate(u32),
     #[error("sample_rate must be one of 8000, 16000, 24000, 48000, got {0}")]
     UnsupportedSampleRate(u32),
     #[error("client_id must be 1-128 printable characters")]
@@ -57,38 +127,31 @@ const MAX_CLIENT_ID_BYTES: usize = 128;
 
 impl SessionQuery {
     pub fn validate(self) -> Result<SessionParams, ParseError> {
-        let (conversation_id, conversation_id_given) = match self.conversation_id {
-            Some(text) => (
-                Uuid::parse_str(&text).map_err(|_| ParseError::BadConversationId(text))?,
-                true,
-            ),
-            None => (Uuid::new_v4(), false),
-        };
+        let (conversation_id, conversation_id_given, client_id) =
+            SessionParams::conversation(self.conversation_id, self.client_id)?;
         let codec = match self.codec.as_deref() {
             None | Some("pcm16") => AudioCodec::Pcm16,
             Some("opus") => AudioCodec::Opus,
+            Some("pcmu") => AudioCodec::Pcmu,
+            Some("pcma") => AudioCodec::Pcma,
             Some(other) => return Err(ParseError::BadCodec(other.to_string())),
         };
-        let sample_rate = self.sample_rate.unwrap_or(16_000);
+        let g711 = matches!(codec, AudioCodec::Pcmu | AudioCodec::Pcma);
+        let default_rate = if g711 { G711_RATE } else { 16_000 };
+        let sample_rate = self.sample_rate.unwrap_or(default_rate);
         if !SUPPORTED_SAMPLE_RATES.contains(&sample_rate) {
             return Err(ParseError::UnsupportedSampleRate(sample_rate));
         }
-        let client_id = match self.client_id {
-            None => format!("anon-{}", &Uuid::new_v4().simple().to_string()[..8]),
-            Some(id) => {
-                let printable = id.chars().all(|c| !c.is_control());
-                if id.is_empty() || id.len() > MAX_CLIENT_ID_BYTES || !printable {
-                    return Err(ParseError::BadClientId);
-                }
-                id
-            }
-        };
+        if g711 && sample_rate != G711_RATE {
+            return Err(ParseError::G711Rate(sample_rate));
+        }
+        let format = AudioFormat::new(codec, sample_rate);
         Ok(SessionParams {
             conversation_id,
             conversation_id_given,
             client_id,
-            codec,
-            sample_rate,
+            input: format,
+            output: format,
         })
     }
 }
@@ -187,9 +250,34 @@ pub enum ErrorCode {
     /// Audio arrived faster than `session.max_audio_speed` times real time, past its
     /// burst; the frame was dropped.
     AudioTooFast,
+    /// No stored item has the id an event named.
+    ItemNotFound,
+    /// An item operation that cannot apply (a duplicate id, truncating a user turn).
+    InvalidItem,
+    /// A commit found no speech to commit.
+    InputEmpty,
 }
 
 impl ErrorCode {
+    /// The wire name (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::BadAudio => "bad_audio",
+            ErrorCode::UnexpectedFrame => "unexpected_frame",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::LlmUnavailable => "llm_unavailable",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ConversationBusy => "conversation_busy",
+            ErrorCode::AudioTooFast => "audio_too_fast",
+            ErrorCode::ItemNotFound => "item_not_found",
+            ErrorCode::InvalidItem => "invalid_item",
+            ErrorCode::InputEmpty => "input_empty",
+        }
+    }
+
     /// Whether the error answers the client's own input (and so counts towards its
     /// flood limit), rather than reporting the server's state.
     pub fn is_client_fault(self) -> bool {
@@ -277,9 +365,23 @@ mod tests {
     #[test]
     fn query_defaults_and_rejections() {
         let params = SessionQuery::default().validate().unwrap();
-        assert_eq!(params.codec, AudioCodec::Pcm16);
-        assert_eq!(params.sample_rate, 16_000);
+        assert_eq!(params.input, AudioFormat::new(AudioCodec::Pcm16, 16_000));
+        assert_eq!(params.output, params.input);
         assert!(!params.conversation_id_given);
+        let g711 = SessionQuery {
+            codec: Some("pcmu".into()),
+            ..Default::default()
+        };
+        assert_eq!(g711.validate().unwrap().input.sample_rate, 8000);
+        let g711_wrong_rate = SessionQuery {
+            codec: Some("pcma".into()),
+            sample_rate: Some(16_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            g711_wrong_rate.validate().unwrap_err(),
+            ParseError::G711Rate(16_000)
+        );
 
         let bad_rate = SessionQuery {
             sample_rate: Some(44_100),
@@ -316,6 +418,20 @@ mod tests {
                 .0,
             ErrorCode::MalformedJson
         );
+    }
+
+    #[test]
+    fn error_codes_serialise_as_their_names() {
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::ItemNotFound,
+            ErrorCode::InputEmpty,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap_or_default(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
     }
 
     #[test]

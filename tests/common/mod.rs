@@ -24,6 +24,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Upper bound for any single wait in a test; generous so slow CI never flakes.
 pub const WAIT: Duration = Duration::from_secs(20);
+/// Upper bound for a server's models to load: every model thread loads its own copy,
+/// CPU-bound, and on a shared two-core machine that alone has taken over `WAIT`.
+pub const MODELS_WAIT: Duration = Duration::from_secs(120);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -63,7 +66,7 @@ impl TestServer {
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let server = Server::start(config).await.expect("server starts");
-                let deadline = std::time::Instant::now() + WAIT;
+                let deadline = std::time::Instant::now() + MODELS_WAIT;
                 while !server.models_loaded() && std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -84,6 +87,11 @@ impl TestServer {
 
     pub fn url(&self, query: &str) -> String {
         format!("ws://{}/v1/ws?{}", self.addr, query)
+    }
+
+    /// `/v1/realtime`, the OpenAI Realtime API.
+    pub fn realtime_url(&self, query: &str) -> String {
+        format!("ws://{}/v1/realtime?{}", self.addr, query)
     }
 
     pub fn http(&self, path: &str) -> String {

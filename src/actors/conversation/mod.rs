@@ -1,13 +1,17 @@
 //! `ConversationActor`: the supervisor of one conversation.
 //!
-//! It owns its children (routing between them is in `routing.rs`): it starts
-//! them, restarts one that reports a recoverable failure (capped), and ends the whole
+//! It owns its children (routing between them is in `routing.rs`; the user's turns
+//! in `input.rs`; replies in `reply.rs`; the protocol's commands in `commands.rs`): it
+//! starts them, restarts one that reports a recoverable failure (capped), and ends the whole
 //! conversation with `server_error` when a child panics or the cap is reached. Every end
 //! runs the same teardown: decide the reason once, cancel queued work, ask the session
 //! to close and every child to stop, wait (bounded) until the session and each child —
 //! with every job and file it handed to a worker — are gone, then stop. Dropping the
 //! registry [`Lease`] (the last field) publishes `connection_disconnected`.
 
+mod commands;
+mod input;
+mod reply;
 mod routing;
 mod turn;
 
@@ -19,18 +23,17 @@ use actix::prelude::*;
 
 use crate::actors::child::{child_link, ChildEnv, ChildOutcome, ChildRole, ChildWatch};
 use crate::actors::llm::LlmActor;
-use crate::actors::messages::{
-    CancelResponse, DiscardResponse, InjectFailure, Outbound, Respond, SessionEnded, StopChild,
-    StopSpeaking,
-};
+use crate::actors::messages::{ConfigureInput, InjectFailure, Outbound, SessionEnded, StopChild};
 use crate::actors::recorder::RecorderActor;
 use crate::actors::stt::SttActor;
 use crate::actors::throttle::NoticeThrottle;
 use crate::actors::tts::TtsActor;
 use crate::actors::vad::VadActor;
 use crate::lifecycle::ExitReason;
-use crate::metrics::{ActorKind, GaugeGuard, Preemptive};
-use crate::protocol::{ErrorCode, ServerEvent, SessionParams};
+use crate::metrics::{ActorKind, GaugeGuard};
+use crate::protocol::pipeline::TurnPolicy;
+use crate::protocol::PipelineEvent;
+use crate::protocol::{ErrorCode, SessionParams};
 use crate::registry::{EndSession, Lease};
 use crate::services::Services;
 use crate::workers::cancel::CancelOnDrop;
@@ -73,6 +76,12 @@ pub struct ConversationActor {
     /// Replies discarded lately: their events still in flight are dropped unseen.
     discarded: VecDeque<uuid::Uuid>,
     turn: turn::TurnTimes,
+    /// How turns are found and answered (the protocol may change it).
+    policy: TurnPolicy,
+    /// The user's turns on their way to becoming items.
+    input: input::InputTurns,
+    /// Replies until both their text and their speech are over.
+    replies: reply::Replies,
     cancel: CancelOnDrop,
     _live: GaugeGuard,
     /// Dropped last: publishes the disconnect once everything above is gone.
@@ -87,6 +96,7 @@ impl ConversationActor {
         lease: Lease,
     ) -> Self {
         let live = services.metrics.actor_guard(ActorKind::Conversation);
+        let policy = TurnPolicy::from_config(&services.config, services.turn.is_some());
         ConversationActor {
             params,
             services,
@@ -101,6 +111,9 @@ impl ConversationActor {
             speculation: None,
             discarded: VecDeque::new(),
             turn: turn::TurnTimes::default(),
+            policy,
+            input: input::InputTurns::default(),
+            replies: reply::Replies::default(),
             cancel: CancelOnDrop(crate::workers::CancelToken::new()),
             _live: live,
             lease,
@@ -123,7 +136,13 @@ impl ConversationActor {
         match role {
             ChildRole::Vad => {
                 let actor = VadActor::new(env, link).map_err(|e| e.to_string())?;
-                self.children.vad = Some(with_mailbox(actor));
+                let vad = with_mailbox(actor);
+                // A restarted VAD keeps the turn detection the protocol chose.
+                vad.do_send(ConfigureInput {
+                    detection: self.policy.detection,
+                    format: self.params.input,
+                });
+                self.children.vad = Some(vad);
             }
             ChildRole::Stt => self.children.stt = Some(with_mailbox(SttActor::new(env, link))),
             ChildRole::Llm => self.children.llm = Some(with_mailbox(LlmActor::new(env, link))),
@@ -194,6 +213,7 @@ impl ConversationActor {
         }
         tracing::warn!(%conversation_id, child = role.as_str(), %error, "restarting failed child");
         self.stop_child(role);
+        self.orphaned_by(role, &error);
         self.restarts += 1;
         self.services.metrics.child_restarts.inc();
         if let Err(error) = self.spawn_child(role, ctx) {
@@ -251,7 +271,7 @@ impl ConversationActor {
         }
     }
 
-    fn to_client(&self, event: ServerEvent) {
+    fn to_client(&self, event: PipelineEvent) {
         if self.session_alive {
             self.session.outbound.do_send(Outbound::Event(event));
         }
@@ -261,58 +281,28 @@ impl ConversationActor {
         self.services.metrics.audio_frames_dropped.inc();
         if self.overload_notice.due() {
             let message = "speech processing is behind; audio frames dropped";
-            self.to_client(ServerEvent::error(ErrorCode::Overloaded, message));
+            self.to_client(PipelineEvent::error(ErrorCode::Overloaded, message));
         }
     }
 
-    fn cancel_reply(&mut self) {
-        self.discard_speculation();
-        if let Some(llm) = self.children.llm.as_ref() {
-            llm.do_send(CancelResponse);
-        }
-        if let Some(tts) = self.children.tts.as_ref() {
-            tts.do_send(StopSpeaking);
-        }
-    }
-
-    /// Answer `text`: a speculative reply (`speculative`) or the turn's answer.
-    fn respond(&mut self, text: String, speculative: bool) {
-        let Some(llm) = self.children.llm.as_ref() else {
-            return;
+    /// A restarted child left work behind: whatever waited on it is told now.
+    fn orphaned_by(&mut self, role: ChildRole, error: &str) {
+        let events = match role {
+            ChildRole::Stt => self
+                .input
+                .fail_all(&format!("speech recognition failed: {error}")),
+            ChildRole::Llm => self
+                .replies
+                .text_failed_all(&format!("the reply failed: {error}")),
+            ChildRole::Tts => self.replies.speech_over_all(),
+            ChildRole::Vad | ChildRole::Recorder => Vec::new(),
         };
-        let response_id = uuid::Uuid::new_v4();
-        if speculative {
-            self.speculation = Some(turn::Speculation::new(response_id, text.clone()));
-            let metrics = &self.services.metrics.latency;
-            metrics.count_preemptive(Preemptive::Started);
+        for event in events {
+            self.reply_event(event);
         }
-        llm.do_send(Respond {
-            response_id,
-            text,
-            speculative,
-        });
-        self.turn.reply_started(response_id);
-    }
-
-    /// Drop the speculative reply unseen: the LLM stores nothing of it, the TTS drops
-    /// its held audio, and its events still on their way are ignored.
-    fn discard_speculation(&mut self) {
-        let Some(speculation) = self.speculation.take() else {
-            return;
-        };
-        let metrics = &self.services.metrics.latency;
-        metrics.count_preemptive(Preemptive::Discarded);
-        let response_id = speculation.response_id;
-        if let Some(llm) = self.children.llm.as_ref() {
-            llm.do_send(DiscardResponse { response_id });
+        if role == ChildRole::Stt {
+            self.start_deferred_reply();
         }
-        if let Some(tts) = self.children.tts.as_ref() {
-            tts.do_send(StopSpeaking);
-        }
-        if self.discarded.len() >= 4 {
-            self.discarded.pop_front();
-        }
-        self.discarded.push_back(response_id);
     }
 
     fn inject_failure(&mut self, role: &str, mode: crate::protocol::native::FailureMode) {
@@ -329,7 +319,7 @@ impl ConversationActor {
         };
         if sent.is_none() {
             let message = format!("no running child `{role}`");
-            self.to_client(ServerEvent::error(ErrorCode::UnknownEvent, message));
+            self.to_client(PipelineEvent::error(ErrorCode::UnknownEvent, message));
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::metrics::{LatencyMetrics, TurnStage};
-use crate::protocol::{ServerEvent, TurnLatency};
+use crate::protocol::{PipelineEvent, TurnLatency};
 
 /// Events of a held reply buffered at most; a reply that outgrows it has run far past
 /// its turn without being confirmed, and the surplus text deltas are merged.
@@ -24,7 +24,7 @@ pub(super) struct Speculation {
     pub response_id: Uuid,
     /// The words it answers.
     pub text: String,
-    held: Vec<ServerEvent>,
+    held: Vec<PipelineEvent>,
 }
 
 impl Speculation {
@@ -37,13 +37,13 @@ impl Speculation {
     }
 
     /// Keep an event of this reply until the turn is confirmed.
-    pub fn hold(&mut self, event: ServerEvent) {
+    pub fn hold(&mut self, event: PipelineEvent) {
         if self.held.len() < MAX_HELD_EVENTS {
             return self.held.push(event);
         }
         if let (
-            Some(ServerEvent::ResponseTextDelta { text: last, .. }),
-            ServerEvent::ResponseTextDelta { text, .. },
+            Some(PipelineEvent::ReplyDelta { text: last, .. }),
+            PipelineEvent::ReplyDelta { text, .. },
         ) = (self.held.last_mut(), &event)
         {
             last.push_str(text);
@@ -53,7 +53,7 @@ impl Speculation {
     }
 
     /// The held events, in order, for the client.
-    pub fn release(self) -> Vec<ServerEvent> {
+    pub fn release(self) -> Vec<PipelineEvent> {
         self.held
     }
 }
@@ -163,7 +163,7 @@ mod tests {
         let id = Uuid::new_v4();
         let mut speculation = Speculation::new(id, "hi".into());
         for _ in 0..MAX_HELD_EVENTS + 10 {
-            speculation.hold(ServerEvent::ResponseTextDelta {
+            speculation.hold(PipelineEvent::ReplyDelta {
                 response_id: id,
                 text: "a".into(),
             });
@@ -173,7 +173,7 @@ mod tests {
         let text: String = held
             .iter()
             .filter_map(|e| match e {
-                ServerEvent::ResponseTextDelta { text, .. } => Some(text.as_str()),
+                PipelineEvent::ReplyDelta { text, .. } => Some(text.as_str()),
                 _ => None,
             })
             .collect();
