@@ -17,15 +17,18 @@ pub mod error;
 pub mod generation;
 pub mod gguf;
 pub mod history;
+pub mod llama;
 pub mod openai;
 pub mod prefix_cache;
 pub mod pretokenize;
+pub mod sequence;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, Role};
 pub use embedded::EmbeddedModel;
 pub use error::LlmError;
 pub use generation::{FinishReason, GenerationOutcome, GenerationParams};
+pub use sequence::{Progress, Sequence};
 
 /// File name of the embedded model in the models directory.
 pub const SMOLLM_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
