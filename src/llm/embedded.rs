@@ -404,10 +404,12 @@ impl EmbeddedModel {
             return self.sample(sequence, logits);
         }
         sequence.read += read;
-        if let Some(checkpoint) = sequence.checkpoints.pop_front_if(|c| c.at == sequence.read) {
-            let state = sequence.state.clone();
-            self.cache
-                .insert(checkpoint.owner, checkpoint.covers, state.len(), state);
+        if sequence.checkpoints.front().is_some_and(|c| c.at == sequence.read) {
+            if let Some(checkpoint) = sequence.checkpoints.pop_front() {
+                let state = sequence.state.clone();
+                self.cache
+                    .insert(checkpoint.owner, checkpoint.covers, state.len(), state);
+            }
         }
         if sequence.read < sequence.reading.len() {
             return Ok(Progress::Reading);
