@@ -404,7 +404,11 @@ impl EmbeddedModel {
             return self.sample(sequence, logits);
         }
         sequence.read += read;
-        if sequence.checkpoints.front().is_some_and(|c| c.at == sequence.read) {
+        if sequence
+            .checkpoints
+            .front()
+            .is_some_and(|c| c.at == sequence.read)
+        {
             if let Some(checkpoint) = sequence.checkpoints.pop_front() {
                 let state = sequence.state.clone();
                 self.cache

@@ -129,6 +129,11 @@ impl Sequence {
         matches!(self.phase, Phase::Epilogue | Phase::ReadAhead) && self.read >= self.reading.len()
     }
 
+    /// Tokens of the current reading (a read-ahead's words, once done).
+    pub fn read_len(&self) -> usize {
+        self.reading.len()
+    }
+
     pub fn conversation(&self) -> Option<Uuid> {
         self.conversation
     }
