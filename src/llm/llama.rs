@@ -19,7 +19,7 @@ use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::{build_causal_mask, repeat_kv};
+use candle_transformers::utils::build_causal_mask;
 
 /// Positions RoPE tables are built for (as candle's `quantized_llama`).
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -202,6 +202,10 @@ impl Llama {
 
     /// One sequence's attention in layer `index` for its new rows `(q, k, v)`
     /// (`[n, heads × head size]`): extends its state and returns `[n, width]`.
+    ///
+    /// Grouped-query attention without copying keys and values per query head: the
+    /// query heads that share a key head are stacked as rows (`[kv heads, group × n,
+    /// head size]`), so each key head meets all its queries in one matmul.
     fn attend(
         &self,
         index: usize,
@@ -209,14 +213,15 @@ impl Llama {
         (q, k, v): (&Tensor, &Tensor, &Tensor),
     ) -> candle_core::Result<Tensor> {
         let (n, hd) = (q.dim(0)?, self.head_dim);
+        let (kv_heads, group) = (self.n_kv_head, self.n_head / self.n_kv_head);
         let position = state.len;
         let heads =
             |t: &Tensor, count: usize| t.reshape((1, n, count, hd))?.transpose(1, 2)?.contiguous();
         let cos = self.cos.narrow(0, position, n)?;
         let sin = self.sin.narrow(0, position, n)?;
         let q = candle_nn::rotary_emb::rope_i(&heads(q, self.n_head)?, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(k, self.n_kv_head)?, &cos, &sin)?;
-        let v = heads(v, self.n_kv_head)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(k, kv_heads)?, &cos, &sin)?;
+        let v = heads(v, kv_heads)?;
         let (k, v) = match &state.layers[index] {
             Some((k_kept, v_kept)) => (
                 Tensor::cat(&[k_kept, &k], 2)?,
@@ -225,13 +230,19 @@ impl Llama {
             None => (k, v),
         };
         state.layers[index] = Some((k.clone(), v.clone()));
-        let repeat = self.n_head / self.n_kv_head;
-        let k = repeat_kv(k, repeat)?;
-        let v = repeat_kv(v, repeat)?.contiguous()?;
+        let seen = k.dim(2)?;
+        // Query head h uses key head h / group: heads are [kv heads, group] in order.
+        let q = q.reshape((kv_heads, group * n, hd))?;
+        let k = k.reshape((kv_heads, seen, hd))?;
+        let v = v.reshape((kv_heads, seen, hd))?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         let scores = if n > 1 {
-            let mask =
-                build_causal_mask(n, position, &self.device)?.broadcast_as(scores.shape())?;
+            // Row (g, i) is query position i: the causal mask of n rows, per group.
+            let mask = build_causal_mask(n, position, &self.device)?
+                .unsqueeze(0)?
+                .repeat((group, 1, 1))?
+                .reshape((1, group * n, seen))?
+                .broadcast_as(scores.shape())?;
             mask.where_cond(&self.neg_inf.broadcast_as(scores.shape())?, &scores)?
         } else {
             scores
@@ -239,6 +250,7 @@ impl Llama {
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         weights
             .matmul(&v)?
+            .reshape((1, self.n_head, n, hd))?
             .transpose(1, 2)?
             .reshape((n, self.n_head * hd))
     }
