@@ -4,22 +4,23 @@
 //! so two conversations cannot share a pass. Here the weights are read-only and each
 //! sequence brings its own [`KvState`]. A pass takes any mix of sequences — one new
 //! token for those decoding, a chunk of prompt for one being read — stacks all their
-//! rows, and runs every linear layer once over the stack: candle's quantized matmul
-//! reads each weight block once per tile of 16 rows, so at batch 8 a decode step
-//! streams the ~140 MB of weights once instead of eight times. Only attention, which
-//! depends on each sequence's own history, runs sequence by sequence.
+//! rows, and runs every linear layer once over the stack ([`Int8Linear`]: each weight
+//! block is loaded once and dotted with every row). Only attention, which depends on
+//! each sequence's own history, runs sequence by sequence.
 //!
-//! Every row goes through exactly the arithmetic it would alone (the matmul kernels
-//! quantize and dot each row independently), so a sequence's logits do not depend on
-//! what it was batched with: a test checks this bit for bit.
+//! Every row goes through exactly the arithmetic it would alone (rows are quantized
+//! and dotted independently), so a sequence's logits do not depend on what it was
+//! batched with: a test checks this bit for bit.
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::build_causal_mask;
+
+use super::int8::Int8Linear;
 
 /// Positions RoPE tables are built for (as candle's `quantized_llama`).
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -53,14 +54,14 @@ pub struct BatchItem<'a> {
 
 struct Layer {
     attn_norm: RmsNorm,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Int8Linear,
+    wk: Int8Linear,
+    wv: Int8Linear,
+    wo: Int8Linear,
     ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Int8Linear,
+    up: Int8Linear,
+    down: Int8Linear,
 }
 
 /// The weights, shared read-only by every sequence.
@@ -68,7 +69,7 @@ pub struct Llama {
     embeddings: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Int8Linear,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -110,7 +111,11 @@ impl Llama {
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
             let mut matmul = |name: &str| {
-                QMatMul::from_qtensor(content.tensor(reader, &format!("blk.{i}.{name}"), device)?)
+                Int8Linear::from_qtensor(&content.tensor(
+                    reader,
+                    &format!("blk.{i}.{name}"),
+                    device,
+                )?)
             };
             layers.push(Layer {
                 wq: matmul("attn_q.weight")?,
@@ -135,7 +140,7 @@ impl Llama {
             embeddings,
             layers,
             norm,
-            output: QMatMul::from_qtensor(output)?,
+            output: Int8Linear::from_qtensor(&output)?,
             n_head,
             n_kv_head,
             head_dim: width / n_head,
