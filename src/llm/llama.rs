@@ -15,35 +15,16 @@
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{Device, IndexOp, Module, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::build_causal_mask;
 
+use super::attention::Attention;
+pub use super::attention::KvState;
 use super::int8::Int8Linear;
 
 /// Positions RoPE tables are built for (as candle's `quantized_llama`).
 pub const MAX_SEQ_LEN: usize = 4096;
-
-/// One sequence's attention state: each layer's keys and values so far. Cloning shares
-/// the tensors (they are never written in place), so a kept state costs nothing to
-/// start from.
-#[derive(Clone)]
-pub struct KvState {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl KvState {
-    /// Positions read so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
 
 /// One sequence's part of a pass: `tokens` to read after `state`, which the pass
 /// extends.
@@ -70,12 +51,7 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Int8Linear,
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-    cos: Tensor,
-    sin: Tensor,
-    neg_inf: Tensor,
+    attention: Attention,
     device: Device,
 }
 
@@ -135,28 +111,25 @@ impl Llama {
                 )?,
             });
         }
-        let (cos, sin) = rope_tables(rope_dim, freq_base, device)?;
+        if rope_dim != width / n_head {
+            candle_core::bail!(
+                "RoPE over part of a head ({rope_dim} of {}) is not supported",
+                width / n_head
+            );
+        }
         Ok(Llama {
             embeddings,
             layers,
             norm,
             output: Int8Linear::from_qtensor(&output)?,
-            n_head,
-            n_kv_head,
-            head_dim: width / n_head,
-            cos,
-            sin,
-            neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
+            attention: Attention::new(n_head, n_kv_head, width / n_head, MAX_SEQ_LEN, freq_base),
             device: device.clone(),
         })
     }
 
     /// A state that has read nothing.
     pub fn empty_state(&self) -> KvState {
-        KvState {
-            layers: vec![None; self.layers.len()],
-            len: 0,
-        }
+        KvState::new(self.layers.len())
     }
 
     /// Reads each item's tokens after its state (extending it) in one pass and returns
@@ -167,27 +140,30 @@ impl Llama {
             candle_core::bail!("every sequence in a pass needs a token");
         }
         let tokens: Vec<u32> = items.iter().flat_map(|i| i.tokens).copied().collect();
+        let total = tokens.len();
         let mut x = self
             .embeddings
             .forward(&Tensor::new(tokens.as_slice(), &self.device)?)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
-            let q = layer.wq.forward(&h)?;
-            let k = layer.wk.forward(&h)?;
-            let v = layer.wv.forward(&h)?;
-            let mut rows = Vec::with_capacity(items.len());
+            let q: Vec<f32> = layer.wq.forward(&h)?.flatten_all()?.to_vec1()?;
+            let k: Vec<f32> = layer.wk.forward(&h)?.flatten_all()?.to_vec1()?;
+            let v: Vec<f32> = layer.wv.forward(&h)?.flatten_all()?.to_vec1()?;
+            let (q_width, kv_width) = (q.len() / total, k.len() / total);
+            let mut attended = Vec::with_capacity(q.len());
             let mut offset = 0;
             for item in items.iter_mut() {
                 let n = item.tokens.len();
-                let (q, k, v) = (
-                    q.narrow(0, offset, n)?,
-                    k.narrow(0, offset, n)?,
-                    v.narrow(0, offset, n)?,
-                );
-                rows.push(self.attend(index, item.state, (&q, &k, &v))?);
+                attended.extend(self.attention.attend(
+                    item.state,
+                    index,
+                    &q[offset * q_width..(offset + n) * q_width],
+                    &k[offset * kv_width..(offset + n) * kv_width],
+                    &v[offset * kv_width..(offset + n) * kv_width],
+                ));
                 offset += n;
             }
-            let attended = Tensor::cat(&rows, 0)?;
+            let attended = Tensor::from_vec(attended, (total, q_width), &self.device)?;
             let x1 = layer.wo.forward(&attended)?.add(&x)?;
             let h = layer.ffn_norm.forward(&x1)?;
             let gated =
@@ -199,85 +175,16 @@ impl Llama {
         for item in items.iter_mut() {
             end += item.tokens.len() as u32;
             last.push(end - 1);
-            item.state.len += item.tokens.len();
+            item.state.advance(item.tokens.len());
         }
         let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
         self.output.forward(&self.norm.forward(&x)?)
     }
 
-    /// One sequence's attention in layer `index` for its new rows `(q, k, v)`
-    /// (`[n, heads × head size]`): extends its state and returns `[n, width]`.
-    ///
-    /// Grouped-query attention without copying keys and values per query head: the
-    /// query heads that share a key head are stacked as rows (`[kv heads, group × n,
-    /// head size]`), so each key head meets all its queries in one matmul.
-    fn attend(
-        &self,
-        index: usize,
-        state: &mut KvState,
-        (q, k, v): (&Tensor, &Tensor, &Tensor),
-    ) -> candle_core::Result<Tensor> {
-        let (n, hd) = (q.dim(0)?, self.head_dim);
-        let (kv_heads, group) = (self.n_kv_head, self.n_head / self.n_kv_head);
-        let position = state.len;
-        let heads =
-            |t: &Tensor, count: usize| t.reshape((1, n, count, hd))?.transpose(1, 2)?.contiguous();
-        let cos = self.cos.narrow(0, position, n)?;
-        let sin = self.sin.narrow(0, position, n)?;
-        let q = candle_nn::rotary_emb::rope_i(&heads(q, self.n_head)?, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(k, kv_heads)?, &cos, &sin)?;
-        let v = heads(v, kv_heads)?;
-        let (k, v) = match &state.layers[index] {
-            Some((k_kept, v_kept)) => (
-                Tensor::cat(&[k_kept, &k], 2)?,
-                Tensor::cat(&[v_kept, &v], 2)?,
-            ),
-            None => (k, v),
-        };
-        state.layers[index] = Some((k.clone(), v.clone()));
-        let seen = k.dim(2)?;
-        // Query head h uses key head h / group: heads are [kv heads, group] in order.
-        let q = q.reshape((kv_heads, group * n, hd))?;
-        let k = k.reshape((kv_heads, seen, hd))?;
-        let v = v.reshape((kv_heads, seen, hd))?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let scores = if n > 1 {
-            // Row (g, i) is query position i: the causal mask of n rows, per group.
-            let mask = build_causal_mask(n, position, &self.device)?
-                .unsqueeze(0)?
-                .repeat((group, 1, 1))?
-                .reshape((1, group * n, seen))?
-                .broadcast_as(scores.shape())?;
-            mask.where_cond(&self.neg_inf.broadcast_as(scores.shape())?, &scores)?
-        } else {
-            scores
-        };
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        weights
-            .matmul(&v)?
-            .reshape((1, self.n_head, n, hd))?
-            .transpose(1, 2)?
-            .reshape((n, self.n_head * hd))
-    }
-
     /// Positions a sequence can reach (the RoPE tables' length).
     pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
+        self.attention.max_positions
     }
-}
-
-/// RoPE cos/sin tables `[MAX_SEQ_LEN, dim / 2]`.
-fn rope_tables(dim: usize, base: f32, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let theta: Vec<f32> = (0..dim)
-        .step_by(2)
-        .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
-        .collect();
-    let theta = Tensor::new(theta.as_slice(), device)?;
-    let angles = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((MAX_SEQ_LEN, 1))?
-        .matmul(&theta.reshape((1, theta.elem_count()))?)?;
-    Ok((angles.cos()?, angles.sin()?))
 }
 
 /// Row `row` of a `[items, vocabulary]` logits tensor.

@@ -9,6 +9,7 @@
 //!   ChatML format in [`chat`], parameters and outcome in [`generation`], errors in
 //!   [`error`], attention state kept between turns in [`prefix_cache`]. `EmbeddedModel::generate` blocks: it runs on inference threads only.
 
+mod attention;
 pub mod backend;
 pub mod breaker;
 pub mod chat;
