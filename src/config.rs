@@ -305,6 +305,9 @@ pub struct LlmConfig {
     /// is better (p50 2.5 s instead of 3.3 s), as the pool then waits for a core that
     /// recognition and synthesis hold.
     pub matmul_threads: usize,
+    /// Most replies (and read-aheads) one LLM thread advances together, a token each
+    /// per batched pass; more wait in the queue.
+    pub max_batch: usize,
     /// Longest `llm.system_prompt` a client may set with `session.update`, in bytes.
     pub max_system_prompt_bytes: usize,
     /// Bytes of history (system prompt and messages) kept per conversation; the oldest
@@ -340,6 +343,7 @@ impl Default for LlmConfig {
             history_max_conversations: 10_000,
             kv_cache_mb: 256,
             matmul_threads: 2,
+            max_batch: 8,
             max_system_prompt_bytes: 4096,
             history_max_bytes: 32 * 1024,
             history_total_bytes: 64 * 1024 * 1024,
@@ -629,8 +633,11 @@ impl Config {
                 "Silero needs a thread and a batch of at least 1",
             );
         }
-        if self.llm.threads == 0 || self.llm.max_tokens == 0 {
-            return invalid("llm.threads", "threads and max_tokens must be at least 1");
+        if self.llm.threads == 0 || self.llm.max_tokens == 0 || self.llm.max_batch == 0 {
+            return invalid(
+                "llm.threads",
+                "threads, max_tokens and max_batch must be at least 1",
+            );
         }
         if self.llm.history_max_messages == 0 || self.llm.history_max_conversations == 0 {
             return invalid(

@@ -26,6 +26,7 @@ use crate::models::{
 };
 use crate::registry::RegistryHandle;
 use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
+use crate::workers::llm_batcher::LlmBatcher;
 use crate::workers::pool::StateInit;
 use crate::workers::silero_batcher::SileroBatcher;
 use crate::workers::{niceness, WorkerPool};
@@ -299,10 +300,10 @@ fn llm_backend(
                     .map(|model| model.with_kv_cache(kv_cache_bytes))
                     .map_err(|e| e.to_string())
             });
-            let pool = WorkerPool::with_state(
-                "llm",
+            let batcher = LlmBatcher::new(
                 llm.threads,
                 config.workers.queue_depth,
+                llm.max_batch,
                 Arc::clone(metrics),
                 init,
                 move |outcome| ready.report(outcome),
@@ -311,11 +312,7 @@ fn llm_backend(
                 max_tokens: llm.max_tokens as usize,
                 ..GenerationParams::default()
             };
-            Ok(Some(EmbeddedBackend::new(
-                pool,
-                params,
-                Arc::clone(metrics),
-            )))
+            Ok(Some(EmbeddedBackend::new(batcher, params)))
         }
     }
 }

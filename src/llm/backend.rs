@@ -7,17 +7,15 @@
 //! link hold, so a conversation's teardown waits until the generation is truly gone.
 
 use std::any::Any;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::chat::ChatMessage;
-use super::embedded::EmbeddedModel;
-use super::generation::{FinishReason, GenerationParams};
-use crate::metrics::Metrics;
-use crate::workers::{CancelToken, JobError, Priority, WorkerPool};
+use super::generation::GenerationParams;
+use crate::workers::llm_batcher::{LlmBatcher, LlmWork};
+use crate::workers::{CancelToken, JobError, Priority};
 
 /// Deltas buffered between a generator and its actor before the generator waits.
 const EVENT_BUFFER: usize = 64;
@@ -131,24 +129,16 @@ pub trait LlmBackend: Send + Sync {
     }
 }
 
-/// SmolLM2 in-process: generation runs on the `llm` worker pool, one model per thread.
+/// SmolLM2 in-process: every reply and read-ahead joins the LLM batcher, which
+/// advances all of them together, a token per pass.
 pub struct EmbeddedBackend {
-    pool: WorkerPool<EmbeddedModel>,
+    batcher: LlmBatcher,
     params: GenerationParams,
-    metrics: Arc<Metrics>,
 }
 
 impl EmbeddedBackend {
-    pub fn new(
-        pool: WorkerPool<EmbeddedModel>,
-        params: GenerationParams,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
-        Arc::new(EmbeddedBackend {
-            pool,
-            params,
-            metrics,
-        })
+    pub fn new(batcher: LlmBatcher, params: GenerationParams) -> Arc<Self> {
+        Arc::new(EmbeddedBackend { batcher, params })
     }
 }
 
@@ -160,104 +150,55 @@ impl LlmBackend for EmbeddedBackend {
             max_tokens: request.max_tokens as usize,
             ..self.params.clone()
         };
-        let messages = request.messages;
-        let (stopped, conversation) = (stop.clone(), request.conversation.clone());
-        let (id, metrics) = (request.conversation_id, Arc::clone(&self.metrics));
-        let job = self.pool.submit_with(
+        let work = LlmWork::Reply {
+            messages: request.messages,
+            params,
+            events,
+        };
+        let submitted = self.batcher.submit(
             Priority::Urgent,
+            request.conversation_id,
             &request.conversation,
+            stop.clone(),
             request.hold,
-            move |model| {
-                let mut on_token = |piece: &str| {
-                    let cancelled = stopped.is_cancelled() || conversation.is_cancelled();
-                    if cancelled
-                        || events
-                            .blocking_send(LlmEvent::Delta(piece.to_string()))
-                            .is_err()
-                    {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                };
-                let kept_before = model.kv_cache_bytes();
-                let cancelled = || stopped.is_cancelled() || conversation.is_cancelled();
-                let outcome =
-                    model.generate_for(Some(id), &messages, &params, &cancelled, &mut on_token);
-                let latency = &metrics.latency;
-                let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
-                latency.llm_kv_cache_bytes.add(kept);
-                let last = match outcome {
-                    Ok(outcome) => {
-                        let cached = outcome.cached_tokens;
-                        latency.count_prompt_tokens(outcome.prompt_tokens - cached, cached);
-                        tracing::debug!(
-                            conversation_id = %id,
-                            prompt_tokens = outcome.prompt_tokens,
-                            cached_tokens = cached,
-                            first_token_ms = outcome.first_token_ms,
-                            tokens = outcome.tokens,
-                            total_ms = outcome.total_ms,
-                            "reply generated"
-                        );
-                        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-                        LlmEvent::Finished(Completion {
-                            input_tokens: count(outcome.prompt_tokens),
-                            cached_tokens: count(cached),
-                            output_tokens: count(outcome.tokens),
-                            length_limited: outcome.finish_reason == FinishReason::Length,
-                        })
-                    }
-                    Err(error) => LlmEvent::Failed(error.to_string()),
-                };
-                let _ = events.blocking_send(last);
-            },
+            work,
         );
-        match job {
-            Ok(answer) => Ok(Generation {
+        match submitted {
+            Ok(()) => Ok(Generation {
                 events: receiver,
                 stop,
                 task: None,
-                _job: Some(Box::new(answer)),
+                _job: None,
             }),
             Err(JobError::Overloaded { .. }) => Err(BackendError::Overloaded),
             Err(error) => Err(BackendError::Unavailable(error.to_string())),
         }
     }
 
-    /// Only on an idle thread, at normal priority (replies go first), and stopped
-    /// between chunks as soon as a reply waits for the thread.
+    /// Optional work: only while the batcher's queue has room; it reads after every
+    /// waiting turn's prompt in each pass.
     fn read_ahead(&self, request: ReadAheadRequest) -> Option<ReadAhead> {
-        if !self.pool.has_idle_thread() {
+        if !self.batcher.has_room() {
             return None;
         }
         let stop = CancelToken::new();
-        let (stopped, conversation) = (stop.clone(), request.conversation.clone());
-        let (id, metrics) = (request.conversation_id, Arc::clone(&self.metrics));
-        let reply_waits = self.pool.waiting_probe();
-        let (history, words) = (request.history, request.words);
-        let job = self.pool.submit_with(
-            Priority::Normal,
-            &request.conversation,
-            request.hold,
-            move |model| {
-                let cancelled =
-                    || stopped.is_cancelled() || conversation.is_cancelled() || reply_waits();
-                let kept_before = model.kv_cache_bytes();
-                let read = model.read_ahead_for(id, &history, &words, &cancelled);
-                let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
-                metrics.latency.llm_kv_cache_bytes.add(kept);
-                match read {
-                    Ok(tokens) => metrics.latency.count_read_ahead(tokens),
-                    Err(error) => {
-                        tracing::debug!(conversation_id = %id, %error, "read-ahead failed")
-                    }
-                }
-            },
-        );
-        job.ok().map(|answer| ReadAhead {
-            stop,
-            _job: Box::new(answer),
-        })
+        let work = LlmWork::ReadAhead {
+            history: request.history,
+            words: request.words,
+        };
+        self.batcher
+            .submit(
+                Priority::Normal,
+                request.conversation_id,
+                &request.conversation,
+                stop.clone(),
+                request.hold,
+                work,
+            )
+            .ok()
+            .map(|()| ReadAhead {
+                stop,
+                _job: Box::new(()),
+            })
     }
 }

@@ -1,22 +1,24 @@
 //! The embedded LLM: a GGUF llama-architecture model (SmolLM2-135M-Instruct) run on
-//! the CPU with candle's quantized llama. `EmbeddedModel::generate` turns a chat
-//! history into a streamed reply, handing each text piece to a callback that may stop
-//! the reply between tokens. It blocks for the whole reply, so it belongs on the
-//! inference worker thread that owns the model, never on an actix arbiter.
+//! the CPU with candle. Replies and read-aheads are [`Sequence`]s; [`step`] runs the
+//! next piece of many of them in one batched forward pass ([`Llama`]): one token for
+//! each reply that is generating, a chunk of prompt for those being read. The LLM
+//! batcher (`workers::llm_batcher`) drives it continuously across conversations;
+//! [`generate`] and [`read_ahead_for`] drive one sequence alone (tests, benches). It
+//! blocks, so it belongs on an inference thread, never on an actix arbiter.
 //!
-//! Each call works on a clone of a model state (the weights themselves are shared
-//! `Arc`s): the pristine weights, or a state kept in the [`PrefixCache`] that has
-//! already read the start of the prompt (the conversation so far, or the system
-//! prompt), so a turn reads only its new tokens. Each reply leaves the state after
-//! its prompt and, when it ends by itself, the state after it (end-of-turn marker
-//! included) as its conversation's entries.
+//! Each sequence starts from a kept state in the [`PrefixCache`] when one covers the
+//! start of its prompt (the conversation so far, or the shared system prompt), so a
+//! turn reads only its new tokens; it leaves the state after its prompt and, when the
+//! reply ends by itself, the state after the reply for the next turn.
 //!
 //! Threads: candle splits each quantized matmul over one process-wide pool of
-//! `CANDLE_NUM_THREADS` (else `RAYON_NUM_THREADS`, else the core count) minus one
-//! spinning workers, behind one lock. With other models on the same two cores, run with
-//! `RAYON_NUM_THREADS=1`: each inference thread then computes inline, nothing spins,
-//! and a busy neighbour no longer stalls every matmul on a preempted worker.
+//! `RAYON_NUM_THREADS` (set by [`pin_candle_threads`] from `llm.matmul_threads`).
+//!
+//! [`step`]: EmbeddedModel::step
+//! [`generate`]: EmbeddedModel::generate
+//! [`read_ahead_for`]: EmbeddedModel::read_ahead_for
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::BufReader;
 use std::ops::ControlFlow;
@@ -27,57 +29,55 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
 use super::chat::{encode_messages, encode_open, encode_prompt, ChatMessage, ChatMlIds, Role};
 use super::error::LlmError;
 use super::generation::{sampling, FinishReason, GenerationOutcome, GenerationParams};
 use super::gguf;
+use super::llama::{logits_row, BatchItem, KvState, Llama, MAX_SEQ_LEN};
 use super::prefix_cache::{Continuation, Covered, Open, Owner, PrefixCache};
+use super::sequence::{Checkpoint, Phase, Progress, Reply, Sequence};
 use super::tokenizer::{StreamDecoder, Tokenizer};
 use uuid::Uuid;
 
-/// Prompt tokens run per forward pass. Between passes the reply can be cancelled, so a
-/// chunk bounds how long a barge-in or a teardown waits for a long prompt (about 0.3 s
-/// for 32 tokens here); it also bounds the attention scores' memory.
-const PROMPT_CHUNK_TOKENS: usize = 32;
+/// Prompt tokens a reply reads per pass. Between passes the reply can be cancelled and
+/// the other sequences take their next token, so a chunk bounds how long a barge-in,
+/// a teardown or everyone else's next token waits for a long prompt; it also bounds
+/// the attention scores' memory.
+pub const PROMPT_CHUNK_TOKENS: usize = 32;
 
-/// Tokens per forward pass when reading ahead: smaller, so a reply waiting for the
-/// thread waits at most one short chunk.
+/// Tokens a read-ahead reads per pass: smaller, so it slows the passes it rides in
+/// less.
 const READ_AHEAD_CHUNK_TOKENS: usize = 8;
 
 /// A loaded GGUF chat model and its tokenizer. `Send`; `clone()` is cheap and shares
-/// the weights, so a pool loads once and gives each inference thread its own handle.
-/// One copy of SmolLM2 holds ~310 MB resident (Q8_0 weights, plus the embedding table
-/// that candle keeps in f32), with a ~440 MB peak while loading. A clone starts with an
-/// empty [`PrefixCache`] of the same size.
+/// the weights. One copy of SmolLM2 holds ~310 MB resident (Q8_0 weights, plus the
+/// embedding table kept in f32), with a ~440 MB peak while loading. A clone starts with
+/// an empty [`PrefixCache`] of the same size.
 pub struct EmbeddedModel {
-    /// Pristine weights with empty caches; only ever cloned, never run.
-    weights: ModelWeights,
+    weights: Arc<Llama>,
     tokenizer: Arc<Tokenizer>,
     chatml: ChatMlIds,
     stop_ids: Vec<u32>,
-    /// Positions the model can hold: candle precomputes RoPE for `MAX_SEQ_LEN` only.
+    /// Positions the model can hold: the RoPE tables and the trained context.
     context_limit: usize,
     /// Bytes of KV state per token read: layers × 2 × KV heads × head size × 4.
     kv_bytes_per_token: usize,
     /// This handle's kept states (empty in a fresh clone: each thread has its own).
-    cache: PrefixCache<ModelWeights>,
-    device: Device,
+    cache: PrefixCache<KvState>,
     path: PathBuf,
 }
 
 impl Clone for EmbeddedModel {
     fn clone(&self) -> Self {
         EmbeddedModel {
-            weights: self.weights.clone(),
+            weights: Arc::clone(&self.weights),
             tokenizer: Arc::clone(&self.tokenizer),
             chatml: self.chatml,
             stop_ids: self.stop_ids.clone(),
             context_limit: self.context_limit,
             kv_bytes_per_token: self.kv_bytes_per_token,
             cache: self.cache.empty_like(),
-            device: self.device.clone(),
             path: self.path.clone(),
         }
     }
@@ -108,23 +108,21 @@ impl EmbeddedModel {
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(quantized_llama::MAX_SEQ_LEN, |n| n as usize);
+            .map_or(MAX_SEQ_LEN, |n| n as usize);
         let kv_bytes_per_token = kv_bytes_per_token(&content.metadata);
         let mut fast = gguf::requantize_for_cpu(&content, &mut reader).map_err(model_err)?;
-        let device = Device::Cpu;
         let weights =
-            ModelWeights::from_gguf(fast.content, &mut fast.reader, &device).map_err(model_err)?;
+            Llama::from_gguf(&fast.content, &mut fast.reader, &Device::Cpu).map_err(model_err)?;
         let mut stop_ids = vec![chatml.im_end, tokenizer.eos_id()];
         stop_ids.extend(tokenizer.special_id("<|endoftext|>"));
         Ok(Self {
-            weights,
+            context_limit: trained.min(weights.max_positions()),
+            weights: Arc::new(weights),
             tokenizer: Arc::new(tokenizer),
             chatml,
             stop_ids,
-            context_limit: trained.min(quantized_llama::MAX_SEQ_LEN),
             kv_bytes_per_token,
             cache: PrefixCache::new(0, kv_bytes_per_token),
-            device,
             path,
         })
     }
@@ -168,10 +166,9 @@ impl EmbeddedModel {
         self.generate_for(None, messages, params, &|| false, on_token)
     }
 
-    /// [`generate`](Self::generate) for a conversation: the prompt starts from the
-    /// kept state (its own, or the shared system prompt's) that covers the most of it,
-    /// and the reply leaves its states for the next turn. `cancelled` is also asked
-    /// between prompt chunks, so a long prompt stops within one chunk.
+    /// [`generate`](Self::generate) for a conversation, as a batch of one: the prompt
+    /// starts from the kept state that covers the most of it, and the reply leaves its
+    /// states for the next turn. `cancelled` is asked between passes.
     pub fn generate_for(
         &mut self,
         conversation: Option<Uuid>,
@@ -180,88 +177,36 @@ impl EmbeddedModel {
         cancelled: &dyn Fn() -> bool,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutcome, LlmError> {
-        let start = Instant::now();
-        let (mut model, position, cached, rest) = self.start_state(conversation, messages)?;
-        let prompt_tokens = position + rest.len();
-        let limit = self.context_limit;
-        if prompt_tokens >= limit {
-            return Err(LlmError::PromptTooLong {
-                prompt_tokens,
-                limit,
-            });
-        }
-        let max_new = params.max_tokens.min(limit - prompt_tokens);
-        let outcome = |tokens, finish_reason, first_token_ms| GenerationOutcome {
-            tokens,
-            cancelled: finish_reason == FinishReason::Cancelled,
-            finish_reason,
-            prompt_tokens,
-            cached_tokens: cached,
-            first_token_ms,
-            total_ms: elapsed_ms(start),
-        };
-        let Some(mut logits) = self.run_prompt(&mut model, &rest, position, cancelled)? else {
-            return Ok(outcome(0, FinishReason::Cancelled, None));
-        };
-        if let Some(id) = conversation {
-            // The prompt read, the reply not begun: still the right start after a
-            // barge-in, whatever of the reply was said.
-            let covers = Covered {
-                messages: messages.to_vec(),
-                open: Some(Open::Reply(String::new())),
-            };
-            let owner = Owner::Conversation(id);
-            self.cache
-                .insert(owner, covers, prompt_tokens, model.clone());
-        }
-        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
-        let mut reply: Vec<u32> = Vec::with_capacity(max_new);
-        let mut text = String::new();
-        let mut decoder = StreamDecoder::default();
-        let mut first_token_ms = None;
-        let finish_reason = loop {
-            if reply.len() >= max_new {
-                break FinishReason::Length;
+        let mut sequence = self.begin_reply(conversation, messages, params)?;
+        loop {
+            if cancelled() {
+                return Ok(sequence.outcome(FinishReason::Cancelled));
             }
-            let next = self.pick(&mut sampler, &logits, &reply, params)?;
-            if self.stop_ids.contains(&next) {
-                break FinishReason::Stop;
-            }
-            reply.push(next);
-            let piece = decoder.push(&self.tokenizer, next);
-            if !piece.is_empty() {
-                first_token_ms.get_or_insert_with(|| elapsed_ms(start));
-                if on_token(&piece).is_break() {
-                    break FinishReason::Cancelled;
+            match self.step_one(&mut sequence)? {
+                Progress::Reading | Progress::Done => {}
+                Progress::Piece(piece) => {
+                    if on_token(&piece).is_break() {
+                        return Ok(sequence.outcome(FinishReason::Cancelled));
+                    }
                 }
-                text.push_str(&piece);
-            }
-            if reply.len() < max_new {
-                let position = prompt_tokens + reply.len() - 1;
-                logits = self.forward(&mut model, &[next], position)?;
-            }
-        };
-        if finish_reason != FinishReason::Cancelled {
-            let tail = decoder.finish();
-            if !tail.is_empty() {
-                first_token_ms.get_or_insert_with(|| elapsed_ms(start));
-                // The reply is over either way: nothing left to cancel.
-                let _ = on_token(&tail);
-                text.push_str(&tail);
-            }
-            if let Some(id) = conversation {
-                let read = (prompt_tokens, finish_reason == FinishReason::Stop);
-                self.keep_reply(id, model, messages, read, &reply, text)?;
+                Progress::Finished { tail, outcome } => {
+                    if !tail.is_empty() {
+                        // The reply is over either way: nothing left to cancel.
+                        let _ = on_token(&tail);
+                    }
+                    while !sequence.is_done() {
+                        self.step_one(&mut sequence)?;
+                    }
+                    return Ok(outcome);
+                }
             }
         }
-        Ok(outcome(reply.len(), finish_reason, first_token_ms))
     }
 
     /// Reads the start of what the user is still saying (`words`, from a partial
-    /// transcript, after `history`) into the conversation's kept state, so the reply to
-    /// the finished turn reads only what came after. Starts only from a kept state (the
-    /// conversation's or the shared system prompt's): reading a whole history on a
-    /// guess is not worth a busy thread. Returns how many tokens it read.
+    /// transcript, after `history`) into the conversation's kept state, alone; returns
+    /// how many tokens it read (0 when there was no kept state to start from, nothing
+    /// new, or it was cancelled).
     pub fn read_ahead_for(
         &mut self,
         conversation: Uuid,
@@ -269,32 +214,289 @@ impl EmbeddedModel {
         words: &str,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<usize, LlmError> {
+        let Some(mut sequence) = self.begin_read_ahead(conversation, history, words) else {
+            return Ok(0);
+        };
+        while !sequence.is_done() {
+            if cancelled() {
+                return Ok(0);
+            }
+            self.step_one(&mut sequence)?;
+        }
+        Ok(sequence.reading.len())
+    }
+
+    /// A reply to `messages`, ready to step: its prompt starts from the kept state
+    /// that covers the most of it (the conversation's own, or the shared system
+    /// prompt's), or from nothing.
+    pub fn begin_reply(
+        &mut self,
+        conversation: Option<Uuid>,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+    ) -> Result<Sequence, LlmError> {
+        let started = Instant::now();
+        let mut checkpoints = VecDeque::new();
+        let (state, rest) = match self.cache.lookup(conversation, messages) {
+            Some(hit) => {
+                let rest = self.encode_rest(messages, hit.from);
+                (hit.state, rest)
+            }
+            None => {
+                let prompt = encode_prompt(&self.tokenizer, self.chatml, messages);
+                if let Some(checkpoint) = self.system_checkpoint(messages, prompt.len()) {
+                    checkpoints.push_back(checkpoint);
+                }
+                (self.weights.empty_state(), prompt)
+            }
+        };
+        let cached = state.len();
+        let prompt_tokens = cached + rest.len();
+        let limit = self.context_limit;
+        if prompt_tokens >= limit {
+            return Err(LlmError::PromptTooLong {
+                prompt_tokens,
+                limit,
+            });
+        }
+        if let Some(id) = conversation {
+            // The prompt read, the reply not begun: still the right start after a
+            // barge-in, whatever of the reply was said.
+            checkpoints.push_back(Checkpoint {
+                at: rest.len(),
+                owner: Owner::Conversation(id),
+                covers: Covered {
+                    messages: messages.to_vec(),
+                    open: Some(Open::Reply(String::new())),
+                },
+            });
+        }
+        let reply = Reply {
+            sampler: LogitsProcessor::from_sampling(params.seed, sampling(params)),
+            params: params.clone(),
+            tokens: Vec::with_capacity(params.max_tokens.min(limit - prompt_tokens)),
+            text: String::new(),
+            decoder: StreamDecoder::default(),
+            max_new: params.max_tokens.min(limit - prompt_tokens),
+            prompt_tokens,
+            cached_tokens: cached,
+            first_token_ms: None,
+        };
+        Ok(Sequence {
+            conversation,
+            state,
+            reading: rest,
+            read: 0,
+            checkpoints,
+            phase: Phase::Prompt,
+            reply: Some(reply),
+            messages: messages.to_vec(),
+            started,
+            chunk: PROMPT_CHUNK_TOKENS,
+        })
+    }
+
+    /// A read-ahead of `words` after `history`, ready to step; `None` when no kept
+    /// state covers the history (reading a whole history on a guess is not worth the
+    /// work), there is nothing new, or no room would be left for the reply.
+    pub fn begin_read_ahead(
+        &mut self,
+        conversation: Uuid,
+        history: &[ChatMessage],
+        words: &str,
+    ) -> Option<Sequence> {
         let mut prompt = history.to_vec();
         prompt.push(ChatMessage::user(words));
-        let Some(hit) = self.cache.lookup(Some(conversation), &prompt) else {
-            return Ok(0);
-        };
+        let hit = self.cache.lookup(Some(conversation), &prompt)?;
         let rest = self.encode_open_rest(&prompt, hit.from);
         let read = hit.tokens + rest.len();
-        // Room for the turn's last words and a reply, or it is not worth reading.
         if rest.is_empty() || read + 2 * PROMPT_CHUNK_TOKENS >= self.context_limit {
-            return Ok(0);
+            return None;
         }
-        let mut model = hit.state;
-        let chunk = READ_AHEAD_CHUNK_TOKENS;
-        if self
-            .run_chunked(&mut model, &rest, chunk, hit.tokens, cancelled)?
-            .is_none()
-        {
-            return Ok(0);
-        }
-        let covers = Covered {
-            messages: history.to_vec(),
-            open: Some(Open::User(words.to_string())),
+        let checkpoint = Checkpoint {
+            at: rest.len(),
+            owner: Owner::Conversation(conversation),
+            covers: Covered {
+                messages: history.to_vec(),
+                open: Some(Open::User(words.to_string())),
+            },
         };
-        self.cache
-            .insert(Owner::Conversation(conversation), covers, read, model);
-        Ok(rest.len())
+        Some(Sequence {
+            conversation: Some(conversation),
+            state: hit.state,
+            reading: rest,
+            read: 0,
+            checkpoints: VecDeque::from([checkpoint]),
+            phase: Phase::ReadAhead,
+            reply: None,
+            messages: Vec::new(),
+            started: Instant::now(),
+            chunk: READ_AHEAD_CHUNK_TOKENS,
+        })
+    }
+
+    /// One batched pass: the next piece of each sequence (a decode step's one token,
+    /// or up to its chunk of reading while `read_budget` tokens of reading are left in
+    /// this pass). Returns what the pass did for each, in order; a sequence that got
+    /// no share of the pass is `Reading`, unchanged. Sequences that are done must not
+    /// be passed.
+    pub fn step(
+        &mut self,
+        batch: &mut [&mut Sequence],
+        read_budget: usize,
+    ) -> Result<Vec<Progress>, LlmError> {
+        let mut budget = read_budget;
+        let mut tokens: Vec<Option<Vec<u32>>> = Vec::with_capacity(batch.len());
+        for sequence in batch.iter() {
+            let next = sequence.next_tokens(budget);
+            if let (Some(next), false) = (&next, sequence.is_decoding()) {
+                budget -= next.len();
+            }
+            tokens.push(next);
+        }
+        let mut items: Vec<BatchItem> = batch
+            .iter_mut()
+            .zip(&tokens)
+            .filter_map(|(sequence, tokens)| {
+                tokens.as_deref().map(|tokens| BatchItem {
+                    tokens,
+                    state: &mut sequence.state,
+                })
+            })
+            .collect();
+        if items.is_empty() {
+            return Ok(vec![Progress::Reading; batch.len()]);
+        }
+        let logits = self.weights.forward(&mut items)?;
+        drop(items);
+        let mut row = 0;
+        let mut progress = Vec::with_capacity(batch.len());
+        for (sequence, tokens) in batch.iter_mut().zip(&tokens) {
+            let Some(tokens) = tokens else {
+                progress.push(Progress::Reading);
+                continue;
+            };
+            let logits = logits_row(&logits, row)?;
+            row += 1;
+            progress.push(self.advance(sequence, tokens.len(), &logits)?);
+        }
+        Ok(progress)
+    }
+
+    /// Bytes of attention state per token a sequence has read.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.kv_bytes_per_token
+    }
+
+    fn step_one(&mut self, sequence: &mut Sequence) -> Result<Progress, LlmError> {
+        let mut progress = self.step(&mut [sequence], usize::MAX)?;
+        Ok(progress.remove(0))
+    }
+
+    /// After a pass that read `read` tokens of `sequence`, with the logits after them.
+    fn advance(
+        &mut self,
+        sequence: &mut Sequence,
+        read: usize,
+        logits: &Tensor,
+    ) -> Result<Progress, LlmError> {
+        if sequence.is_decoding() {
+            return self.sample(sequence, logits);
+        }
+        sequence.read += read;
+        if sequence
+            .checkpoints
+            .front()
+            .is_some_and(|c| c.at == sequence.read)
+        {
+            if let Some(checkpoint) = sequence.checkpoints.pop_front() {
+                let state = sequence.state.clone();
+                self.cache
+                    .insert(checkpoint.owner, checkpoint.covers, state.len(), state);
+            }
+        }
+        if sequence.read < sequence.reading.len() {
+            return Ok(Progress::Reading);
+        }
+        match sequence.phase {
+            Phase::Prompt => self.sample(sequence, logits),
+            _ => Ok(Progress::Done),
+        }
+    }
+
+    /// Picks the reply's next token from `logits`.
+    fn sample(&mut self, sequence: &mut Sequence, logits: &Tensor) -> Result<Progress, LlmError> {
+        let Some(reply) = sequence.reply.as_mut() else {
+            return Ok(Progress::Done);
+        };
+        if reply.tokens.len() >= reply.max_new {
+            return Ok(self.finish(sequence, FinishReason::Length, String::new()));
+        }
+        let next = pick(&mut reply.sampler, logits, &reply.tokens, &reply.params)?;
+        if self.stop_ids.contains(&next) {
+            return Ok(self.finish(sequence, FinishReason::Stop, String::new()));
+        }
+        reply.tokens.push(next);
+        let piece = reply.decoder.push(&self.tokenizer, next);
+        if !piece.is_empty() {
+            let started = sequence.started;
+            reply
+                .first_token_ms
+                .get_or_insert_with(|| elapsed_ms(started));
+            reply.text.push_str(&piece);
+        }
+        if reply.tokens.len() >= reply.max_new {
+            return Ok(self.finish(sequence, FinishReason::Length, piece));
+        }
+        sequence.phase = Phase::Decode { next };
+        Ok(if piece.is_empty() {
+            Progress::Reading
+        } else {
+            Progress::Piece(piece)
+        })
+    }
+
+    /// Ends the reply: its last text (`piece`, and whatever the stream decoder still
+    /// held), its outcome, and, for a conversation, the tail to read so the next turn
+    /// starts exactly where its new message begins.
+    fn finish(&mut self, sequence: &mut Sequence, reason: FinishReason, piece: String) -> Progress {
+        let mut tail = piece;
+        if let Some(reply) = sequence.reply.as_mut() {
+            let rest = std::mem::take(&mut reply.decoder).finish();
+            if !rest.is_empty() {
+                let started = sequence.started;
+                reply
+                    .first_token_ms
+                    .get_or_insert_with(|| elapsed_ms(started));
+                reply.text.push_str(&rest);
+                tail.push_str(&rest);
+            }
+        }
+        let outcome = sequence.outcome(reason);
+        sequence.phase = Phase::Epilogue;
+        sequence.reading.clear();
+        sequence.read = 0;
+        sequence.checkpoints.clear();
+        if let (Some(id), Some(reply)) = (sequence.conversation, sequence.reply.as_ref()) {
+            // Reply tokens not read yet (the last one when the length limit cut it),
+            // then the end of the turn.
+            let read_reply = sequence.state.len() - reply.prompt_tokens;
+            let mut rest: Vec<u32> = reply.tokens[read_reply..].to_vec();
+            rest.push(self.chatml.im_end);
+            rest.extend(self.tokenizer.encode("\n"));
+            if sequence.state.len() + rest.len() < self.context_limit {
+                let mut covered = sequence.messages.clone();
+                covered.push(ChatMessage::assistant(reply.text.clone()));
+                sequence.checkpoints.push_back(Checkpoint {
+                    at: rest.len(),
+                    owner: Owner::Conversation(id),
+                    covers: Covered::closed(covered),
+                });
+                sequence.chunk = rest.len();
+                sequence.reading = rest;
+            }
+        }
+        Progress::Finished { tail, outcome }
     }
 
     /// The tokens of `prompt`, whose last message is still open, after what a kept
@@ -317,34 +519,17 @@ impl EmbeddedModel {
         rest
     }
 
-    /// The state to start from, the position it has read to, how many of those tokens
-    /// came from a kept state (the rest were read just now), and the prompt tokens
-    /// still to read: a kept state, or the pristine weights after reading (and
-    /// sharing) the system prompt.
-    fn start_state(
-        &mut self,
-        conversation: Option<Uuid>,
-        messages: &[ChatMessage],
-    ) -> Result<(ModelWeights, usize, usize, Vec<u32>), LlmError> {
-        if let Some(hit) = self.cache.lookup(conversation, messages) {
-            let rest = self.encode_rest(messages, hit.from);
-            return Ok((hit.state, hit.tokens, hit.tokens, rest));
-        }
-        let prompt = encode_prompt(&self.tokenizer, self.chatml, messages);
-        let mut model = self.weights.clone();
-        let Some(system) = messages.first().filter(|m| m.role == Role::System) else {
-            return Ok((model, 0, 0, prompt));
-        };
-        let system_len = encode_prompt(&self.tokenizer, self.chatml, &messages[..1]).len()
+    /// Where a fresh prompt's system message ends, kept for every conversation that
+    /// starts with it; `None` without one (or when it is the whole prompt).
+    fn system_checkpoint(&self, messages: &[ChatMessage], prompt_len: usize) -> Option<Checkpoint> {
+        let system = messages.first().filter(|m| m.role == Role::System)?;
+        let at = encode_prompt(&self.tokenizer, self.chatml, &messages[..1]).len()
             - encode_prompt(&self.tokenizer, self.chatml, &[]).len();
-        if system_len >= prompt.len() || system_len >= self.context_limit {
-            return Ok((model, 0, 0, prompt));
-        }
-        self.run_prompt(&mut model, &prompt[..system_len], 0, &|| false)?;
-        let covers = Covered::closed(vec![system.clone()]);
-        self.cache
-            .insert(Owner::Shared, covers, system_len, model.clone());
-        Ok((model, system_len, 0, prompt[system_len..].to_vec()))
+        (at < prompt_len && at < self.context_limit).then(|| Checkpoint {
+            at,
+            owner: Owner::Shared,
+            covers: Covered::closed(vec![system.clone()]),
+        })
     }
 
     /// The tokens of `messages` after what a kept state has read (`from`): the rest of
@@ -374,108 +559,22 @@ impl EmbeddedModel {
         ));
         rest
     }
+}
 
-    /// Keep the state after a finished reply for the conversation's next turn: read
-    /// what the next prompt holds after it (its last token, when `max_tokens` cut it
-    /// before it was read, then `<|im_end|>\n`), so the next turn starts exactly where
-    /// its new message begins. `read` is the prompt's length and whether every reply
-    /// token has been read (the reply stopped by itself).
-    fn keep_reply(
-        &mut self,
-        conversation: Uuid,
-        mut model: ModelWeights,
-        messages: &[ChatMessage],
-        (prompt_tokens, all_read): (usize, bool),
-        reply: &[u32],
-        text: String,
-    ) -> Result<(), LlmError> {
-        let read_reply = reply.len() - usize::from(!all_read && !reply.is_empty());
-        let mut tail: Vec<u32> = reply[read_reply..].to_vec();
-        tail.push(self.chatml.im_end);
-        tail.extend(self.tokenizer.encode("\n"));
-        let position = prompt_tokens + read_reply;
-        if position + tail.len() >= self.context_limit {
-            return Ok(());
-        }
-        self.run_prompt(&mut model, &tail, position, &|| false)?;
-        let mut covered = messages.to_vec();
-        covered.push(ChatMessage::assistant(text));
-        let covers = Covered::closed(covered);
-        let owner = Owner::Conversation(conversation);
-        self.cache
-            .insert(owner, covers, position + tail.len(), model);
-        Ok(())
+/// Applies the repeat penalty over the recent reply, then samples.
+fn pick(
+    sampler: &mut LogitsProcessor,
+    logits: &Tensor,
+    reply: &[u32],
+    params: &GenerationParams,
+) -> Result<u32, LlmError> {
+    let recent = &reply[reply.len().saturating_sub(params.repeat_last_n)..];
+    if params.repeat_penalty == 1.0 || recent.is_empty() {
+        return Ok(sampler.sample(logits)?);
     }
-
-    /// Runs `tokens` from `position` in chunks; returns the last position's logits, or
-    /// `None` if `cancelled` said so between chunks.
-    fn run_prompt(
-        &self,
-        model: &mut ModelWeights,
-        tokens: &[u32],
-        position: usize,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<Tensor>, LlmError> {
-        self.run_chunked(model, tokens, PROMPT_CHUNK_TOKENS, position, cancelled)
-    }
-
-    /// [`run_prompt`](Self::run_prompt) with `chunk` tokens per forward pass.
-    fn run_chunked(
-        &self,
-        model: &mut ModelWeights,
-        tokens: &[u32],
-        chunk: usize,
-        position: usize,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<Tensor>, LlmError> {
-        let mut logits = None;
-        let mut at = position;
-        for chunk in tokens.chunks(chunk) {
-            if cancelled() {
-                return Ok(None);
-            }
-            logits = Some(self.forward(model, chunk, at)?);
-            at += chunk.len();
-        }
-        // A lookup never covers a whole prompt, and `encode_prompt` always yields at
-        // least `<|im_start|>assistant\n`: there is always a token to read.
-        logits
-            .map(Some)
-            .ok_or_else(|| LlmError::Inference(candle_core::Error::Msg("empty prompt".into())))
-    }
-
-    /// One forward pass of `tokens` starting at `position`, on the calling thread.
-    /// Not `Device::with_context`: that hops onto candle's one process-wide rayon pool,
-    /// which would funnel every inference thread's passes through the same workers.
-    fn forward(
-        &self,
-        model: &mut ModelWeights,
-        tokens: &[u32],
-        position: usize,
-    ) -> Result<Tensor, LlmError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        Ok(model.forward(&input, position)?.squeeze(0)?)
-    }
-
-    /// Applies the repeat penalty over the recent reply, then samples.
-    fn pick(
-        &self,
-        sampler: &mut LogitsProcessor,
-        logits: &Tensor,
-        reply: &[u32],
-        params: &GenerationParams,
-    ) -> Result<u32, LlmError> {
-        let recent = &reply[reply.len().saturating_sub(params.repeat_last_n)..];
-        if params.repeat_penalty == 1.0 || recent.is_empty() {
-            return Ok(sampler.sample(logits)?);
-        }
-        let penalised = candle_transformers::utils::apply_repeat_penalty(
-            logits,
-            params.repeat_penalty,
-            recent,
-        )?;
-        Ok(sampler.sample(&penalised)?)
-    }
+    let penalised =
+        candle_transformers::utils::apply_repeat_penalty(logits, params.repeat_penalty, recent)?;
+    Ok(sampler.sample(&penalised)?)
 }
 
 /// Bytes of f32 KV state per token: layers × (key + value) × KV heads × head size × 4.

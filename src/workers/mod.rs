@@ -4,6 +4,7 @@
 
 pub mod cancel;
 mod denormals;
+pub mod llm_batcher;
 pub mod niceness;
 pub mod pool;
 mod queue;

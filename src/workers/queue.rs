@@ -144,6 +144,11 @@ impl<T: Skip + 'static> JobQueue<T> {
         }
     }
 
+    /// Jobs waiting.
+    pub fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
     /// The next job if one is waiting.
     pub fn try_pop(&self) -> Option<T> {
         self.lock().pop()

@@ -1,0 +1,331 @@
+//! Int8 linear layers built for batches: the embedded model's matrix products.
+//!
+//! Weights are Q8_0-style blocks (32 signed bytes and one f32 scale per block of a
+//! row); each input row is quantized the same way. candle's kernel dots one input row
+//! with one weight row at a time and converts both blocks' f16 scales on every call:
+//! profiled at batch 8, 64 % of a pass was that dot and 15 % the scale conversions,
+//! so eight sequences cost nearly eight times one. Here each weight block is loaded
+//! once and dotted with the same block of every input row while it sits in registers,
+//! scales are f32 from the start, and rows are independent: a row's result does not
+//! depend on which other rows share the call (the batcher relies on that).
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+/// Values per block (as Q8_0).
+const BLOCK: usize = 32;
+
+/// Input rows handled together per weight block (accumulators kept in registers).
+const ROW_GROUP: usize = 4;
+
+/// Output columns per parallel work item.
+const COLUMNS_PER_TASK: usize = 64;
+
+/// A `[out, in]` weight matrix in int8 blocks.
+pub struct Int8Linear {
+    out: usize,
+    blocks: usize,
+    quants: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+/// Rows quantized to int8 blocks.
+struct QuantizedRows {
+    quants: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Int8Linear {
+    /// Re-encodes a quantized GGUF weight (any block format) as int8 blocks. The
+    /// width must be a multiple of 32, as every llama projection is.
+    pub fn from_qtensor(weight: &QTensor) -> candle_core::Result<Self> {
+        let (out, width) = weight.shape().dims2()?;
+        if width % BLOCK != 0 {
+            candle_core::bail!(
+                "int8 weights need a width that is a multiple of {BLOCK}, got {width}"
+            );
+        }
+        let values: Vec<f32> = weight.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let rows = quantize(&values, width);
+        Ok(Int8Linear {
+            out,
+            blocks: width / BLOCK,
+            quants: rows.quants,
+            scales: rows.scales,
+        })
+    }
+
+    /// `x · Wᵀ` for `x` of `[rows, in]`: `[rows, out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (rows, width) = x.dims2()?;
+        if width != self.blocks * BLOCK {
+            candle_core::bail!(
+                "input width {width} does not match weights {}",
+                self.blocks * BLOCK
+            );
+        }
+        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let input = quantize(&input, width);
+        // Columns split across the matmul threads; each task writes its columns of
+        // every row into its own stripe of a transposed buffer.
+        let mut transposed = vec![0f32; self.out * rows];
+        transposed
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, stripe)| {
+                let first = task * COLUMNS_PER_TASK;
+                for (offset, column) in stripe.chunks_mut(rows).enumerate() {
+                    self.dot_column(first + offset, &input, column);
+                }
+            });
+        let mut result = vec![0f32; rows * self.out];
+        for (column, values) in transposed.chunks(rows).enumerate() {
+            for (row, value) in values.iter().enumerate() {
+                result[row * self.out + column] = *value;
+            }
+        }
+        Tensor::from_vec(result, (rows, self.out), x.device())
+    }
+
+    /// Weight row `column` dotted with every input row.
+    fn dot_column(&self, column: usize, input: &QuantizedRows, out: &mut [f32]) {
+        let blocks = self.blocks;
+        let weights = &self.quants[column * blocks * BLOCK..(column + 1) * blocks * BLOCK];
+        let scales = &self.scales[column * blocks..(column + 1) * blocks];
+        let rows = out.len();
+        let mut row = 0;
+        while row < rows {
+            let group = ROW_GROUP.min(rows - row);
+            let quants = &input.quants[row * blocks * BLOCK..(row + group) * blocks * BLOCK];
+            let input_scales = &input.scales[row * blocks..(row + group) * blocks];
+            dot_group(
+                weights,
+                scales,
+                quants,
+                input_scales,
+                blocks,
+                &mut out[row..row + group],
+            );
+            row += group;
+        }
+    }
+}
+
+/// Quantizes rows of `width` values into int8 blocks: each block scaled by its
+/// largest magnitude / 127, rounded to nearest.
+fn quantize(values: &[f32], width: usize) -> QuantizedRows {
+    let blocks = values.len() / BLOCK;
+    let mut quants = vec![0i8; values.len()];
+    let mut scales = vec![0f32; blocks];
+    debug_assert_eq!(values.len() % width, 0);
+    for (b, block) in values.chunks_exact(BLOCK).enumerate() {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        scales[b] = scale;
+        let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+        for (q, v) in quants[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
+            *q = (v * inverse).round() as i8;
+        }
+    }
+    QuantizedRows { quants, scales }
+}
+
+/// One weight row against up to [`ROW_GROUP`] input rows.
+fn dot_group(
+    weights: &[i8],
+    scales: &[f32],
+    inputs: &[i8],
+    input_scales: &[f32],
+    blocks: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above); slices are sized by
+            // the callers (`blocks` blocks per row, `out.len()` rows).
+            unsafe { avx2::dot_group(weights, scales, inputs, input_scales, blocks, out) };
+            return;
+        }
+    }
+    dot_group_scalar(weights, scales, inputs, input_scales, blocks, out);
+}
+
+/// The portable kernel (and the reference the AVX2 one is tested against). Sums each
+/// block in integers, then scales, in block order: the same order as the AVX2 kernel's
+/// per-lane sums is not needed, only each row's independence from the others.
+fn dot_group_scalar(
+    weights: &[i8],
+    scales: &[f32],
+    inputs: &[i8],
+    input_scales: &[f32],
+    blocks: usize,
+    out: &mut [f32],
+) {
+    for (r, result) in out.iter_mut().enumerate() {
+        let mut sum = 0f32;
+        for b in 0..blocks {
+            let w = &weights[b * BLOCK..(b + 1) * BLOCK];
+            let x = &inputs[(r * blocks + b) * BLOCK..(r * blocks + b + 1) * BLOCK];
+            let dot: i32 = w
+                .iter()
+                .zip(x)
+                .map(|(a, b)| i32::from(*a) * i32::from(*b))
+                .sum();
+            sum += dot as f32 * scales[b] * input_scales[r * blocks + b];
+        }
+        *result = sum;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, ROW_GROUP};
+
+    /// Integer dot of 32 signed bytes, as 8 i32 lanes: `|w| · (x · sign w)` with
+    /// `maddubs` (unsigned × signed), then pairs summed with `madd`.
+    #[inline(always)]
+    unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i, ones: __m256i) -> __m256 {
+        let signed_x = _mm256_sign_epi8(x, w);
+        let pairs = _mm256_maddubs_epi16(abs_w, signed_x);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
+    }
+
+    #[inline(always)]
+    unsafe fn sum_lanes(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
+        _mm_cvtss_f32(one)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_group(
+        weights: &[i8],
+        scales: &[f32],
+        inputs: &[i8],
+        input_scales: &[f32],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
+        let rows = out.len();
+        debug_assert!(rows <= ROW_GROUP);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
+        for b in 0..blocks {
+            let w = _mm256_loadu_si256(weights.as_ptr().add(b * BLOCK) as *const __m256i);
+            let abs_w = _mm256_sign_epi8(w, w);
+            let scale = scales[b];
+            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                let at = (r * blocks + b) * BLOCK;
+                let x = _mm256_loadu_si256(inputs.as_ptr().add(at) as *const __m256i);
+                let dot = dot32(abs_w, w, x, ones);
+                let d = _mm256_set1_ps(scale * input_scales[r * blocks + b]);
+                *acc = _mm256_fmadd_ps(dot, d, *acc);
+            }
+        }
+        for (r, result) in out.iter_mut().enumerate() {
+            *result = sum_lanes(acc[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn linear(out: usize, width: usize) -> (Int8Linear, Vec<f32>) {
+        let weights = pseudo_random(out * width, 7);
+        let rows = quantize(&weights, width);
+        let linear = Int8Linear {
+            out,
+            blocks: width / BLOCK,
+            quants: rows.quants,
+            scales: rows.scales,
+        };
+        (linear, weights)
+    }
+
+    #[test]
+    fn products_match_f32_within_quantization_error() {
+        let (out, width, rows) = (70, 576, 5);
+        let (linear, weights) = linear(out, width);
+        let input = pseudo_random(rows * width, 11);
+        let x = Tensor::from_vec(input.clone(), (rows, width), &Device::Cpu).unwrap();
+        let y: Vec<Vec<f32>> = linear.forward(&x).unwrap().to_vec2().unwrap();
+        for r in 0..rows {
+            for c in 0..out {
+                let exact: f32 = (0..width)
+                    .map(|i| input[r * width + i] * weights[c * width + i])
+                    .sum();
+                assert!(
+                    (y[r][c] - exact).abs() < 0.05,
+                    "row {r} col {c}: {} vs {exact}",
+                    y[r][c]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_comes_out_the_same_whatever_shares_the_call() {
+        let (out, width) = (130, 192);
+        let (linear, _) = linear(out, width);
+        let input = pseudo_random(7 * width, 3);
+        let all = Tensor::from_vec(input.clone(), (7, width), &Device::Cpu).unwrap();
+        let together: Vec<Vec<f32>> = linear.forward(&all).unwrap().to_vec2().unwrap();
+        for r in 0..7 {
+            let one = Tensor::from_vec(
+                input[r * width..(r + 1) * width].to_vec(),
+                (1, width),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let alone: Vec<Vec<f32>> = linear.forward(&one).unwrap().to_vec2().unwrap();
+            assert_eq!(alone[0], together[r], "row {r}");
+        }
+    }
+
+    #[test]
+    fn the_simd_kernel_matches_the_portable_one() {
+        let width = 256;
+        let blocks = width / BLOCK;
+        let weights = quantize(&pseudo_random(width, 5), width);
+        let inputs = quantize(&pseudo_random(3 * width, 9), width);
+        let mut simd = [0f32; 3];
+        let mut scalar = [0f32; 3];
+        dot_group(
+            &weights.quants,
+            &weights.scales,
+            &inputs.quants,
+            &inputs.scales,
+            blocks,
+            &mut simd,
+        );
+        dot_group_scalar(
+            &weights.quants,
+            &weights.scales,
+            &inputs.quants,
+            &inputs.scales,
+            blocks,
+            &mut scalar,
+        );
+        for (a, b) in simd.iter().zip(scalar) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The LLM batcher: continuous batching of the embedded model across conversations.
+//!
+//! One thread holds the model and up to `max_batch` sequences (replies and
+//! read-aheads of any conversations). Every pass advances each generating reply by one
+//! token and reads one chunk of prompt, all in a single forward pass
+//! (`EmbeddedModel::step`): a new turn's prompt is read between everyone's tokens
+//! instead of waiting for whole replies ahead of it, and the weights are streamed
+//! once per pass, not once per reply. Jobs that arrive join at the next pass; a reply
+//! that ends, is cancelled, or whose conversation ends leaves at once.
+//!
+//! Reading is shared out per pass (`PROMPT_CHUNK_TOKENS`): the newest turn's prompt
+//! first, then the tails that keep finished replies' states for their next turn, then
+//! read-aheads, so guesswork never delays a turn that is waiting. A reply whose actor
+//! has not taken its last events sits passes out (backpressure), never blocking the
+//! others. A failed pass fails only the replies in it; a panic is caught.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use uuid::Uuid;
+
+use super::cancel::CancelToken;
+use super::denormals::flush_denormals;
+use super::pool::{panic_message, JobError, StateInit};
+use super::queue::{JobQueue, Priority, PushError, Skip};
+use crate::llm::backend::{Completion, LlmEvent};
+use crate::llm::embedded::PROMPT_CHUNK_TOKENS;
+use crate::llm::{ChatMessage, EmbeddedModel, FinishReason, GenerationParams, Progress, Sequence};
+use crate::metrics::{GaugeGuard, Metrics};
+
+/// What a job asks of the model.
+pub enum LlmWork {
+    /// A reply to `messages`, streamed to `events`.
+    Reply {
+        messages: Vec<ChatMessage>,
+        params: GenerationParams,
+        events: mpsc::Sender<LlmEvent>,
+    },
+    /// The user's words so far, read into the conversation's kept state.
+    ReadAhead {
+        history: Vec<ChatMessage>,
+        words: String,
+    },
+}
+
+struct LlmJob {
+    conversation: Uuid,
+    work: LlmWork,
+    /// Set when the caller drops its handle (a cancelled reply).
+    stop: CancelToken,
+    /// The conversation's token: its end stops the job too.
+    owner: CancelToken,
+    inflight: GaugeGuard,
+    /// Dropped last: a supervisor waiting on it knows the job is completely gone.
+    hold: Box<dyn Any + Send>,
+}
+
+impl LlmJob {
+    fn cancelled(&self) -> bool {
+        self.stop.is_cancelled() || self.owner.is_cancelled()
+    }
+}
+
+impl Skip for LlmJob {
+    fn skip(self) {
+        let LlmJob { inflight, hold, .. } = self;
+        drop(inflight);
+        drop(hold);
+    }
+}
+
+/// Dropping it closes the queue and joins the threads.
+pub struct LlmBatcher {
+    queue: Arc<JobQueue<LlmJob>>,
+    threads: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    queue_depth: usize,
+}
+
+impl LlmBatcher {
+    /// `threads` batcher threads, each with its own model (built by `init` on that
+    /// thread) and its own batch; `on_ready` as for a worker pool.
+    pub fn new(
+        threads: usize,
+        queue_depth: usize,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+        init: StateInit<EmbeddedModel>,
+        on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let queue = JobQueue::new(queue_depth, metrics.jobs_skipped.clone());
+        let on_ready = Arc::new(on_ready);
+        let threads = (0..threads)
+            .map(|i| {
+                let (jobs, init, on_ready) =
+                    (Arc::clone(&queue), Arc::clone(&init), Arc::clone(&on_ready));
+                let metrics = Arc::clone(&metrics);
+                std::thread::Builder::new()
+                    .name(format!("hearken-llm-{i}"))
+                    .spawn(move || match init() {
+                        Ok(mut model) => {
+                            flush_denormals();
+                            on_ready(Ok(()));
+                            Batch::new(max_batch.max(1)).run(&mut model, &jobs, &metrics);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "LLM batcher could not load its model");
+                            on_ready(Err(error));
+                        }
+                    })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(LlmBatcher {
+            queue,
+            threads,
+            metrics,
+            queue_depth,
+        })
+    }
+
+    /// Queue work for `conversation`; `stop` (and the conversation's `owner` token)
+    /// withdraw it, queued or running. `hold` is released once the job is gone.
+    pub fn submit(
+        &self,
+        priority: Priority,
+        conversation: Uuid,
+        owner: &CancelToken,
+        stop: CancelToken,
+        hold: Box<dyn Any + Send>,
+        work: LlmWork,
+    ) -> Result<(), JobError> {
+        let job = LlmJob {
+            conversation,
+            work,
+            stop,
+            owner: owner.clone(),
+            inflight: GaugeGuard::new(self.metrics.inflight_jobs.clone()),
+            hold,
+        };
+        self.queue
+            .push_with(owner, priority, job)
+            .map_err(|e| match e {
+                PushError::Full(_) => {
+                    self.metrics.overloaded.inc();
+                    JobError::Overloaded { pool: "llm" }
+                }
+                PushError::Closed(_) => JobError::PoolClosed { pool: "llm" },
+            })
+    }
+
+    /// Whether optional work (a read-ahead) is welcome: the queue is at most half full.
+    pub fn has_room(&self) -> bool {
+        self.queue.len() * 2 < self.queue_depth
+    }
+}
+
+impl Drop for LlmBatcher {
+    fn drop(&mut self) {
+        self.queue.close();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A job in the batch with its sequence.
+struct Live {
+    job: LlmJob,
+    sequence: Sequence,
+    /// Events the reply's actor has not taken yet (its channel was full).
+    outbox: VecDeque<LlmEvent>,
+    /// The reply's text is over (only its tail may still be read).
+    answered: bool,
+}
+
+impl Live {
+    fn events(&self) -> Option<&mpsc::Sender<LlmEvent>> {
+        match &self.job.work {
+            LlmWork::Reply { events, .. } => Some(events),
+            LlmWork::ReadAhead { .. } => None,
+        }
+    }
+
+    /// Hand on what the actor has room for; false if the actor is gone.
+    fn flush(&mut self) -> bool {
+        let Some(events) = self.events().cloned() else {
+            return true;
+        };
+        while let Some(event) = self.outbox.pop_front() {
+            match events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether it stays: not cancelled (a reply whose text is over keeps reading its
+    /// tail unless its conversation ended) and its actor still listening.
+    fn keep(&mut self) -> bool {
+        let cancelled = if self.answered {
+            self.job.owner.is_cancelled()
+        } else {
+            self.job.cancelled()
+        };
+        !cancelled && (self.flush() || self.answered)
+    }
+
+    /// Order of reading within a pass: the newest turn's prompt, then tails, then
+    /// read-aheads (generating replies read one token each, always).
+    fn rank(&self) -> u8 {
+        match (&self.job.work, self.answered) {
+            _ if self.sequence.is_decoding() => 0,
+            (LlmWork::Reply { .. }, false) => 1,
+            (LlmWork::Reply { .. }, true) => 2,
+            (LlmWork::ReadAhead { .. }, _) => 3,
+        }
+    }
+}
+
+struct Batch {
+    live: Vec<Live>,
+    max: usize,
+}
+
+impl Batch {
+    fn new(max: usize) -> Self {
+        Batch {
+            live: Vec::with_capacity(max),
+            max,
+        }
+    }
+
+    fn run(&mut self, model: &mut EmbeddedModel, jobs: &JobQueue<LlmJob>, metrics: &Metrics) {
+        loop {
+            if self.live.is_empty() {
+                let Some(job) = jobs.pop() else { return };
+                self.admit(model, job, metrics);
+            }
+            while self.live.len() < self.max {
+                let Some(job) = jobs.try_pop() else { break };
+                self.admit(model, job, metrics);
+            }
+            self.live.retain_mut(Live::keep);
+            if self.live.iter().all(|l| !l.outbox.is_empty()) {
+                if !self.live.is_empty() {
+                    // Every actor is behind: give them a moment rather than spin.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                continue;
+            }
+            self.pass(model, metrics);
+        }
+    }
+
+    /// Start a job's sequence (from the kept state that covers the most of its prompt).
+    fn admit(&mut self, model: &mut EmbeddedModel, job: LlmJob, metrics: &Metrics) {
+        if job.cancelled() {
+            metrics.jobs_skipped.inc();
+            return job.skip();
+        }
+        let started = match &job.work {
+            LlmWork::Reply {
+                messages, params, ..
+            } => model
+                .begin_reply(Some(job.conversation), messages, params)
+                .map(Some),
+            LlmWork::ReadAhead { history, words } => {
+                Ok(model.begin_read_ahead(job.conversation, history, words))
+            }
+        };
+        match started {
+            Ok(Some(sequence)) => self.live.push(Live {
+                job,
+                sequence,
+                outbox: VecDeque::new(),
+                answered: false,
+            }),
+            Ok(None) => job.skip(), // nothing worth reading ahead
+            Err(error) => {
+                if let LlmWork::Reply { events, .. } = &job.work {
+                    let _ = events.try_send(LlmEvent::Failed(error.to_string()));
+                }
+                job.skip();
+            }
+        }
+    }
+
+    /// One forward pass over every sequence whose actor keeps up.
+    fn pass(&mut self, model: &mut EmbeddedModel, metrics: &Metrics) {
+        self.live.sort_by_key(Live::rank);
+        let kept_before = model.kv_cache_bytes();
+        let outcome = {
+            let mut batch: Vec<&mut Sequence> = self
+                .live
+                .iter_mut()
+                .filter(|l| l.outbox.is_empty())
+                .map(|l| &mut l.sequence)
+                .collect();
+            metrics.llm_batch_sequences.observe(batch.len() as f64);
+            catch_unwind(AssertUnwindSafe(|| {
+                model.step(&mut batch, PROMPT_CHUNK_TOKENS)
+            }))
+        };
+        let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
+        metrics.latency.llm_kv_cache_bytes.add(kept);
+        let progress = match outcome {
+            Ok(Ok(progress)) => progress,
+            Ok(Err(error)) => return self.fail_all(&error.to_string()),
+            Err(panic) => {
+                return self
+                    .fail_all(&JobError::Panicked(panic_message(panic.as_ref())).to_string())
+            }
+        };
+        let stepped = self.live.iter_mut().filter(|l| l.outbox.is_empty());
+        for (live, progress) in stepped.zip(progress) {
+            live.on_progress(progress, metrics);
+        }
+        self.live
+            .retain(|l| !(l.sequence.is_done() && l.outbox.is_empty()));
+    }
+
+    /// Fail every reply in the batch: a pass that failed leaves no state to trust.
+    fn fail_all(&mut self, message: &str) {
+        tracing::warn!(error = message, "LLM pass failed");
+        for live in self.live.drain(..) {
+            if let (Some(events), false) = (live.events(), live.answered) {
+                let _ = events.try_send(LlmEvent::Failed(message.to_string()));
+            }
+        }
+    }
+}
+
+impl Live {
+    fn on_progress(&mut self, progress: Progress, metrics: &Metrics) {
+        match progress {
+            Progress::Reading => {}
+            Progress::Piece(piece) => self.outbox.push_back(LlmEvent::Delta(piece)),
+            Progress::Finished { tail, outcome } => {
+                self.answered = true;
+                if !tail.is_empty() {
+                    self.outbox.push_back(LlmEvent::Delta(tail));
+                }
+                let cached = outcome.cached_tokens;
+                metrics
+                    .latency
+                    .count_prompt_tokens(outcome.prompt_tokens - cached, cached);
+                tracing::debug!(
+                    conversation_id = %self.job.conversation,
+                    prompt_tokens = outcome.prompt_tokens,
+                    cached_tokens = cached,
+                    first_token_ms = outcome.first_token_ms,
+                    tokens = outcome.tokens,
+                    total_ms = outcome.total_ms,
+                    "reply generated"
+                );
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                self.outbox.push_back(LlmEvent::Finished(Completion {
+                    input_tokens: count(outcome.prompt_tokens),
+                    cached_tokens: count(cached),
+                    output_tokens: count(outcome.tokens),
+                    length_limited: outcome.finish_reason == FinishReason::Length,
+                }));
+            }
+            Progress::Done => {
+                if let LlmWork::ReadAhead { .. } = self.job.work {
+                    metrics.latency.count_read_ahead(self.sequence.read_len());
+                }
+            }
+        }
+        self.flush();
+    }
+}
