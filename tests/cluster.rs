@@ -426,3 +426,34 @@ async fn redis_stopped_mid_churn_loses_nothing() {
         teardown.get_sample_sum() * 1000.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_every_disconnect_then_leaves_the_cluster() {
+    const SESSIONS: usize = 5;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let subscriber = Subscriber::start(&url, CHANNEL).await;
+    let node = TestServer::start(cluster_config(&url, "a"));
+    let mut sockets = Vec::new();
+    for _ in 0..SESSIONS {
+        sockets.push(start_session(&node.url("")).await.0);
+    }
+    let metrics = Arc::clone(&node.metrics);
+    assert_eq!(node.shutdown(), Some(hearken::DrainOutcome::Clean));
+    // Published before shutdown returned; the subscriber may read them a moment later.
+    let events = subscriber
+        .until(|events| events.len() >= 2 * SESSIONS)
+        .await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "connection_disconnected")
+        .map(|e| e["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons, ["server_shutdown"; SESSIONS]);
+    assert_eq!(metrics.cluster.events_buffered.get(), 0);
+    assert_eq!(metrics.cluster.events_dropped.get(), 0);
+    // The node left: no node, lease or listed conversation remains.
+    assert!(keys(&url, "hearken:node*").await.is_empty());
+    assert!(keys(&url, "hearken:lease:*").await.is_empty());
+    drop(sockets);
+}
