@@ -296,8 +296,8 @@ impl Node {
         let client = self.client.clone();
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
         Box::pin(async move {
             let connected = client
                 .get_multiplexed_async_connection_with_config(&config)

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod node;
 pub mod redis_server;
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 use crate::common::{light_config, WAIT};
 
+pub use nginx::Nginx;
 pub use node::NodeProcess;
 pub use redis_server::RedisServer;
 
