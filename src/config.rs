@@ -35,6 +35,7 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub models: ModelsConfig,
     pub realtime: RealtimeConfig,
+    pub cluster: ClusterConfig,
     pub debug: DebugConfig,
 }
 
@@ -457,6 +458,107 @@ impl Default for RealtimeConfig {
     }
 }
 
+/// Several nodes on one Redis (`cluster/`): lifecycle events on a channel and a stream,
+/// one lease per conversation, heartbeats. Off while `redis_url` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT/DB`; empty keeps the node alone (no Redis at all).
+    pub redis_url: String,
+    /// This node's name; a random suffix per start makes the node id unique, so a
+    /// restarted node is never mistaken for the one that died.
+    pub node_name: String,
+    /// Pub/sub channel, and capped stream of the same name, for lifecycle events.
+    pub events_channel: String,
+    /// Approximate cap of the events stream (`XADD MAXLEN ~`).
+    pub stream_maxlen: u64,
+    /// Prefix of every key and control channel hearken uses.
+    pub key_prefix: String,
+    /// Events held while Redis is unreachable; what overflows is counted as dropped.
+    pub buffer_events: usize,
+    /// Most events sent in one round trip.
+    pub batch_events: usize,
+    /// How often a node refreshes its heartbeat and looks for lost nodes.
+    pub heartbeat_ms: u64,
+    /// A node whose heartbeat is older than this is lost.
+    pub node_ttl_ms: u64,
+    /// Lifetime of a conversation lease in Redis; renewed every third of it.
+    pub lease_ttl_ms: u64,
+    /// Timeout of one Redis command or connection attempt.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_name: "hearken".into(),
+            events_channel: "connection_events".into(),
+            stream_maxlen: 100_000,
+            key_prefix: "hearken".into(),
+            buffer_events: 100_000,
+            batch_events: 256,
+            heartbeat_ms: 1000,
+            node_ttl_ms: 3000,
+            lease_ttl_ms: 15_000,
+            command_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        // Names end up inside keys and inside JSON built by Lua scripts: keep them plain.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        };
+        if !plain(&self.node_name) {
+            return invalid("cluster.node_name", "1 to 64 of A-Z a-z 0-9 - _ . :");
+        }
+        if !plain(&self.key_prefix) {
+            return invalid("cluster.key_prefix", "1 to 64 of A-Z a-z 0-9 - _ . :");
+        }
+        if !plain(&self.events_channel) {
+            return invalid("cluster.events_channel", "1 to 64 of A-Z a-z 0-9 - _ . :");
+        }
+        if self.buffer_events == 0 || self.batch_events == 0 {
+            return invalid(
+                "cluster.buffer_events",
+                "buffer_events and batch_events must be at least 1",
+            );
+        }
+        if self.stream_maxlen == 0 {
+            return invalid("cluster.stream_maxlen", "must be at least 1");
+        }
+        if self.heartbeat_ms < 10 || self.node_ttl_ms < 2 * self.heartbeat_ms {
+            return invalid(
+                "cluster.node_ttl_ms",
+                "heartbeat_ms must be at least 10 and node_ttl_ms at least twice it",
+            );
+        }
+        if self.lease_ttl_ms < 3 * self.command_timeout_ms || self.command_timeout_ms < 10 {
+            return invalid(
+                "cluster.lease_ttl_ms",
+                "command_timeout_ms must be at least 10 and lease_ttl_ms at least 3 times it",
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
@@ -569,6 +671,7 @@ impl Config {
         if self.session.max_frame_bytes < 320 {
             return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
         }
+        self.cluster.validate()?;
         if self.realtime.max_append_ms < 20 {
             return invalid("realtime.max_append_ms", "must hold one 20 ms frame");
         }
@@ -714,6 +817,18 @@ mod tests {
         assert!(err.to_string().contains("server.keep_alive_ms"), "{err}");
         let err = Config::from_toml("[llm]\nhistory_total_bytes = 1").unwrap_err();
         assert!(err.to_string().contains("llm.history_total_bytes"), "{err}");
+    }
+
+    #[test]
+    fn cluster_keys_are_validated_by_name() {
+        assert!(!Config::default().cluster.enabled(), "off by default");
+        let err = Config::from_toml("[cluster]\nnode_name = \"a b\"").unwrap_err();
+        assert!(err.to_string().contains("cluster.node_name"), "{err}");
+        let err = Config::from_toml("[cluster]\nevents_channel = \"x\\\"y\"").unwrap_err();
+        assert!(err.to_string().contains("cluster.events_channel"), "{err}");
+        let err =
+            Config::from_toml("[cluster]\nheartbeat_ms = 1000\nnode_ttl_ms = 1500").unwrap_err();
+        assert!(err.to_string().contains("cluster.node_ttl_ms"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`server`]: binds, runs and drains a server; [`http`]: its routes.
 //! - [`registry`]: the live-conversation map and lifecycle event broadcast.
+//! - [`cluster`]: several nodes on one Redis: lifecycle events on a channel and a
+//!   stream, one lease per conversation, heartbeats and lost-node reports.
 //! - [`actors`]: the session transport, the conversation supervisor and its children.
 //! - [`audio`]: PCM, Opus, resampling, speech segmentation, WAV.
 //! - [`workers`]: the thread pools that keep blocking work off actix arbiters.
@@ -21,6 +23,7 @@ pub mod admission;
 pub mod audio;
 #[cfg(feature = "bench-client")]
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod fuzzing;
 pub mod http;

@@ -4,7 +4,7 @@
 //! published once in its `connection_disconnected` event. The close code a client sees is
 //! derived from the same value, so the event and the socket never disagree.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// WebSocket close codes used by hearken (RFC 6455 plus the private 4000 range).
 pub mod close_code {
@@ -27,7 +27,7 @@ pub mod close_code {
 }
 
 /// The cause a conversation ended with, as published on the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitReason {
     /// Close frame from the client, dropped TCP, or an abandoned handshake.

@@ -15,7 +15,9 @@ use prometheus::{
 
 use crate::lifecycle::ExitReason;
 
+mod cluster;
 mod latency;
+pub use cluster::ClusterMetrics;
 pub use latency::{LatencyMetrics, Preemptive, TurnStage};
 
 /// Teardown histogram buckets in seconds: the target is p99 < 5 ms, so resolve well below it.
@@ -149,6 +151,8 @@ pub struct Metrics {
     pub write_stalls: IntCounter,
     /// Conversation histories evicted to stay within the store's bounds.
     pub history_evictions: IntCounter,
+    /// The Redis bridge, leases and heartbeats (zero when the cluster is off).
+    pub cluster: ClusterMetrics,
 }
 
 impl Metrics {
@@ -280,6 +284,7 @@ impl Metrics {
                 "hearken_history_evictions_total",
                 "Conversation histories evicted to stay within the store's bounds",
             ),
+            cluster: ClusterMetrics::new(),
             registry,
         };
         metrics.register_all();
@@ -321,6 +326,7 @@ impl Metrics {
             let _ = self.registry.register(collector);
         }
         self.latency.register(&self.registry);
+        self.cluster.register(&self.registry);
     }
 
     /// Live actors of one kind (for tests and the bench client's summaries).

@@ -86,6 +86,15 @@ struct Deregister {
     ended_at: Instant,
 }
 
+/// End a conversation's live session, if this registry holds one (another node took
+/// the conversation over, or this node's cluster lease was lost). Answers whether it did.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "bool")]
+pub struct EndConversation {
+    pub conversation_id: Uuid,
+    pub reason: ExitReason,
+}
+
 /// Mark whether a conversation's TTS is speaking (shown on `/v1/conversations`).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -336,6 +345,7 @@ impl Registry {
             reason: None,
             ended_at: None,
             gauge: Some(GaugeGuard::new(self.metrics.conversations.clone())),
+            attachment: None,
         };
         if let Err(Ok(mut lease)) = request.reply.send(Ok(lease)) {
             // The session went away while it waited; it never started a tree.
@@ -452,6 +462,21 @@ impl Handler<Deregister> for Registry {
     }
 }
 
+impl Handler<EndConversation> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: EndConversation, _: &mut Context<Self>) -> bool {
+        let Some(entry) = self.entries.get_mut(&msg.conversation_id) else {
+            return false;
+        };
+        if !entry.ending {
+            entry.ending = true;
+            entry.session.do_send(EndSession { reason: msg.reason });
+        }
+        true
+    }
+}
+
 impl Handler<SetTtsActive> for Registry {
     type Result = ();
 
@@ -528,6 +553,18 @@ pub struct Lease {
     /// Released before the deregistration is sent, so the gauge is down by the time
     /// anyone sees the disconnect event.
     gauge: Option<GaugeGuard>,
+    /// Held for the conversation's life and dropped after the deregistration is sent
+    /// (e.g. the conversation's cluster claim).
+    attachment: Option<Attachment>,
+}
+
+/// Something a lease keeps alive until its conversation is gone.
+pub struct Attachment(#[allow(dead_code)] Box<dyn std::any::Any + Send>);
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attachment")
+    }
 }
 
 impl Lease {
@@ -551,6 +588,12 @@ impl Lease {
     pub fn exit_reason(&self) -> Option<ExitReason> {
         self.reason
     }
+
+    /// Keep `value` until the conversation is gone: it is dropped after the lease has
+    /// sent its deregistration, so its own `Drop` runs after the local teardown.
+    pub fn attach(&mut self, value: impl std::any::Any + Send) {
+        self.attachment = Some(Attachment(Box::new(value)));
+    }
 }
 
 impl Drop for Lease {
@@ -568,6 +611,7 @@ impl Drop for Lease {
             reason,
             ended_at: self.ended_at.unwrap_or_else(Instant::now),
         });
+        self.attachment.take();
     }
 }
 

@@ -18,6 +18,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::write_stall::ConnectionSocket;
 use crate::admission::Admission;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::{demo::DemoPage, events, ops, realtime, ws, AppState, ServerStatus};
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Services(#[from] crate::services::ServicesError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -56,6 +59,9 @@ pub struct Server {
     http: actix_web::dev::ServerHandle,
     running: tokio::task::JoinHandle<std::io::Result<()>>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// The Redis bridge's tasks, when the cluster is on. Its node task is an event
+    /// sink: shutdown's event flush waits for it to publish every disconnect.
+    cluster: Option<Cluster>,
 }
 
 impl Server {
@@ -63,7 +69,9 @@ impl Server {
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let registry = Registry::start_new(Arc::clone(&metrics));
-        let services = Services::new(Arc::clone(&config), metrics, registry)?;
+        let cluster = Cluster::start(&config, &registry, &metrics)?;
+        let handle = cluster.as_ref().map(Cluster::handle);
+        let services = Services::new(Arc::clone(&config), metrics, registry, handle)?;
         let admission = Admission::new(
             config.server.max_sessions,
             config.server.max_sessions_per_ip,
@@ -91,6 +99,7 @@ impl Server {
                 .route("/v1/realtime", web::get().to(realtime::upgrade))
                 .route("/v1/events", web::get().to(events::events))
                 .route("/v1/conversations", web::get().to(ops::conversations))
+                .route("/v1/cluster", web::get().to(ops::cluster))
                 .route("/health", web::get().to(ops::health))
                 .route("/ready", web::get().to(ops::ready))
                 .route("/metrics", web::get().to(ops::metrics))
@@ -137,6 +146,7 @@ impl Server {
             http: handle,
             running,
             sweeper,
+            cluster,
         })
     }
 
@@ -180,6 +190,9 @@ impl Server {
                 "drain deadline passed with event sinks still sending"
             );
             outcome = DrainOutcome::DeadlineExceeded;
+        }
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
         }
         self.http.stop(true).await;
         self.sweeper.abort();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::ClusterHandle;
 use crate::config::{Config, LlmBackendKind, TurnMode, VadEngine};
 use crate::llm::backend::{EmbeddedBackend, LlmBackend};
 use crate::llm::breaker::CircuitBreaker;
@@ -88,6 +89,9 @@ pub struct Services {
     pub tts: Option<TtsService>,
     /// Conversation histories; they outlive sessions.
     pub conversations: Arc<ConversationStore>,
+    /// The Redis cluster, when `cluster.redis_url` is set: sessions take their
+    /// conversation's lease through it.
+    pub cluster: Option<ClusterHandle>,
     pub readiness: Arc<Readiness>,
 }
 
@@ -96,6 +100,7 @@ impl Services {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         registry: RegistryHandle,
+        cluster: Option<ClusterHandle>,
     ) -> Result<Arc<Self>, ServicesError> {
         let workers = &config.workers;
         let depth = workers.queue_depth;
@@ -207,6 +212,7 @@ impl Services {
             llm,
             tts,
             conversations,
+            cluster,
             readiness,
         }))
     }

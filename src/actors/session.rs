@@ -4,8 +4,9 @@
 //! and audio and the conversation's events into frames; the session carries them out,
 //! enforces the idle timeout, frame limits and flood control, and closes the socket
 //! with the right code. It holds no pipeline state. On start it asks the registry for a lease (waiting out a
-//! superseded predecessor, at most `session.register_timeout_ms`), then starts its
-//! conversation. However it ends — Close frame, dropped TCP, timeout, a write stall (the
+//! superseded predecessor, at most `session.register_timeout_ms`; in a cluster, first
+//! the conversation's lease in Redis, ending a session of it on another node), then
+//! starts its conversation. However it ends — Close frame, dropped TCP, timeout, a write stall (the
 //! watchdog in `write_stall.rs` drops it), a supervisor's request, a panic — its `Drop`
 //! tells the conversation, which then tears the tree down.
 //!
@@ -33,8 +34,38 @@ use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::{
     Action, ErrorCode, Fault, Outbox, PipelineEvent, SessionParams, SessionStart, Wire,
 };
-use crate::registry::{EndSession, RegisterError};
+use crate::registry::{EndSession, Lease, RegisterError};
 use crate::services::Services;
+
+/// The conversation's lease: in a cluster first its Redis lease (the claim then rides
+/// with the registry lease, so it ends after the local teardown), then the registry's.
+/// True when the conversation was taken over from another node. Dropping the future
+/// withdraws both requests.
+fn register(
+    services: &Services,
+    conversation_id: uuid::Uuid,
+    client_id: String,
+    session: Recipient<EndSession>,
+) -> impl std::future::Future<Output = Result<(Lease, bool), RegisterError>> + 'static {
+    let registry = services.registry.clone();
+    let cluster = services.cluster.clone();
+    async move {
+        let claim = match &cluster {
+            Some(cluster) => Some(cluster.acquire(conversation_id).await),
+            None => None,
+        };
+        let mut lease = registry
+            .register(conversation_id, client_id, session)
+            .await?;
+        let taken_over = claim
+            .as_ref()
+            .is_some_and(|c| c.grant() == crate::cluster::Grant::TakenOver);
+        if let Some(claim) = claim {
+            lease.attach(claim.granted());
+        }
+        Ok((lease, taken_over))
+    }
+}
 
 pub struct SessionActor {
     params: SessionParams,
@@ -60,6 +91,8 @@ pub struct SessionActor {
     /// Set by the write-stall watchdog; read by the conversation link on drop.
     stall: Rc<StallSignal>,
     exit: Option<ExitReason>,
+    /// The conversation was taken over from another node of the cluster.
+    taken_over: bool,
     _permit: Permit,
     _live: GaugeGuard,
 }
@@ -111,6 +144,7 @@ impl SessionActor {
             bad_audio,
             stall,
             exit: None,
+            taken_over: false,
             _permit: permit,
             _live: live,
         }
@@ -328,8 +362,10 @@ impl SessionActor {
         lease: crate::registry::Lease,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        // Resumed: it took over a live session, or its history is still kept.
+        // Resumed: it took over a live session (here or on another node), or its
+        // history is still kept.
         let resumed = lease.resumed()
+            || self.taken_over
             || self
                 .services
                 .conversations
@@ -381,7 +417,8 @@ impl Actor for SessionActor {
         // Wait (frames stay unread) until the registry grants the conversation: a
         // superseded predecessor is fully torn down before this tree starts. The wait is
         // bounded; giving up drops the request, which withdraws it.
-        let request = self.services.registry.register(
+        let request = register(
+            &self.services,
             self.params.conversation_id,
             self.params.client_id.clone(),
             ctx.address().recipient(),
@@ -391,7 +428,10 @@ impl Actor for SessionActor {
             tokio::time::timeout(bound, request)
                 .into_actor(self)
                 .map(|answer, act, ctx| match answer {
-                    Ok(Ok(lease)) => act.start_conversation(lease, ctx),
+                    Ok(Ok((lease, taken_over))) => {
+                        act.taken_over = taken_over;
+                        act.start_conversation(lease, ctx)
+                    }
                     Ok(Err(RegisterError::Superseded)) => {
                         act.end(ExitReason::Superseded, close_code::SUPERSEDED, ctx)
                     }

@@ -37,6 +37,31 @@ impl TokenQuery {
     }
 }
 
+/// `GET /v1/cluster`: this node's id and every node with its live sessions (404 when
+/// the cluster is off, 503 while Redis is unreachable).
+pub async fn cluster(
+    req: HttpRequest,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !authorised(&req, query.token(), &state.services.config) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let Some(cluster) = &state.services.cluster else {
+        return HttpResponse::NotFound()
+            .json(serde_json::json!({ "error": { "code": "cluster_off" } }));
+    };
+    match cluster.nodes().await {
+        Ok(nodes) => HttpResponse::Ok().json(serde_json::json!({
+            "node_id": cluster.node_id(),
+            "nodes": nodes,
+        })),
+        Err(error) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "error": { "code": "redis_unavailable", "message": error.to_string() }
+        })),
+    }
+}
+
 pub async fn conversations(
     req: HttpRequest,
     query: web::Query<TokenQuery>,

@@ -29,7 +29,7 @@ pub struct KvState {
 impl KvState {
     pub(super) fn new(layers: usize) -> Self {
         KvState {
-            layers: vec![Arc::new(LayerKv::default()); layers],
+            layers: (0..layers).map(|_| Arc::new(LayerKv::default())).collect(),
             len: 0,
         }
     }
@@ -192,7 +192,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 * 0.37 + seed).sin())).collect()
+        (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
     }
 
     /// Reading rows in one chunk or one at a time gives the same bits.
