@@ -87,7 +87,8 @@ impl Protocol {
     }
 
     /// What a session sends before its audio: the Realtime session's settings (24 kHz
-    /// PCM both ways, spoken replies, transcripts on).
+    /// PCM both ways, transcripts on). The reply modality is left at the server's
+    /// default (spoken, unless its TTS is off: a VAD-only server would refuse audio).
     pub fn hello(self, turn: RealtimeTurn) -> Option<Message> {
         let Protocol::Realtime = self else {
             return None;
@@ -99,7 +100,7 @@ impl Protocol {
             RealtimeTurn::ServerVad => input["turn_detection"] = json!({"type": "server_vad"}),
             RealtimeTurn::SemanticVad => input["turn_detection"] = json!({"type": "semantic_vad"}),
         }
-        let session = json!({"type": "realtime", "output_modalities": ["audio"],
+        let session = json!({"type": "realtime",
             "audio": {"input": input, "output": {"format": pcm}}});
         Some(Message::text(
             json!({"type": "session.update", "session": session}).to_string(),
@@ -298,6 +299,10 @@ mod tests {
         assert_eq!(session["audio"]["input"]["format"]["rate"], 24_000);
         assert_eq!(session["audio"]["output"]["format"]["type"], "audio/pcm");
         assert!(session["audio"]["input"]["transcription"].is_object());
+        assert!(
+            session.get("output_modalities").is_none(),
+            "the server's own: a server without TTS refuses audio"
+        );
         assert!(
             session["audio"]["input"].get("turn_detection").is_none(),
             "the server's default"
