@@ -444,8 +444,9 @@ pub struct RealtimeConfig {
     /// Largest WebSocket frame on `/v1/realtime`: events carry base64 audio, so it is
     /// larger than `session.max_frame_bytes`; bigger frames close the session (1009).
     pub max_event_bytes: usize,
-    /// Most audio one `input_audio_buffer.append` may carry, in ms; more is refused
-    /// with an `error` event and the session goes on.
+    /// Most audio one `input_audio_buffer.append` (or one user message created with
+    /// its audio) may carry, in ms; more is refused with an `error` event and the
+    /// session goes on.
     pub max_append_ms: u64,
 }
 

@@ -22,7 +22,8 @@ enum Command {
         #[arg(long, env = "HEARKEN_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Load-test a hearken server over its native protocol.
+    /// Load-test a hearken server over its native protocol (or, for `streams` and `ramp`,
+    /// the OpenAI Realtime API).
     #[cfg(feature = "bench-client")]
     #[command(subcommand)]
     Bench(Box<hearken::bench::BenchCommand>),

@@ -441,3 +441,109 @@ async fn clear_forgets_the_uncommitted_audio() {
         "input_audio_buffer_commit_empty"
     );
 }
+
+/// 24 kHz PCM16 bytes of a 16 kHz fixture, as a Realtime client sends it.
+fn pcm_24k(name: &str) -> Vec<u8> {
+    let (speech, rate) = fixture(name);
+    let floats: Vec<f32> = speech.iter().map(|&s| f32::from(s) / 32768.0).collect();
+    let resampled = model_support::resample(&floats, rate as usize, 24_000);
+    let samples: Vec<i16> = resampled
+        .iter()
+        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
+        .collect();
+    pcm_bytes(&samples)
+}
+
+/// A user message created with its audio (`input_audio` without a transcript) is heard
+/// by the conversation's recogniser: added, transcribed, done, stored with its words,
+/// and answered by the `response.create` sent right after it.
+#[tokio::test]
+async fn an_item_created_with_audio_is_transcribed_and_answered() {
+    let upstream = fake_llm(Upstream::Quick).await;
+    let server = TestServer::start(replying(&upstream.base_url));
+    let before = server.gauges();
+    let mut events = server.events();
+    let (mut ws, created) = open(&server.realtime_url("")).await;
+    send_json(
+        &mut ws,
+        json!({"type": "session.update", "session": {"output_modalities": ["text"],
+            "audio": {"input": {"turn_detection": null, "transcription": {"model": "whisper-1"}}}}}),
+    )
+    .await;
+    next_event_of(&mut ws, "session.updated").await;
+    let audio = b64(&pcm_24k("turns/capital.wav"));
+    let item = json!({"type": "conversation.item.create", "event_id": "a1", "item": {
+        "id": "asked", "type": "message", "role": "user",
+        "content": [{"type": "input_audio", "audio": audio}]}});
+    send_json(&mut ws, item.clone()).await;
+    send_json(&mut ws, json!({"type": "response.create"})).await;
+
+    let added = next_event_of(&mut ws, "conversation.item.added").await;
+    assert_eq!(added["item"]["id"], "asked", "{added}");
+    assert_eq!(added["item"]["content"][0]["type"], "input_audio");
+    let completed = next_event_of(
+        &mut ws,
+        "conversation.item.input_audio_transcription.completed",
+    )
+    .await;
+    assert_eq!(completed["item_id"], "asked");
+    let transcript = completed["transcript"].as_str().unwrap().to_string();
+    let reference = "What is the capital city of France?";
+    assert!(
+        model_support::wer(reference, &transcript) <= 0.2,
+        "{transcript:?}"
+    );
+    let done = next_event_of(&mut ws, "conversation.item.done").await;
+    assert_eq!(done["item"]["id"], "asked");
+    assert_eq!(
+        done["item"]["content"][0]["transcript"],
+        transcript.as_str()
+    );
+    let finished = next_event_of(&mut ws, "response.done").await;
+    assert_eq!(finished["response"]["status"], "completed", "{finished}");
+    // The reply waited for the words: the model read them as the user's last message.
+    let request = upstream.requests.lock().unwrap().last().cloned().unwrap();
+    let last = request["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["role"].as_str(), last["content"].as_str()),
+        (Some("user"), Some(transcript.as_str()))
+    );
+    // Stored with its words, as a spoken item.
+    send_json(
+        &mut ws,
+        json!({"type": "conversation.item.retrieve", "item_id": "asked"}),
+    )
+    .await;
+    let retrieved = next_event_of(&mut ws, "conversation.item.retrieved").await;
+    let content = &retrieved["item"]["content"][0];
+    assert_eq!(content["type"], "input_audio");
+    assert_eq!(content["transcript"], transcript.as_str());
+
+    // The same id again, and audio that is not whole samples: errors, and on it goes.
+    send_json(&mut ws, item).await;
+    let error = error_of(&mut ws).await;
+    assert_eq!(
+        (error["code"].as_str(), error["event_id"].as_str()),
+        (Some("invalid_item"), Some("a1"))
+    );
+    send_json(
+        &mut ws,
+        json!({"type": "conversation.item.create", "event_id": "a2", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": b64(&[1, 2, 3])}]}}),
+    )
+    .await;
+    let error = error_of(&mut ws).await;
+    assert_eq!(
+        (error["code"].as_str(), error["param"].as_str()),
+        (Some("invalid_audio"), Some("item.content[0].audio"))
+    );
+    send_close(&mut ws).await;
+    let (reason, _) = disconnect_of(&mut events, &conversation_of(&created)).await;
+    assert_eq!(reason, "client_disconnect");
+    assert_eq!(server.gauges(), before);
+}

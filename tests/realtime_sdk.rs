@@ -5,7 +5,8 @@
 //! every event it receives against the SDK's own types; this test starts the server
 //! (replies from a local OpenAI-compatible fake, speech from Piper), runs the
 //! scenarios, and makes the assertions: the user's words, a spoken reply whose audio
-//! says its transcript (heard back by Moonshine), manual turns, text replies, a cancel
+//! says its transcript (heard back by Moonshine), manual turns, text replies, a user
+//! message created with its audio (heard and answered), a cancel
 //! that stops the audio, a truncation, and a dropped connection, each session ending
 //! in exactly one `client_disconnect` with every gauge back where it started.
 
@@ -193,6 +194,33 @@ async fn the_official_openai_sdk_speaks_with_hearken() {
     assert_eq!(text["text_done"], REPLY);
     assert_eq!(text["audio_bytes"], 0);
     conversations.push(text["conversation_id"].as_str().unwrap().to_string());
+
+    // A user message created with its audio: heard by the server's recogniser, and the
+    // reply asked for right after it answers its words.
+    let item = scenario(&python, port, "item_audio", &audio, &out).await;
+    assert_eq!(item["added_content"]["type"], "input_audio", "{item}");
+    assert_eq!(item["added_content"]["transcript"], Value::Null);
+    assert_eq!(item["same_item"], true);
+    let heard_item = item["transcript"].as_str().unwrap();
+    assert!(
+        model_support::wer(&fox, heard_item) <= 0.2,
+        "{heard_item:?}"
+    );
+    assert_eq!(item["done_transcript"], heard_item);
+    assert_eq!(item["status"], "completed", "{item}");
+    assert_eq!(item["text"], REPLY);
+    let request = upstream.requests.lock().unwrap().last().cloned().unwrap();
+    let asked = request["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        asked["content"], heard_item,
+        "the model read the item's words"
+    );
+    conversations.push(item["conversation_id"].as_str().unwrap().to_string());
 
     // A reply that goes on until cancelled: cancelled, and no audio after it.
     *upstream.mode.lock().unwrap() = Upstream::Endless;

@@ -93,6 +93,18 @@ pub struct Transcribe {
     pub kind: SegmentKind,
 }
 
+/// The audio of a spoken item a client created, for the recogniser: decoded,
+/// resampled and transcribed whole on its worker, answered with
+/// [`ChildEvent::ItemTranscript`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TranscribeItem {
+    pub item_id: ItemId,
+    /// Whole samples in `format`.
+    pub audio: Bytes,
+    pub format: AudioFormat,
+}
+
 /// What a segment handed to the recogniser is (see `audio::segmenter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentKind {
@@ -259,6 +271,12 @@ pub enum ChildEvent {
     },
     /// The final segment ending at `audio_ms` will have no transcript.
     TranscriptFailed { audio_ms: u64, message: String },
+    /// The transcript of a spoken item (empty: no words), or why there is none.
+    ItemTranscript {
+        item_id: ItemId,
+        text: Result<String, String>,
+        stt_ms: u64,
+    },
     /// A flush found no speech to hand on.
     NothingToCommit,
     /// A piece of the reply being generated.

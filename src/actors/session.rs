@@ -32,7 +32,7 @@ use crate::audio::opus_codec::packet_samples;
 use crate::lifecycle::{close_code, ExitReason};
 use crate::metrics::{ActorKind, BadInput, GaugeGuard};
 use crate::protocol::{
-    Action, ErrorCode, Fault, Outbox, PipelineEvent, SessionParams, SessionStart, Wire,
+    Action, Command, ErrorCode, Fault, Outbox, PipelineEvent, SessionParams, SessionStart, Wire,
 };
 use crate::registry::{EndSession, Lease, RegisterError};
 use crate::services::Services;
@@ -220,6 +220,9 @@ impl SessionActor {
                     self.coalescer.set_format(format);
                 }
                 Action::Command(command) => {
+                    if !self.admit_item_audio(&command, ctx) {
+                        continue;
+                    }
                     // Commands follow the audio sent before them (a commit above all).
                     self.hand_on_partial(ctx);
                     if let Some(conversation) = self.conversation.as_ref() {
@@ -267,6 +270,33 @@ impl SessionActor {
         if !corrupt && self.take_token(ctx) {
             ctx.text(self.wire.error_text(code, message));
         }
+    }
+
+    /// A spoken item's audio costs the models what streamed audio costs: it is paced by
+    /// the same budget (false: refused, with an error).
+    fn admit_item_audio(
+        &mut self,
+        command: &Command,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> bool {
+        let Command::AddSpokenItem { audio, format, .. } = command else {
+            return true;
+        };
+        if self
+            .audio_budget
+            .admit(format.bytes_to_ms(audio.len()) as f64)
+        {
+            return true;
+        }
+        let speed = self.services.config.session.max_audio_speed;
+        let message = format!("audio arrives faster than {speed}x real time; item refused");
+        self.reject(
+            BadInput::AudioTooFast,
+            ErrorCode::AudioTooFast,
+            &message,
+            ctx,
+        );
+        false
     }
 
     fn on_audio(&mut self, data: Bytes, ctx: &mut ws::WebsocketContext<Self>) {

@@ -19,6 +19,8 @@
 //! instead of producing token by token (`Moonshine::transcribe_guided`), so the draft
 //! that matters, the one at the final pause, mostly just confirms what is known.
 
+mod item;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

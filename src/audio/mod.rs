@@ -1,6 +1,7 @@
 //! Audio plumbing: PCM framing, Opus, resampling, speech segmentation, WAV files.
 //! Everything here is plain synchronous code that runs on worker threads.
 
+pub mod clip;
 pub mod coalesce;
 pub mod g711;
 pub mod ingest;

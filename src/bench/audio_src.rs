@@ -77,11 +77,6 @@ impl AudioLoop {
         };
         Ok(AudioLoop { frames })
     }
-
-    /// Audio length of one pass through the loop.
-    pub fn duration_ms(&self) -> u64 {
-        self.frames.len() as u64 * FRAME_MS
-    }
 }
 
 /// A WAV file as mono f32 samples in [-1, 1], with its sample rate.
@@ -106,4 +101,37 @@ fn read_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32)> {
         .map(|frame| frame.iter().sum::<f32>() / channels as f32)
         .collect();
     Ok((mono, spec.sample_rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16 kHz fixture sent at 24 kHz (as Realtime sessions send it): resampled to the
+    /// same length of audio, in 960-byte frames, followed by the gap's silence.
+    #[test]
+    fn a_fixture_is_resampled_to_the_session_rate_and_framed() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/turns/moon.wav");
+        let (clip, rate) = read_wav(&path).expect("fixture");
+        assert_eq!(rate, 16_000);
+        let clip_ms = clip.len() as u64 * 1000 / 16_000;
+        let audio = AudioLoop::load(&[path], Codec::Pcm16, 24_000, 1.0).expect("loads");
+        assert!(audio.frames.iter().all(|f| f.len() == 960));
+        let loop_ms = audio.frames.len() as u64 * FRAME_MS;
+        assert!(
+            loop_ms.abs_diff(clip_ms + 1000) <= FRAME_MS,
+            "{loop_ms} ms for {clip_ms} ms of speech and 1 s of gap"
+        );
+        let samples = |f: &Bytes| -> Vec<i16> {
+            f.chunks_exact(2)
+                .map(|p| i16::from_le_bytes([p[0], p[1]]))
+                .collect()
+        };
+        let loud = audio.frames[..audio.frames.len() / 2]
+            .iter()
+            .any(|f| samples(f).iter().any(|s| s.unsigned_abs() > 3000));
+        assert!(loud, "the speech survives");
+        let last = audio.frames.last().expect("frames");
+        assert!(samples(last).iter().all(|&s| s == 0), "the gap is silence");
+    }
 }

@@ -11,7 +11,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
+use tokio_tungstenite::tungstenite::Message;
+
 use super::audio_src::{AudioLoop, Codec, FRAME_MS};
+use super::protocol::{Protocol, RealtimeTurn, REALTIME_RATE};
 use super::session::{self, Hysteresis, Shared, StreamPlan};
 
 /// Options every streaming command shares.
@@ -25,9 +28,18 @@ pub struct StreamOpts {
     pub audio: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = Codec::Pcm16)]
     pub codec: Codec,
-    /// Session sample rate (Hz); the files are resampled to it.
+    /// Session sample rate (Hz) of native sessions; the files are resampled to it.
+    /// Realtime sessions always send 24 kHz (`audio/pcm`).
     #[arg(long, default_value_t = 16_000)]
     pub sample_rate: u32,
+    /// Protocol: `native` (`--url .../v1/ws`) or `realtime` (the OpenAI Realtime API,
+    /// `--url .../v1/realtime`: base64 PCM16 at 24 kHz in `input_audio_buffer.append`).
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    pub protocol: Protocol,
+    /// Realtime turn detection: the server's default (as native sessions get it),
+    /// `server-vad` or `semantic-vad`.
+    #[arg(long, value_enum, default_value_t = RealtimeTurn::Default)]
+    pub realtime_turn: RealtimeTurn,
     /// Audio seconds sent per wall-clock second.
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
@@ -51,10 +63,21 @@ pub struct StreamOpts {
     pub metrics_url: Option<String>,
 }
 
+impl StreamOpts {
+    /// The sample rate the sessions send.
+    pub fn rate(&self) -> u32 {
+        match self.protocol {
+            Protocol::Native => self.sample_rate,
+            Protocol::Realtime => REALTIME_RATE,
+        }
+    }
+}
+
 /// Starts sessions, each with a fresh conversation and its own place in the audio loop.
 pub struct Launcher {
     opts: StreamOpts,
-    audio: Arc<AudioLoop>,
+    /// The loop as messages of the protocol, built once for every session.
+    audio: Arc<Vec<Message>>,
     pub shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     pub started: usize,
@@ -68,10 +91,19 @@ impl Launcher {
     ) -> anyhow::Result<Launcher> {
         anyhow::ensure!(opts.speed > 0.0, "--speed must be positive");
         anyhow::ensure!(opts.gap >= 0.0, "--gap must not be negative");
-        let audio = AudioLoop::load(&opts.audio, opts.codec, opts.sample_rate, opts.gap)?;
+        anyhow::ensure!(
+            opts.protocol == Protocol::Native || opts.codec == Codec::Pcm16,
+            "Realtime sessions send PCM16 (`--codec pcm16`)"
+        );
+        let audio = AudioLoop::load(&opts.audio, opts.codec, opts.rate(), opts.gap)?;
+        let messages = audio
+            .frames
+            .iter()
+            .map(|frame| opts.protocol.audio_message(frame))
+            .collect();
         Ok(Launcher {
             opts: opts.clone(),
-            audio: Arc::new(audio),
+            audio: Arc::new(messages),
             shared,
             stop,
             started: 0,
@@ -90,20 +122,22 @@ impl Launcher {
             sleep_until(begin + spread.mul_f64(i as f64 / count.max(1) as f64)).await;
             let index = self.started;
             self.started += 1;
-            let url = super::session_url(
-                &self.opts.url,
-                &[
-                    ("codec", self.opts.codec.as_str().to_string()),
-                    ("sample_rate", self.opts.sample_rate.to_string()),
-                    ("conversation_id", uuid::Uuid::new_v4().to_string()),
-                    ("client_id", format!("bench-{index}")),
-                ],
-            )?;
+            let mut params = vec![
+                ("conversation_id", uuid::Uuid::new_v4().to_string()),
+                ("client_id", format!("bench-{index}")),
+            ];
+            if self.opts.protocol == Protocol::Native {
+                params.push(("codec", self.opts.codec.as_str().to_string()));
+                params.push(("sample_rate", self.opts.sample_rate.to_string()));
+            }
+            let url = super::session_url(&self.opts.url, &params)?;
             // Golden-ratio offsets: sessions are spread over the loop, not in lockstep.
-            let frames = self.audio.frames.len();
+            let frames = self.audio.len();
             let offset = ((index as f64 * 0.618_034).fract() * frames as f64) as usize;
             set.spawn(session::run(StreamPlan {
                 url,
+                protocol: self.opts.protocol,
+                turn: self.opts.realtime_turn,
                 audio: Arc::clone(&self.audio),
                 offset,
                 period: Duration::from_millis(FRAME_MS).div_f64(self.opts.speed),
@@ -120,7 +154,7 @@ impl Launcher {
     }
 
     pub fn loop_ms(&self) -> u64 {
-        self.audio.duration_ms()
+        self.audio.len() as u64 * FRAME_MS
     }
 }
 

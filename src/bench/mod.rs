@@ -1,7 +1,8 @@
 //! The bundled load-test client: `hearken bench <streams|ramp|churn|idle|abuse|soak> ...`.
 //!
 //! It talks to a running server only through its public surface (the native WebSocket
-//! protocol of DESIGN.md §3, `GET /metrics`) and, when given the server's pid, through
+//! protocol of DESIGN.md §3 or, for `streams` and `ramp` with `--protocol realtime`, the
+//! OpenAI Realtime API; `GET /metrics`) and, when given the server's pid, through
 //! `/proc`. Each subcommand lives in its own file:
 //! - [`streams`]: N sessions streaming WAV audio in real time; VAD-event lag,
 //!   end-of-speech → transcript and → first reply audio latency, the server's own stage
@@ -15,7 +16,7 @@
 //! - [`soak`]: streams, churn and hostile clients for a long time; RSS slope and leaks.
 //!
 //! Support: [`audio_src`] (WAV → frames), [`launcher`] and [`session`] (streaming
-//! clients), [`attackers`] (the hostile clients), [`leaks`] (gauges, FDs and threads
+//! clients), [`protocol`] (what each protocol sends and what its events mean), [`attackers`] (the hostile clients), [`leaks`] (gauges, FDs and threads
 //! before and after), [`replies`] (pairing replies with the speech they answer, their outcomes and
 //! the server's stage times), [`stats`] (latency histograms), [`plot`] (`--plot` SVG
 //! charts), [`metrics_scrape`] (Prometheus text and `/proc`), [`progress`] (the live line
@@ -32,6 +33,7 @@ mod leaks;
 mod metrics_scrape;
 mod plot;
 mod progress;
+mod protocol;
 mod ramp;
 mod replies;
 mod session;

@@ -1,6 +1,7 @@
-//! One streaming bench session: connect, wait for `session.started`, send the shared audio
-//! loop on a fixed real-time schedule, and time every server event against the moment the
-//! audio it names was sent. The writer and the reader run as two halves of one task, so a
+//! One streaming bench session: connect, wait for the server's first event, send the
+//! shared audio loop on a fixed real-time schedule (in the protocol's framing, see
+//! `protocol.rs`), and time every server event against the moment the audio it names
+//! was sent. The writer and the reader run as two halves of one task, so a
 //! send held up by backpressure never delays the timestamp of an arriving event. Replies
 //! (text, `response.audio.started`, audio frames) are paired with the speech they answer
 //! by a [`ReplyTracker`] and timed from its voice end; the server's own stage times of a
@@ -13,13 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::audio_src::{AudioLoop, FRAME_MS};
-use super::replies::{take_stop, ReplyEvent, ReplyNote, ReplyStages, ReplyTracker};
+use super::audio_src::FRAME_MS;
+use super::protocol::{Heard, Protocol, Reader, RealtimeTurn};
+use super::replies::{take_stop, ReplyNote, ReplyStages, ReplyTracker};
 use super::stats::{Hist, Window};
 use super::wsconn::{self, stopped};
 
@@ -42,7 +44,11 @@ pub struct Hysteresis {
 /// One session's orders.
 pub struct StreamPlan {
     pub url: String,
-    pub audio: Arc<AudioLoop>,
+    pub protocol: Protocol,
+    /// Turn detection a Realtime session asks for.
+    pub turn: RealtimeTurn,
+    /// The audio loop, one message per 20 ms frame in the protocol's framing.
+    pub audio: Arc<Vec<Message>>,
     /// First frame of the loop this session sends (sessions start at different words).
     pub offset: usize,
     /// Time between two frames: 20 ms divided by the speed factor.
@@ -109,7 +115,7 @@ impl State {
 /// Run one session to its end, recording into the shared window.
 pub async fn run(plan: StreamPlan) {
     let shared = Arc::clone(&plan.shared);
-    let ws = match wsconn::open(&plan.url).await {
+    let ws = match wsconn::open_until(&plan.url, plan.protocol.ready_event()).await {
         Ok(ws) => ws,
         Err(wsconn::OpenError::Refused(refusal)) if refusal.is_limit() => {
             return shared.with_window(|w| w.reject(refusal.to_string()))
@@ -153,7 +159,14 @@ where
     S: futures_util::Sink<Message> + Unpin,
 {
     let mut stop = plan.stop.clone();
-    let frames = &plan.audio.frames;
+    let frames = &plan.audio;
+    if let Some(hello) = plan.protocol.hello(plan.turn) {
+        if sink.send(hello).await.is_err() {
+            lock(state).streaming = false;
+            lock(state).close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            return wake.notify_one();
+        }
+    }
     let start = Instant::now();
     let mut ticker = interval_at(start, plan.period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -179,7 +192,7 @@ where
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
-            result = sink.send(Message::Binary(frame)) => if result.is_err() { break },
+            result = sink.send(frame) => if result.is_err() { break },
         }
         let now = Instant::now();
         slip.record(now.saturating_duration_since(start + plan.period * sent as u32));
@@ -201,8 +214,12 @@ where
     if !lock(state).closed_by_server {
         // Flush the last segment, give its transcript (and the first audio of its reply)
         // a bounded time, then leave politely.
-        let end = Message::text(json!({ "type": "audio.end" }).to_string());
-        if sink.send(end).await.is_ok() {
+        let in_speech = lock(state).in_speech;
+        let ended = match plan.protocol.end_of_audio(in_speech) {
+            Some(end) => sink.send(end).await.is_ok(),
+            None => true,
+        };
+        if ended {
             let deadline = Instant::now() + plan.drain;
             while Instant::now() < deadline && draining(state) {
                 sleep(Duration::from_millis(20)).await;
@@ -219,6 +236,7 @@ where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     let shared = &plan.shared;
+    let mut reader = Reader::new(plan.protocol);
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let close_code = loop {
         let deadline = lock(state).close_deadline.unwrap_or(far);
@@ -231,7 +249,8 @@ where
         match msg {
             Some(Ok(Message::Text(text))) => {
                 let event: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                on_event(plan, &event, now, state);
+                let heard = reader.read(&event);
+                on_event(plan, &event, heard, now, state);
             }
             Some(Ok(Message::Binary(audio))) => {
                 let notes = lock(state).replies.audio_frame(now);
@@ -271,73 +290,82 @@ where
     wake.notify_one();
 }
 
-/// Time one server event and count it.
-fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>) {
+/// Time one server event (what it means: `heard`) and count it.
+fn on_event(
+    plan: &StreamPlan,
+    event: &Value,
+    heard: Vec<Heard>,
+    now: Instant,
+    state: &Mutex<State>,
+) {
     let kind = event["type"].as_str().unwrap_or("unknown").to_string();
-    let audio_ms = event["audio_ms"].as_u64().unwrap_or(0);
     let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
     // The server's own stage times of a reply, recorded whether or not the reply pairs
     // with a transcript here: the server timed them from its own voice end.
     let stages = ReplyStages::from_event(event);
-    let mut st = lock(state);
-    let (raw, decision) = match kind.as_str() {
-        "vad.speech_started" | "vad.speech_stopped" => {
-            st.in_speech = kind == "vad.speech_started";
-            let hysteresis = if kind == "vad.speech_started" {
-                plan.hysteresis.min_speech_ms
-            } else {
-                st.pending_stops.push_back((now, audio_ms));
-                if st.pending_stops.len() > MAX_PENDING_STOPS {
-                    // No recogniser is answering (STT disabled): keep the queue bounded.
-                    st.pending_stops.pop_front();
-                }
-                plan.hysteresis.min_silence_ms
-            };
-            if st.streaming {
-                (
-                    since(st.sent_at(audio_ms)),
-                    since(st.sent_at(audio_ms + hysteresis)),
-                )
-            } else {
-                (None, None)
-            }
-        }
-        _ => (None, None),
-    };
+    let mut lags = None;
+    let mut stale = false;
+    let mut transcript = None;
     let mut notes: Vec<ReplyNote> = Vec::new();
-    let transcript = if kind == "transcript.final" {
-        // For a transcript `audio_ms` is its segment's end, padding included.
-        let stop = take_stop(&mut st.pending_stops, audio_ms);
-        let voice_end = st.sent_at(stop.map_or(audio_ms, |(_, ms)| ms));
-        notes = st.replies.transcript(voice_end);
-        Some((
-            stop.map(|(arrived, _)| now.saturating_duration_since(arrived)),
-            since(voice_end),
-        ))
-    } else {
-        None
-    };
-    if let (Some(reply_event), Some(id)) =
-        (reply_event(&kind, event), event["response_id"].as_str())
-    {
-        notes.extend(st.replies.reply_event(now, id, reply_event));
+    let (mut audio_frames, mut audio_bytes) = (0, 0);
+    let mut errors = Vec::new();
+    let mut st = lock(state);
+    for heard in heard {
+        match heard {
+            Heard::SpeechStarted { audio_ms } | Heard::SpeechStopped { audio_ms } => {
+                let started = matches!(heard, Heard::SpeechStarted { .. });
+                st.in_speech = started;
+                let hysteresis = if started {
+                    plan.hysteresis.min_speech_ms
+                } else {
+                    st.pending_stops.push_back((now, audio_ms));
+                    if st.pending_stops.len() > MAX_PENDING_STOPS {
+                        // No recogniser is answering (STT disabled): keep the queue bounded.
+                        st.pending_stops.pop_front();
+                    }
+                    plan.hysteresis.min_silence_ms
+                };
+                if st.streaming {
+                    let raw = since(st.sent_at(audio_ms));
+                    let decision = since(st.sent_at(audio_ms + hysteresis));
+                    match raw.zip(decision) {
+                        Some((raw, decision)) => lags = Some((started, raw, decision)),
+                        None => stale = true,
+                    }
+                }
+            }
+            Heard::Transcript { stop_ms } => {
+                let stop = stop_ms.and_then(|ms| take_stop(&mut st.pending_stops, ms));
+                let voice_end = stop_ms.and_then(|ms| st.sent_at(stop.map_or(ms, |(_, at)| at)));
+                notes.extend(st.replies.transcript(voice_end));
+                transcript = Some((
+                    stop.map(|(arrived, _)| now.saturating_duration_since(arrived)),
+                    since(voice_end),
+                ));
+            }
+            Heard::Reply { id, event } => notes.extend(st.replies.reply_event(now, &id, event)),
+            Heard::Audio { bytes } => {
+                notes.extend(st.replies.audio_frame(now));
+                audio_frames += 1;
+                audio_bytes += bytes;
+            }
+            Heard::Error { code } => errors.push(code),
+        }
     }
-    let streaming = st.streaming;
     drop(st);
     let elapsed = run_time(plan, now);
     plan.shared.with_window(|w| {
-        match (&raw, &decision) {
-            (Some(raw), Some(decision)) => {
-                if kind == "vad.speech_started" {
-                    w.lag_started.record(*raw);
-                } else {
-                    w.lag_stopped.record(*raw);
-                }
-                w.lag_decision.record(*decision);
-                w.timeline.push((elapsed, decision.as_micros() as u64));
+        if let Some((started, raw, decision)) = lags {
+            if started {
+                w.lag_started.record(raw);
+            } else {
+                w.lag_stopped.record(raw);
             }
-            _ if streaming && kind.starts_with("vad.") => w.stale_events += 1,
-            _ => {}
+            w.lag_decision.record(decision);
+            w.timeline.push((elapsed, decision.as_micros() as u64));
+        }
+        if stale {
+            w.stale_events += 1;
         }
         if let Some((after_stop, after_voice)) = transcript {
             if let Some(d) = after_stop {
@@ -348,28 +376,83 @@ fn on_event(plan: &StreamPlan, event: &Value, now: Instant, state: &Mutex<State>
                 w.transcript_after_voice.record(d);
             }
         }
+        w.audio_frames_received += audio_frames;
+        w.audio_bytes_received += audio_bytes;
         for note in notes {
             w.note_reply(note, elapsed);
         }
         if let Some(stages) = &stages {
             w.reply_stages.record(stages);
         }
-        if kind == "error" {
-            let code = event["code"].as_str().unwrap_or("unknown");
+        for code in errors {
             Window::count(&mut w.errors, code);
         }
         Window::count(&mut w.events, kind);
     });
 }
 
-/// The pairing-relevant part of a `response.*` event.
-fn reply_event(kind: &str, event: &Value) -> Option<ReplyEvent> {
-    let cancelled = event["cancelled"].as_bool().unwrap_or(false);
-    Some(match kind {
-        "response.text.delta" => ReplyEvent::TextDelta,
-        "response.done" => ReplyEvent::Done { cancelled },
-        "response.audio.started" => ReplyEvent::AudioStarted,
-        "response.audio.done" => ReplyEvent::AudioDone { cancelled },
-        _ => return None,
-    })
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// On a paused clock: the Realtime hello first, then one frame of the loop every
+    /// 20 ms from the session's offset (wrapping), then a Close once stopped.
+    #[tokio::test(start_paused = true)]
+    async fn frames_go_out_on_the_real_time_schedule_after_the_hello() {
+        let protocol = Protocol::Realtime;
+        let frames: Vec<Message> = (0..3u8)
+            .map(|i| protocol.audio_message(&Bytes::from(vec![i; 960])))
+            .collect();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let plan = StreamPlan {
+            url: String::new(),
+            protocol,
+            turn: RealtimeTurn::Default,
+            audio: Arc::new(frames.clone()),
+            offset: 1,
+            period: Duration::from_millis(FRAME_MS),
+            hysteresis: Hysteresis {
+                min_speech_ms: 100,
+                min_silence_ms: 400,
+            },
+            drain: Duration::from_secs(1),
+            shared: Shared::new(),
+            stop: stop_rx,
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let sink = Box::pin(futures_util::sink::unfold(
+            Arc::clone(&log),
+            move |log, message: Message| async move {
+                let at = Instant::now().saturating_duration_since(start).as_millis();
+                log.lock().unwrap().push((at, message));
+                Ok::<_, Infallible>(log)
+            },
+        ));
+        let state = Mutex::new(State {
+            streaming: true,
+            ..State::default()
+        });
+        let wake = Notify::new();
+        let stopper = async {
+            sleep(Duration::from_millis(110)).await;
+            stop_tx.send(true).expect("the writer listens");
+        };
+        tokio::join!(write_half(&plan, sink, &state, &wake), stopper);
+
+        let log = log.lock().unwrap();
+        let hello = protocol.hello(RealtimeTurn::Default).unwrap();
+        assert_eq!(log[0], (0, hello));
+        let sent: Vec<(u128, Message)> = log[1..log.len() - 1].to_vec();
+        let expected: Vec<(u128, Message)> = (0..6)
+            .map(|k| (20 * k as u128, frames[(1 + k) % 3].clone()))
+            .collect();
+        assert_eq!(sent, expected);
+        assert!(matches!(log.last(), Some((110, Message::Close(_)))));
+        assert_eq!(plan.shared.with_window(|w| w.frames_sent), 6);
+    }
 }

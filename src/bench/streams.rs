@@ -101,7 +101,7 @@ fn streams_plot<'a>(args: &StreamsArgs, w: &'a Window) -> StreamsPlot<'a> {
             args.sessions,
             args.duration,
             args.stream.codec.as_str(),
-            args.stream.sample_rate
+            args.stream.rate()
         ),
         curves: vec![
             ("VAD decision lag", &w.lag_decision),
@@ -148,6 +148,8 @@ pub struct StreamsReport {
     /// The server's own count of refused upgrades over the run, by reason (with
     /// `--metrics-url`).
     pub server_rejected_connections: Option<BTreeMap<String, f64>>,
+    /// `native` or `realtime`.
+    pub protocol: &'static str,
     pub codec: &'static str,
     pub sample_rate: u32,
     pub speed: f64,
@@ -199,6 +201,7 @@ impl StreamsReport {
         both.merge(&w.lag_stopped);
         let behind_reasons = w.behind_reasons();
         let count = |kind: &str| w.events.get(kind).copied().unwrap_or(0);
+        let (stop_event, transcript_event) = args.stream.protocol.stop_and_transcript_events();
         StreamsReport {
             sessions_requested: args.sessions,
             sessions_started: w.sessions_started,
@@ -206,8 +209,9 @@ impl StreamsReport {
             failures: w.failures.clone(),
             sessions_rejected: w.rejected.clone(),
             server_rejected_connections,
+            protocol: args.stream.protocol.as_str(),
             codec: args.stream.codec.as_str(),
-            sample_rate: args.stream.sample_rate,
+            sample_rate: args.stream.rate(),
             speed: args.stream.speed,
             duration_s: args.duration,
             audio_loop_ms,
@@ -226,7 +230,7 @@ impl StreamsReport {
             audio_received: AudioReceived {
                 frames: w.audio_frames_received,
                 bytes: w.audio_bytes_received,
-                seconds: w.audio_received_s(args.stream.codec, args.stream.sample_rate),
+                seconds: w.audio_received_s(args.stream.codec, args.stream.rate()),
             },
             send_slip: w.send_slip.summary(),
             events: w.events.clone(),
@@ -237,8 +241,7 @@ impl StreamsReport {
             behind_reasons,
             lag_trend_ms: w.lag_trend(),
             transcript_trend_ms: w.transcript_trend(),
-            stops_without_transcript: count("vad.speech_stopped")
-                .saturating_sub(count("transcript.final")),
+            stops_without_transcript: count(stop_event).saturating_sub(count(transcript_event)),
             timeline: w.timeline_buckets(),
         }
     }
@@ -300,7 +303,8 @@ impl StreamsReport {
             );
         }
         println!(
-            "audio: {} @ {} Hz, speed {}x, loop {} ms, {} frames sent over {} s",
+            "audio ({} protocol): {} @ {} Hz, speed {}x, loop {} ms, {} frames sent over {} s",
+            self.protocol,
             self.codec,
             self.sample_rate,
             self.speed,
@@ -322,6 +326,8 @@ impl StreamsReport {
             );
         } else if audio_started > 0 {
             println!("server stage times: none (response.audio.started carries no latency_ms)");
+        } else if self.protocol == "realtime" {
+            println!("server stage times: not exposed by the Realtime API (client rows only)");
         }
 
         let r = &self.replies;

@@ -100,6 +100,12 @@ impl std::fmt::Display for Refusal {
 
 /// Connect and wait for `session.started`; on failure, why.
 pub async fn open(url: &str) -> Result<Ws, OpenError> {
+    open_until(url, "session.started").await
+}
+
+/// Connect and wait for the server's first event, `ready` (the Realtime API's is
+/// `session.created`); on failure, why.
+pub async fn open_until(url: &str, ready: &str) -> Result<Ws, OpenError> {
     let failed = |reason: String| Err(OpenError::Failed(reason));
     // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read;
     // with hundreds of sessions that was a third of the bench's CPU. Server messages
@@ -121,7 +127,7 @@ pub async fn open(url: &str) -> Result<Ws, OpenError> {
         while let Some(Ok(msg)) = ws.next().await {
             if let Message::Text(text) = msg {
                 let event: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                if event["type"] == "session.started" {
+                if event["type"] == ready {
                     return true;
                 }
             }
@@ -130,7 +136,7 @@ pub async fn open(url: &str) -> Result<Ws, OpenError> {
     };
     match timeout(CONNECT_TIMEOUT, started).await {
         Ok(true) => Ok(ws),
-        _ => failed("no session.started".into()),
+        _ => failed(format!("no {ready}")),
     }
 }
 

@@ -7,6 +7,7 @@
 //! client adds): each has an [`ItemId`] and lives in the conversation's stored history,
 //! which a resumed session of either protocol reads again.
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use super::native::{AudioFormat, ErrorCode, FailureMode, TurnLatency};
@@ -182,6 +183,16 @@ pub enum Command {
         previous: Option<ItemId>,
         reply_to: Option<String>,
     },
+    /// Add a user item spoken in `audio` (whole samples in `format`): the recogniser
+    /// transcribes it as one segment, then it is stored after `previous` (`None`: at
+    /// the end once its words are in) with its transcript.
+    AddSpokenItem {
+        item_id: ItemId,
+        audio: Bytes,
+        format: AudioFormat,
+        previous: Option<ItemId>,
+        reply_to: Option<String>,
+    },
     DeleteItem {
         item_id: ItemId,
         reply_to: Option<String>,
@@ -305,6 +316,14 @@ pub enum PipelineEvent {
         item: Item,
         previous: Option<ItemId>,
         reply_to: Option<String>,
+    },
+    /// A spoken item was accepted: it is being transcribed, and its `Transcript` (or
+    /// `TranscriptFailed`) follows.
+    SpokenItemAdded {
+        item_id: ItemId,
+        previous: Option<ItemId>,
+        /// Length of its audio.
+        audio_ms: u64,
     },
     ItemDeleted {
         item_id: ItemId,

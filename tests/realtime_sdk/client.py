@@ -184,6 +184,37 @@ async def text(session, pcm, out):
     }
 
 
+async def item_audio(session, pcm, out):
+    """A user message created with its audio: heard, stored, answered on request."""
+    await session.connection.session.update(session={
+        "type": "realtime", "output_modalities": ["text"],
+        "audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}},
+    })
+    await session.until("session.updated")
+    await session.connection.conversation.item.create(item={
+        "type": "message", "role": "user",
+        "content": [{"type": "input_audio", "audio": base64.b64encode(pcm).decode()}],
+    })
+    await session.connection.response.create()
+    added = await session.until("conversation.item.added")
+    completed = await session.until("conversation.item.input_audio_transcription.completed")
+    done = await session.until("response.done")
+    item_done = next(
+        e for e in session.events
+        if e["type"] == "conversation.item.done" and e["item"]["id"] == added["item"]["id"]
+    )
+    _, _, written, _ = reply_summary(session.events, done["response"]["id"])
+    return {
+        "added_content": added["item"]["content"][0],
+        "same_item": completed["item_id"] == added["item"]["id"],
+        "transcript": completed["transcript"],
+        "done_transcript": item_done["item"]["content"][0]["transcript"],
+        "status": done["response"]["status"],
+        "conversation_id": done["response"]["conversation_id"],
+        "text": written,
+    }
+
+
 async def cancel(session, pcm, out):
     """Cancel mid-reply: the response ends cancelled and its audio stops."""
     await session.connection.session.update(session={
@@ -223,7 +254,10 @@ async def drop(session, pcm, out):
     return {"conversation_id": created["session"]["conversation_id"], "dropped": True}
 
 
-SCENARIOS = {"vad": vad, "manual": manual, "text": text, "cancel": cancel, "drop": drop}
+SCENARIOS = {
+    "vad": vad, "manual": manual, "text": text, "item_audio": item_audio, "cancel": cancel,
+    "drop": drop,
+}
 
 
 async def main():

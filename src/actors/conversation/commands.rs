@@ -1,6 +1,7 @@
 //! What the client's protocol asks of the conversation ([`Command`]), carried out by
 //! the child it concerns: input to the VAD, settings to the VAD and TTS, items to the
-//! LLM actor (the history's one writer), replies to `reply.rs`.
+//! LLM actor (the history's one writer), spoken items to `spoken.rs`, replies to
+//! `reply.rs`.
 
 use actix::prelude::*;
 
@@ -59,6 +60,13 @@ impl Handler<ClientCommand> for ConversationActor {
                 reply_to,
                 announce: true,
             }),
+            Command::AddSpokenItem {
+                item_id,
+                audio,
+                format,
+                previous,
+                reply_to,
+            } => self.add_spoken_item(item_id, audio, format, previous, reply_to),
             Command::DeleteItem { item_id, reply_to } => {
                 self.edit_history(EditHistory::Delete { item_id, reply_to })
             }

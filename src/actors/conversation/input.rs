@@ -34,11 +34,13 @@ pub(super) struct InputTurns {
     awaiting: VecDeque<(u64, ItemId)>,
     /// A reply announced while turns were waiting for their words.
     pub deferred: Option<(Uuid, ItemId, ReplyOptions)>,
+    /// Spoken items a client created, waiting for their words too.
+    pub spoken: super::spoken::SpokenItems,
 }
 
 impl InputTurns {
     pub fn awaiting_words(&self) -> bool {
-        !self.awaiting.is_empty()
+        !self.awaiting.is_empty() || !self.spoken.is_empty()
     }
 
     /// Every committed turn still waiting: no transcript will come.

@@ -13,6 +13,7 @@ mod commands;
 mod input;
 mod reply;
 mod routing;
+mod spoken;
 mod turn;
 
 use std::collections::{HashMap, VecDeque};
@@ -288,9 +289,12 @@ impl ConversationActor {
     /// A restarted child left work behind: whatever waited on it is told now.
     fn orphaned_by(&mut self, role: ChildRole, error: &str) {
         let events = match role {
-            ChildRole::Stt => self
-                .input
-                .fail_all(&format!("speech recognition failed: {error}")),
+            ChildRole::Stt => {
+                let message = format!("speech recognition failed: {error}");
+                let mut events = self.input.fail_all(&message);
+                events.extend(self.input.spoken.fail_all(&message));
+                events
+            }
             ChildRole::Llm => self
                 .replies
                 .text_failed_all(&format!("the reply failed: {error}")),

@@ -72,6 +72,11 @@ impl Handler<ChildEvent> for ConversationActor {
             ChildEvent::TranscriptFailed { audio_ms, message } => {
                 self.on_transcript_failed(audio_ms, message)
             }
+            ChildEvent::ItemTranscript {
+                item_id,
+                text,
+                stt_ms,
+            } => self.on_item_transcript(item_id, text, stt_ms),
             ChildEvent::NothingToCommit => self.on_nothing_to_commit(),
             ChildEvent::ResponseDelta { response_id, text } => {
                 self.on_reply_delta(response_id, text)

@@ -1,11 +1,13 @@
-//! `conversation.item.*`: items a client creates, retrieves, deletes and truncates.
+//! `conversation.item.*`: items a client creates (with their words, or spoken: heard
+//! by the recogniser first), retrieves, deletes and truncates.
 //! The conversation's stored history carries them out and answers; this side checks
 //! what it can first (a truncation needs an assistant item this session spoke) and
 //! writes the answers as Realtime events.
 
 use super::client::ItemParam;
 use super::error::RealtimeError;
-use super::items::{heard, new_item, render, LoggedItem};
+use super::input::user_audio_item;
+use super::items::{heard, new_item, render, LoggedItem, NewItem};
 use super::server::{ItemStatus, ServerEvent};
 use super::RealtimeWire;
 use crate::protocol::pipeline::{Command, Item, ItemRole};
@@ -22,12 +24,28 @@ impl RealtimeWire {
         event_id: Option<String>,
         out: &mut Outbox,
     ) -> Result<(), RealtimeError> {
-        let item = new_item(param, self.defaults.max_item_bytes)?;
-        out.command(Command::AddItem {
-            item,
-            previous,
-            reply_to: event_id,
-        });
+        match new_item(param, self.defaults.max_item_bytes)? {
+            NewItem::Ready(item) => out.command(Command::AddItem {
+                item,
+                previous,
+                reply_to: event_id,
+            }),
+            NewItem::Spoken { id, audio } => {
+                let param = "item.content[0].audio";
+                let audio = self.decode_audio(audio, param)?;
+                if audio.is_empty() {
+                    return Err(RealtimeError::value(param, "the audio is empty"));
+                }
+                // The audio is heard in the format it was sent in, whatever comes next.
+                out.command(Command::AddSpokenItem {
+                    item_id: id,
+                    audio,
+                    format: self.session.input,
+                    previous,
+                    reply_to: event_id,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -117,6 +135,37 @@ impl RealtimeWire {
             &ServerEvent::ItemDone {
                 previous_item_id,
                 item: &json,
+            },
+        );
+    }
+
+    /// A spoken item is being heard: added now, with no transcript yet; its
+    /// transcription events and `conversation.item.done` follow with its words
+    /// (`input.rs`), as for a committed turn.
+    pub(super) fn on_spoken_item_added(
+        &mut self,
+        item_id: &str,
+        previous: Option<&str>,
+        out: &mut Outbox,
+    ) {
+        let previous_item_id = match previous {
+            Some("root") => None,
+            Some(previous) => Some(previous.to_string()),
+            None => self.items.last().map(str::to_string),
+        };
+        let logged = LoggedItem {
+            role: ItemRole::User,
+            audio: true,
+            pieces: Vec::new(),
+            audio_ms: 0,
+        };
+        self.items.add(item_id, logged, previous);
+        let item = user_audio_item(item_id, None, ItemStatus::Completed);
+        self.send(
+            out,
+            &ServerEvent::ItemAdded {
+                previous_item_id: previous_item_id.as_deref(),
+                item: &item,
             },
         );
     }

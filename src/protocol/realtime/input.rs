@@ -55,26 +55,28 @@ impl InputBuffer {
 }
 
 impl RealtimeWire {
-    pub(super) fn append(&mut self, audio: &str, out: &mut Outbox) -> Result<(), RealtimeError> {
+    /// Base64 audio of the session's input format, checked: at most
+    /// `realtime.max_append_ms` (measured before decoding, so an oversized event costs
+    /// no allocation), valid base64, whole samples. `param` names the field in errors.
+    pub(super) fn decode_audio(&self, audio: &str, param: &str) -> Result<Bytes, RealtimeError> {
         let format = self.session.input;
         let width = u64::from(format.codec.bytes_per_sample().unwrap_or(1));
         let max_bytes = self.defaults.max_append_ms * u64::from(format.sample_rate) * width / 1000;
-        // Measured before decoding, so an oversized event costs no allocation.
         let bytes = audio.len() as u64 / 4 * 3;
         if bytes > max_bytes + 3 {
             let message = format!(
-                "the event carries about {} ms of audio; at most {} ms per append",
+                "the event carries about {} ms of audio; at most {} ms per event",
                 format.bytes_to_ms(bytes as usize),
                 self.defaults.max_append_ms
             );
             let error = RealtimeError::invalid(Fault::AudioTooLarge, "audio_too_large", message);
-            return Err(error.param("audio"));
+            return Err(error.param(param));
         }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(audio)
             .map_err(|e| {
-                let message = format!("Invalid 'audio': expected base64-encoded audio ({e})");
-                RealtimeError::invalid(Fault::BadBase64, "invalid_audio", message).param("audio")
+                let message = format!("Invalid '{param}': expected base64-encoded audio ({e})");
+                RealtimeError::invalid(Fault::BadBase64, "invalid_audio", message).param(param)
             })?;
         if decoded.len() as u64 % width != 0 {
             let message = format!(
@@ -82,16 +84,22 @@ impl RealtimeWire {
                 decoded.len()
             );
             let error = RealtimeError::invalid(Fault::BadAudio, "invalid_audio", message);
-            return Err(error.param("audio"));
+            return Err(error.param(param));
         }
-        if decoded.is_empty() {
+        Ok(Bytes::from(decoded))
+    }
+
+    pub(super) fn append(&mut self, audio: &str, out: &mut Outbox) -> Result<(), RealtimeError> {
+        let format = self.session.input;
+        let width = u64::from(format.codec.bytes_per_sample().unwrap_or(1));
+        let audio = self.decode_audio(audio, "audio")?;
+        if audio.is_empty() {
             return Ok(());
         }
         self.input.format = Some(format);
-        self.input.total_bytes += decoded.len() as u64;
-        self.input.uncommitted_bytes += decoded.len() as u64;
+        self.input.total_bytes += audio.len() as u64;
+        self.input.uncommitted_bytes += audio.len() as u64;
         let piece = (PIECE_MS * u64::from(format.sample_rate) / 1000 * width) as usize;
-        let audio = Bytes::from(decoded);
         let mut at = 0;
         while at < audio.len() {
             let end = (at + piece).min(audio.len());
@@ -251,7 +259,11 @@ impl RealtimeWire {
     }
 }
 
-fn user_audio_item(id: &str, transcript: Option<String>, status: ItemStatus) -> ItemJson {
+pub(super) fn user_audio_item(
+    id: &str,
+    transcript: Option<String>,
+    status: ItemStatus,
+) -> ItemJson {
     let content = vec![Content::InputAudio { transcript }];
     ItemJson::message(id, ItemRole::User, status, content)
 }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use super::client::ItemParam;
 use super::error::RealtimeError;
 use super::server::{Content, ItemJson, ItemStatus};
-use crate::protocol::pipeline::{new_item_id, Item, ItemRole, MAX_ITEM_ID_BYTES};
+use crate::protocol::pipeline::{new_item_id, Item, ItemId, ItemRole, MAX_ITEM_ID_BYTES};
 
 /// Items remembered at most; older ones can still be retrieved from the store, but
 /// no longer truncated.
@@ -107,8 +107,17 @@ pub fn heard(pieces: &[Piece], audio_ms: u64, end_ms: u64) -> String {
     words.join(" ")
 }
 
-/// The item of a `conversation.item.create`, as the pipeline stores it.
-pub fn new_item(param: &ItemParam, max_bytes: usize) -> Result<Item, RealtimeError> {
+/// What a `conversation.item.create` asks for.
+#[derive(Debug, PartialEq)]
+pub enum NewItem<'a> {
+    /// An item with its words, stored as it is.
+    Ready(Item),
+    /// A user message whose words are in its audio (base64): heard first.
+    Spoken { id: ItemId, audio: &'a str },
+}
+
+/// The item of a `conversation.item.create`, as the pipeline stores it (or hears it).
+pub fn new_item(param: &ItemParam, max_bytes: usize) -> Result<NewItem<'_>, RealtimeError> {
     match param.kind.as_str() {
         "message" => {}
         "function_call" | "function_call_output" => {
@@ -175,16 +184,21 @@ pub fn new_item(param: &ItemParam, max_bytes: usize) -> Result<Item, RealtimeErr
         let text = match part.kind.as_str() {
             "input_audio" | "output_audio" => {
                 audio = true;
-                match &part.transcript {
-                    Some(transcript) => transcript,
-                    None if part.audio.is_some() => {
-                        let message = "audio inside items is not transcribed: give its \
-                                       `transcript`, or send the audio with \
-                                       input_audio_buffer.append and commit it";
+                match (&part.transcript, &part.audio) {
+                    (Some(transcript), _) => transcript,
+                    (None, Some(spoken))
+                        if part.kind == "input_audio" && param.content.len() == 1 =>
+                    {
+                        return Ok(NewItem::Spoken { id, audio: spoken });
+                    }
+                    (None, Some(_)) => {
+                        let message = "only a user message's one `input_audio` part is \
+                                       transcribed: give the other audio parts their \
+                                       `transcript`";
                         return Err(RealtimeError::unsupported(&at("audio"), message));
                     }
-                    None => {
-                        let message = "audio content needs a `transcript`";
+                    (None, None) => {
+                        let message = "audio content needs `audio` or a `transcript`";
                         return Err(RealtimeError::value(&at("transcript"), message));
                     }
                 }
@@ -209,12 +223,12 @@ pub fn new_item(param: &ItemParam, max_bytes: usize) -> Result<Item, RealtimeErr
         );
         return Err(error.param("item.content"));
     }
-    Ok(Item {
+    Ok(NewItem::Ready(Item {
         id,
         role,
         text,
         audio,
-    })
+    }))
 }
 
 /// An item as the client sees it.

@@ -218,6 +218,9 @@ impl RealtimeWire {
             PipelineEvent::ItemAdded { item, previous, .. } => {
                 self.on_item_added(&item, previous.as_deref(), out)
             }
+            PipelineEvent::SpokenItemAdded {
+                item_id, previous, ..
+            } => self.on_spoken_item_added(&item_id, previous.as_deref(), out),
             PipelineEvent::ItemDeleted { item_id, .. } => self.on_item_deleted(&item_id, out),
             PipelineEvent::ItemTruncated { item_id, .. } => self.on_item_truncated(&item_id, out),
             PipelineEvent::ItemRetrieved { item, .. } => self.on_item_retrieved(&item, out),

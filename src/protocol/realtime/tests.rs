@@ -409,6 +409,124 @@ fn a_spoken_turn_becomes_a_committed_transcribed_item() {
     );
 }
 
+/// A user message created with its audio is heard by the pipeline: the audio goes out
+/// decoded, in the session's input format, and the item is added, transcribed and done
+/// as a committed turn is.
+#[test]
+fn a_spoken_item_is_decoded_heard_and_transcribed() {
+    let mut harness = Harness::new();
+    harness.actions();
+    harness.client(json!({"type": "session.update",
+        "session": {"audio": {"input": {"transcription": {"model": "whisper-1"}}}}}));
+    harness.actions();
+    // 100 ms of 24 kHz PCM16.
+    let pcm: Vec<u8> = (0..4800u32).map(|i| (i % 251) as u8).collect();
+    let actions = harness.client(json!({"type": "conversation.item.create", "event_id": "s1",
+        "previous_item_id": "root",
+        "item": {"id": "spoken_1", "type": "message", "role": "user",
+                 "content": [{"type": "input_audio", "audio": b64(&pcm)}]}}));
+    let [Command::AddSpokenItem {
+        item_id,
+        audio,
+        format,
+        previous,
+        reply_to,
+    }] = commands(&actions)[..]
+    else {
+        panic!("no AddSpokenItem in {actions:?}");
+    };
+    assert_eq!(item_id, "spoken_1");
+    assert_eq!(audio[..], pcm[..], "the audio as sent, decoded");
+    assert_eq!(*format, AudioFormat::new(AudioCodec::Pcm16, 24_000));
+    assert_eq!(
+        (previous.as_deref(), reply_to.as_deref()),
+        (Some("root"), Some("s1"))
+    );
+    assert!(
+        events(&actions).is_empty(),
+        "nothing goes out before it is accepted"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Audio(_))),
+        "item audio is not input-buffer audio"
+    );
+
+    let sent = harness.pipeline(PipelineEvent::SpokenItemAdded {
+        item_id: "spoken_1".into(),
+        previous: Some("root".into()),
+        audio_ms: 100,
+    });
+    assert_eq!(types(&sent), ["conversation.item.added"]);
+    assert_eq!(sent[0]["previous_item_id"], Value::Null);
+    let content = &sent[0]["item"]["content"][0];
+    assert_eq!(
+        (&content["type"], &content["transcript"]),
+        (&json!("input_audio"), &Value::Null)
+    );
+    let sent = harness.pipeline(PipelineEvent::Transcript {
+        item_id: "spoken_1".into(),
+        text: "What is the capital of France?".into(),
+        audio_ms: 100,
+        stt_ms: 80,
+    });
+    assert_eq!(
+        types(&sent),
+        [
+            "conversation.item.input_audio_transcription.delta",
+            "conversation.item.input_audio_transcription.completed",
+            "conversation.item.done"
+        ]
+    );
+    assert_eq!(sent[1]["item_id"], "spoken_1");
+    assert_eq!(sent[1]["transcript"], "What is the capital of France?");
+    assert_eq!(
+        sent[2]["item"]["content"][0]["transcript"],
+        "What is the capital of France?"
+    );
+
+    // A second one that cannot be heard: `.failed`, then done without words.
+    harness.client(json!({"type": "conversation.item.create",
+        "item": {"type": "message", "role": "user",
+                 "content": [{"type": "input_audio", "audio": b64(&pcm)}]}}));
+    let sent = harness.pipeline(PipelineEvent::SpokenItemAdded {
+        item_id: "spoken_2".into(),
+        previous: None,
+        audio_ms: 100,
+    });
+    assert_eq!(
+        sent[0]["previous_item_id"], "spoken_1",
+        "after the last item"
+    );
+    let sent = harness.pipeline(PipelineEvent::TranscriptFailed {
+        item_id: "spoken_2".into(),
+        message: "speech recognition is behind".into(),
+    });
+    assert_eq!(
+        types(&sent),
+        [
+            "conversation.item.input_audio_transcription.failed",
+            "conversation.item.done"
+        ]
+    );
+    assert_eq!(sent[1]["previous_item_id"], "spoken_1");
+}
+
+/// In a G.711 session the item's audio is μ-law bytes, one per sample.
+#[test]
+fn a_spoken_item_is_heard_in_the_input_format() {
+    let mut harness = Harness::new();
+    harness.actions();
+    harness.client(json!({"type": "session.update",
+        "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}));
+    let actions = harness.client(json!({"type": "conversation.item.create",
+        "item": {"type": "message", "role": "user",
+                 "content": [{"type": "input_audio", "audio": b64(&[0xFF; 801])}]}}));
+    let [Command::AddSpokenItem { audio, format, .. }] = commands(&actions)[..] else {
+        panic!("no AddSpokenItem in {actions:?}");
+    };
+    assert_eq!((audio.len(), format.codec), (801, AudioCodec::Pcmu));
+}
+
 #[test]
 fn without_transcription_or_turn_detection_those_events_stay_away() {
     let mut harness = Harness::new();
@@ -777,7 +895,34 @@ fn bad_items_are_refused_with_the_field_named() {
         ),
         (
             json!({"type": "message", "role": "user",
-                "content": [{"type": "input_audio", "audio": b64(&[0; 4])}]}),
+                "content": [{"type": "input_text", "text": "x"},
+                            {"type": "input_audio", "audio": b64(&[0; 4])}]}),
+            "item.content[1].audio",
+        ),
+        (
+            json!({"type": "message", "role": "assistant",
+                "content": [{"type": "output_audio", "audio": b64(&[0; 4])}]}),
+            "item.content[0].audio",
+        ),
+        (
+            json!({"type": "message", "role": "user",
+                "content": [{"type": "input_audio", "audio": b64(&[0; 3])}]}),
+            "item.content[0].audio",
+        ),
+        (
+            json!({"type": "message", "role": "user",
+                "content": [{"type": "input_audio", "audio": "@@@"}]}),
+            "item.content[0].audio",
+        ),
+        (
+            // 1.2 s of 24 kHz PCM16, over the 1,000 ms these defaults allow.
+            json!({"type": "message", "role": "user",
+                "content": [{"type": "input_audio", "audio": b64(&vec![0; 57_600])}]}),
+            "item.content[0].audio",
+        ),
+        (
+            json!({"type": "message", "role": "user",
+                "content": [{"type": "input_audio", "audio": ""}]}),
             "item.content[0].audio",
         ),
         (
