@@ -22,11 +22,17 @@ pub struct StreamResampler {
     out_buf: Vec<f32>,
 }
 
+/// Fewest input samples per FFT chunk that still filter cleanly.
+const MIN_CHUNK_SAMPLES: usize = 512;
+
 impl StreamResampler {
     pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
-        // 64 ms chunks: shorter FFTs filter too little (8 kHz speech came out garbled
-        // with 20 ms chunks); this adds at most 64 ms of latency before VAD.
-        let chunk = from as usize * 64 / 1000;
+        // 20 ms chunks, but never fewer than 512 samples: what the filter needs is
+        // samples, not milliseconds (8 kHz speech came out garbled with 160-sample
+        // chunks; 512 is 64 ms there). At 24 kHz (the Realtime API's rate) 64 ms
+        // chunks had cost ~50 ms more decision lag than 16 kHz audio; 512 samples is
+        // 21 ms. A chunk is the most latency the resampler adds before VAD.
+        let chunk = (from as usize * 20 / 1000).max(MIN_CHUNK_SAMPLES);
         let inner = Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)
             .map_err(|e| ResampleError::Setup {
                 from,
