@@ -12,6 +12,7 @@
 //!   stream, one lease per conversation, heartbeats and lost-node reports.
 //! - [`actors`]: the session transport, the conversation supervisor and its children.
 //! - [`audio`]: PCM, Opus, resampling, speech segmentation, WAV.
+//! - [`kernels`]: hand-written matrix kernels whose rows never depend on their batch.
 //! - [`workers`]: the thread pools that keep blocking work off actix arbiters.
 //! - [`metrics`]: Prometheus metrics and the `Drop` guards behind every leak gauge.
 //! - [`admission`]: session caps before upgrade; [`config`]: typed configuration;
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod fuzzing;
 pub mod http;
+pub mod kernels;
 pub mod lifecycle;
 pub mod llm;
 pub mod metrics;

@@ -21,7 +21,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 
 use super::attention::Attention;
 pub use super::attention::KvState;
-use super::int8::Int8Linear;
+use crate::kernels::Int8Linear;
 
 /// Positions RoPE tables are built for (as candle's `quantized_llama`).
 pub const MAX_SEQ_LEN: usize = 4096;

@@ -18,7 +18,6 @@ pub mod error;
 pub mod generation;
 pub mod gguf;
 pub mod history;
-pub mod int8;
 pub mod llama;
 pub mod openai;
 pub mod prefix_cache;

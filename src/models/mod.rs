@@ -12,6 +12,7 @@
 //! turned into strings at this boundary: its builder errors are not `Send`.
 
 pub mod moonshine;
+pub mod onnx_proto;
 pub mod runtime;
 pub mod silero;
 pub mod smart_turn;
@@ -20,7 +21,9 @@ pub mod whisper_features;
 
 use std::path::PathBuf;
 
-pub use moonshine::{Moonshine, MoonshineFiles, Transcription, MOONSHINE_DIR};
+pub use moonshine::{
+    BatchedDecoder, Decoding, Moonshine, MoonshineFiles, Transcription, MOONSHINE_DIR,
+};
 pub use runtime::{init_runtime, runtime_ready, ORT_DYLIB_FILE};
 pub use silero::{
     SileroJob, SileroState, SileroVad, CONTEXT_SAMPLES, SAMPLE_RATE, SILERO_FILE, WINDOW_SAMPLES,

@@ -47,13 +47,33 @@ impl Int8Linear {
             );
         }
         let values: Vec<f32> = weight.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-        let rows = quantize(&values, width);
-        Ok(Int8Linear {
+        Ok(Self::from_rows(&values, out, width))
+    }
+
+    /// Quantizes a float `[out, width]` matrix given row by row. `width` must be a
+    /// multiple of 32.
+    pub fn from_rows(values: &[f32], out: usize, width: usize) -> Self {
+        assert!(
+            width % BLOCK == 0 && values.len() == out * width,
+            "int8 weights need [out, width] values with a width that is a multiple of {BLOCK}"
+        );
+        let rows = quantize(values, width);
+        Int8Linear {
             out,
             blocks: width / BLOCK,
             quants: rows.quants,
             scales: rows.scales,
-        })
+        }
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.blocks * BLOCK
     }
 
     /// `x · Wᵀ` for `x` of `[rows, in]`: `[rows, out]`.
@@ -66,12 +86,24 @@ impl Int8Linear {
             );
         }
         let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let input = quantize(&input, width);
+        let result = self.forward_rows(&input, rows);
+        Tensor::from_vec(result, (rows, self.out), x.device())
+    }
+
+    /// `x · Wᵀ` for `rows` input rows laid end to end: `rows × out` values.
+    pub fn forward_rows(&self, input: &[f32], rows: usize) -> Vec<f32> {
+        let width = self.blocks * BLOCK;
+        assert_eq!(
+            input.len(),
+            rows * width,
+            "input is not {rows} rows of {width}"
+        );
+        let input = quantize(input, width);
         // Columns split across the matmul threads; each task writes its columns of
         // every row into its own stripe of a transposed buffer.
         let mut transposed = vec![0f32; self.out * rows];
         transposed
-            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .par_chunks_mut(COLUMNS_PER_TASK * rows.max(1))
             .enumerate()
             .for_each(|(task, stripe)| {
                 let first = task * COLUMNS_PER_TASK;
@@ -80,12 +112,12 @@ impl Int8Linear {
                 }
             });
         let mut result = vec![0f32; rows * self.out];
-        for (column, values) in transposed.chunks(rows).enumerate() {
+        for (column, values) in transposed.chunks(rows.max(1)).enumerate() {
             for (row, value) in values.iter().enumerate() {
                 result[row * self.out + column] = *value;
             }
         }
-        Tensor::from_vec(result, (rows, self.out), x.device())
+        result
     }
 
     /// Weight row `column` dotted with every input row.

@@ -35,12 +35,20 @@
 //! result is exactly the greedy transcript; a good guess only makes it arrive
 //! sooner.
 
+mod batched;
+mod encoder;
+mod guided;
+
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
+
+pub use batched::{BatchedDecoder, DecoderState, Decoding};
+pub use encoder::{EncodedAudio, MoonshineEncoder};
+pub use guided::GuidedGreedy;
 
 use super::runtime::load_session;
 use super::tokenizer::Tokenizer;
@@ -57,22 +65,19 @@ const DECODER_FILES: [&str; 2] = ["decoder_model_merged.onnx", "decoder_model_me
 const TOKENIZER_FILE: &str = "tokenizer.bin";
 
 /// Input sample rate in Hz.
-const SAMPLE_RATE: usize = 16_000;
+pub const SAMPLE_RATE: usize = 16_000;
 
 /// Longest piece given to the encoder at once: Moonshine was trained on
 /// clips of up to 30 s and degrades past that.
-const MAX_PIECE_SAMPLES: usize = 30 * SAMPLE_RATE;
+pub const MAX_PIECE_SAMPLES: usize = 30 * SAMPLE_RATE;
 
 /// Pieces shorter than this (0.1 s) are too short for the encoder's
 /// convolutions to produce a frame; they transcribe as nothing.
-const MIN_PIECE_SAMPLES: usize = SAMPLE_RATE / 10;
+pub const MIN_PIECE_SAMPLES: usize = SAMPLE_RATE / 10;
 
 /// Token cap per second of audio. English speech runs at ~3-4 tokens/s, so
 /// this leaves headroom while bounding the cost of a runaway decode.
 const MAX_TOKENS_PER_SECOND: f64 = 6.0;
-
-/// How far ahead in a guess a disagreeing token is looked for (guided decoding).
-const REALIGN_WINDOW: usize = 4;
 
 const START_TOKEN: i64 = 1;
 const END_TOKEN: i64 = 2;
@@ -82,7 +87,6 @@ const END_TOKEN: i64 = 2;
 const DEFAULT_HEADS: i64 = 8;
 const DEFAULT_HEAD_DIM: i64 = 52;
 
-const ENCODER: &str = "moonshine-encoder";
 const DECODER: &str = "moonshine-decoder";
 
 /// One `past_key_values.*` input of the decoder and the output that feeds it.
@@ -146,7 +150,7 @@ impl MoonshineFiles {
 
 /// The loaded model: encoder, merged decoder, tokenizer.
 pub struct Moonshine {
-    encoder: Session,
+    encoder: MoonshineEncoder,
     decoder: Session,
     tokenizer: Tokenizer,
     slots: Vec<CacheSlot>,
@@ -171,7 +175,7 @@ impl Moonshine {
 
     /// Loads exactly `files`, with `intra_threads` threads per operator.
     pub fn load_files(files: &MoonshineFiles, intra_threads: usize) -> Result<Self, ModelError> {
-        let encoder = load_session(ENCODER, &files.encoder, intra_threads)?;
+        let encoder = MoonshineEncoder::load(&files.encoder, intra_threads)?;
         let decoder = load_session(DECODER, &files.decoder, intra_threads)?;
         let tokenizer = Tokenizer::load(&files.tokenizer)?;
         tracing::debug!(
@@ -279,10 +283,14 @@ impl Moonshine {
             return Ok(Some(Vec::new()));
         }
         let started = std::time::Instant::now();
-        let hidden = self.encode(samples)?;
-        let encoded = started.elapsed();
-        let seconds = samples.len() as f64 / SAMPLE_RATE as f64;
-        let max_tokens = (seconds * MAX_TOKENS_PER_SECOND).ceil() as usize;
+        let encoded = self.encoder.encode(samples)?;
+        let encoder_ms = started.elapsed().as_millis() as u64;
+        let err = ModelError::inference::<()>;
+        let hidden = Tensor::from_array((
+            [1, encoded.frames, encoded.width],
+            encoded.states.into_boxed_slice(),
+        ))
+        .map_err(err(DECODER))?;
 
         let Self {
             decoder,
@@ -290,27 +298,20 @@ impl Moonshine {
             empty_cache,
             ..
         } = self;
-        let err = ModelError::inference::<()>;
         let mut caches: Vec<DynValue> = Vec::with_capacity(slots.len());
-        let mut tokens = Vec::with_capacity(max_tokens);
-        let guess = &guess[..guess.len().min(max_tokens.saturating_sub(1))];
-        let mut fed: Vec<i64> = Vec::with_capacity(1 + guess.len());
-        fed.push(START_TOKEN);
-        fed.extend_from_slice(guess);
-        // Index in `guess` of the first guessed token not yet confirmed.
-        let mut cursor = 0;
+        let mut decoding = GuidedGreedy::new(guess, max_tokens(samples.len()));
         let mut step = 0;
-        while tokens.len() < max_tokens {
+        while !decoding.is_done() {
             if should_stop() {
                 return Ok(None);
             }
-            let ids = std::mem::take(&mut fed);
+            let ids = decoding.feed();
             let use_cache = [step > 0];
             let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 Vec::with_capacity(3 + slots.len());
             inputs.push((
                 "input_ids".into(),
-                TensorRef::from_array_view(([1usize, ids.len()], &ids[..]))
+                TensorRef::from_array_view(([1usize, ids.len()], ids))
                     .map_err(err(DECODER))?
                     .into(),
             ));
@@ -334,21 +335,10 @@ impl Moonshine {
                 .try_extract_tensor::<f32>()
                 .map_err(err(DECODER))?;
             let vocab = shape.last().map_or(0, |&v| usize::try_from(v).unwrap_or(0));
-            // Row i is the model's own choice after ids[..=i]; the guessed tokens
-            // (ids[1..]) stand as far as they agree with those choices.
             let choices = argmax_rows(logits, vocab);
-            let agreed = ids[1..]
-                .iter()
-                .zip(&choices)
-                .take_while(|(guessed, chosen)| guessed == chosen)
-                .count();
-            let next = *choices
-                .get(agreed)
-                .ok_or_else(|| ModelError::bad_output(DECODER, "empty logits"))?;
-            tokens.extend_from_slice(&ids[1..1 + agreed]);
-            cursor += agreed;
-            // Cache positions of guessed tokens past the first disagreement.
-            let rejected = ids.len() - 1 - agreed;
+            let rejected = decoding
+                .advance(&choices)
+                .map_err(|_| ModelError::bad_output(DECODER, "empty logits"))?;
 
             for (i, slot) in slots.iter().enumerate() {
                 if slot.encoder && step > 0 {
@@ -366,44 +356,24 @@ impl Moonshine {
                     caches.push(value);
                 }
             }
-            if next == END_TOKEN || tokens.len() >= max_tokens {
-                break;
-            }
-            tokens.push(next);
-            fed.push(next);
-            // Re-align after a disagreement: if the model's token appears a little
-            // further on in the guess, propose what followed it there.
-            let ahead = &guess[cursor.min(guess.len())..];
-            if let Some(found) = ahead.iter().take(REALIGN_WINDOW).position(|&g| g == next) {
-                cursor += found + 1;
-                fed.extend_from_slice(&guess[cursor..]);
-            }
             step += 1;
         }
-        tokens.truncate(max_tokens);
+        let tokens = decoding.into_tokens();
         tracing::debug!(
             audio_ms = (samples.len() * 1000 / SAMPLE_RATE) as u64,
-            encoder_ms = encoded.as_millis() as u64,
-            decoder_ms = (started.elapsed() - encoded).as_millis() as u64,
+            encoder_ms,
+            decoder_ms = started.elapsed().as_millis() as u64 - encoder_ms,
             tokens = tokens.len(),
             "moonshine piece decoded"
         );
         Ok(Some(tokens))
     }
+}
 
-    /// Runs the encoder; returns `last_hidden_state` `[1, T, 416]`.
-    fn encode(&mut self, samples: &[f32]) -> Result<DynValue, ModelError> {
-        let err = ModelError::inference::<()>;
-        let input =
-            TensorRef::from_array_view(([1usize, samples.len()], samples)).map_err(err(ENCODER))?;
-        let mut outputs = self
-            .encoder
-            .run(ort::inputs!["input_values" => input])
-            .map_err(err(ENCODER))?;
-        outputs
-            .remove("last_hidden_state")
-            .ok_or_else(|| ModelError::bad_output(ENCODER, "missing output last_hidden_state"))
-    }
+/// The token cap for `samples` of audio (see [`MAX_TOKENS_PER_SECOND`]).
+pub fn max_tokens(samples: usize) -> usize {
+    let seconds = samples as f64 / SAMPLE_RATE as f64;
+    (seconds * MAX_TOKENS_PER_SECOND).ceil() as usize
 }
 
 /// The tokens of a transcription, kept to guide the next one of the same speech.
@@ -414,7 +384,7 @@ pub struct Transcription {
 }
 
 /// The index of the largest value of each `width`-wide row of `logits`.
-fn argmax_rows(logits: &[f32], width: usize) -> Vec<i64> {
+pub fn argmax_rows(logits: &[f32], width: usize) -> Vec<i64> {
     if width == 0 {
         return Vec::new();
     }
@@ -462,7 +432,7 @@ fn argmax_last_row(logits: &[f32], width: usize) -> Option<i64> {
 }
 
 /// Splits `len` samples into the fewest equal pieces of at most `max`.
-fn piece_ranges(len: usize, max: usize) -> Vec<Range<usize>> {
+pub fn piece_ranges(len: usize, max: usize) -> Vec<Range<usize>> {
     let pieces = len.div_ceil(max.max(1)).max(1);
     let size = len.div_ceil(pieces);
     (0..pieces)

@@ -1,0 +1,8 @@
+//! Hand-written numeric kernels shared by the models hearken runs itself (the
+//! embedded LLM, Moonshine's batched decoder). What they share is one promise: a
+//! row's result never depends on the other rows in its call, so batching work of
+//! several conversations changes no conversation's output.
+
+pub mod int8;
+
+pub use int8::Int8Linear;
