@@ -228,16 +228,19 @@ impl Default for VadConfig {
 pub struct SttConfig {
     /// Transcribe speech segments (Moonshine base-en).
     pub enabled: bool,
-    /// Threads running Moonshine (each owns its encoder and decoder sessions).
+    /// Threads running Moonshine's encoder (each owns an ONNX Runtime session); the
+    /// decoder is one more thread, batching every conversation's segments.
     pub threads: usize,
-    /// ONNX Runtime threads inside one Moonshine decode: more gives one conversation
+    /// Segments the decoder advances together in one pass (continuous batching).
+    pub max_batch: usize,
+    /// ONNX Runtime threads inside one Moonshine encoder call: more gives one conversation
     /// its transcript sooner; `threads` spreads many conversations instead.
     pub intra_threads: usize,
     /// Pause (ms) after which a draft of the segment is transcribed speculatively, so the
     /// transcript is mostly done when `vad.min_silence_ms` confirms the end; 0: off.
     pub draft_after_ms: u32,
-    /// While speech goes on, the segment so far is transcribed this often (when a
-    /// Moonshine thread is idle) to guide the final decode; 0: off.
+    /// While speech goes on, the segment so far is transcribed this often (when the
+    /// recogniser has room) to guide the final decode; 0: off.
     pub partial_every_ms: u32,
 }
 
@@ -246,6 +249,7 @@ impl Default for SttConfig {
         SttConfig {
             enabled: true,
             threads: 1,
+            max_batch: 8,
             intra_threads: 1,
             draft_after_ms: 100,
             partial_every_ms: 500,
@@ -770,8 +774,8 @@ impl Config {
                 "threads and max_queued_sentences must be at least 1",
             );
         }
-        if self.stt.threads == 0 {
-            return invalid("stt.threads", "must be at least 1");
+        if self.stt.threads == 0 || self.stt.max_batch == 0 {
+            return invalid("stt.threads", "threads and max_batch must be at least 1");
         }
         if self.workers.dsp_threads == 0 || self.workers.io_threads == 0 {
             return invalid("workers.dsp_threads", "pools need at least one thread");

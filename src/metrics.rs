@@ -15,8 +15,10 @@ use prometheus::{
 
 use crate::lifecycle::ExitReason;
 
+mod batching;
 mod cluster;
 mod latency;
+pub use batching::BatchingMetrics;
 pub use cluster::ClusterMetrics;
 pub use latency::{LatencyMetrics, Preemptive, TurnStage};
 
@@ -137,8 +139,8 @@ pub struct Metrics {
     pub duplicate_disconnects: IntCounter,
     /// Windows per Silero model call: how well batching across conversations works.
     pub vad_batch_windows: Histogram,
-    /// Sequences per batched LLM pass (replies generating or reading, read-aheads).
-    pub llm_batch_sequences: Histogram,
+    /// Sequences per batched pass and queue waits, by stage.
+    pub batching: BatchingMetrics,
     pub transcripts: IntCounter,
     /// Speculative transcriptions whose result became the final transcript.
     pub stt_drafts_used: IntCounter,
@@ -253,14 +255,7 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             )
             .expect("static metric definition"),
-            llm_batch_sequences: Histogram::with_opts(
-                HistogramOpts::new(
-                    "hearken_llm_batch_sequences",
-                    "Sequences advanced per batched language-model pass",
-                )
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]),
-            )
-            .expect("static metric definition"),
+            batching: BatchingMetrics::new(),
             transcripts: counter("hearken_transcripts_total", "Final transcripts produced"),
             stt_drafts_used: counter(
                 "hearken_stt_drafts_used_total",
@@ -313,7 +308,6 @@ impl Metrics {
             Box::new(self.child_restarts.clone()),
             Box::new(self.duplicate_disconnects.clone()),
             Box::new(self.vad_batch_windows.clone()),
-            Box::new(self.llm_batch_sequences.clone()),
             Box::new(self.transcripts.clone()),
             Box::new(self.stt_drafts_used.clone()),
             Box::new(self.stt_drafts_dropped.clone()),
@@ -326,6 +320,7 @@ impl Metrics {
             let _ = self.registry.register(collector);
         }
         self.latency.register(&self.registry);
+        self.batching.register(&self.registry);
         self.cluster.register(&self.registry);
     }
 

@@ -20,17 +20,18 @@ use crate::llm::history::ConversationStore;
 use crate::llm::openai::{OpenAiBackend, OpenAiConfig};
 use crate::llm::{EmbeddedModel, GenerationParams, SMOLLM_FILE};
 use crate::metrics::Metrics;
+use crate::models::moonshine::MoonshineEncoder;
 use crate::models::smart_turn::{SmartTurn, SMART_TURN_FILE};
 use crate::models::{
-    self, ModelError, Moonshine, MoonshineFiles, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE,
-    SILERO_FILE,
+    self, BatchedDecoder, ModelError, MoonshineFiles, SileroVad, Tokenizer, MOONSHINE_DIR,
+    ORT_DYLIB_FILE, SILERO_FILE,
 };
 use crate::registry::RegistryHandle;
 use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
 use crate::workers::llm_batcher::LlmBatcher;
 use crate::workers::pool::StateInit;
 use crate::workers::silero_batcher::SileroBatcher;
-use crate::workers::{niceness, WorkerPool};
+use crate::workers::{niceness, SttBatcher, SttModels, WorkerPool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
@@ -79,7 +80,7 @@ pub struct Services {
     /// Silero VAD, when `vad.engine = "silero"`.
     pub silero: Option<SileroBatcher>,
     /// Moonshine speech-to-text, when `stt.enabled`.
-    pub stt: Option<WorkerPool<Moonshine>>,
+    pub stt: Option<SttBatcher>,
     /// Smart Turn end-of-turn verdicts, when `vad.turn = "smart"` and speech is
     /// transcribed (the check reads the segment audio the recogniser keeps).
     pub turn: Option<WorkerPool<SmartTurn>>,
@@ -138,20 +139,26 @@ impl Services {
         let stt = if config.stt.enabled {
             let files = moonshine_files(&dir.join(MOONSHINE_DIR))?;
             let threads = config.stt.threads;
-            readiness.expect_loads(threads);
+            readiness.expect_loads(threads + 1);
             let ready = Arc::clone(&readiness);
-            let intra = config.stt.intra_threads;
-            let nice = config.workers.model_nice;
-            let init: StateInit<Moonshine> = Arc::new(move || {
+            let (intra, nice) = (config.stt.intra_threads, config.workers.model_nice);
+            let encoder_file = files.encoder.clone();
+            let encoder: StateInit<MoonshineEncoder> = Arc::new(move || {
                 niceness::lower_current_thread(nice);
-                Moonshine::load_files(&files, intra).map_err(|e| e.to_string())
+                MoonshineEncoder::load(&encoder_file, intra).map_err(|e| e.to_string())
             });
-            Some(WorkerPool::with_state(
-                "stt",
+            let decoder = Arc::new(move || {
+                niceness::lower_current_thread(nice);
+                let decoder = BatchedDecoder::load(&files.decoder).map_err(|e| e.to_string())?;
+                let tokenizer = Tokenizer::load(&files.tokenizer).map_err(|e| e.to_string())?;
+                Ok((decoder, tokenizer))
+            });
+            Some(SttBatcher::new(
                 threads,
                 depth,
+                config.stt.max_batch,
                 Arc::clone(&metrics),
-                init,
+                SttModels { encoder, decoder },
                 move |outcome| ready.report(outcome),
             )?)
         } else {
@@ -323,10 +330,14 @@ fn llm_backend(
     }
 }
 
-/// The Moonshine files every STT thread loads (converted models where present),
-/// checked to exist before the threads try to load them.
+/// The Moonshine files the STT threads load, checked to exist before the threads
+/// try: the encoder converted where present (else the fetched `.ort`), the decoder
+/// always the converted float32 file, whose weights hearken's batched decoder reads.
 fn moonshine_files(dir: &Path) -> Result<MoonshineFiles, ModelError> {
-    let files = MoonshineFiles::find(dir);
+    let files = MoonshineFiles {
+        decoder: MoonshineFiles::converted(dir).decoder,
+        ..MoonshineFiles::find(dir)
+    };
     for path in files.paths() {
         if !path.is_file() {
             return Err(ModelError::ModelFileMissing {

@@ -1,22 +1,23 @@
 //! `SttActor`: turns VAD-cut speech segments into `transcript.final` events.
 //!
-//! Segments go to the Moonshine pool (dedicated threads, one model per thread), tagged
-//! with the conversation's cancel token: once the conversation ends, queued segments are
-//! skipped and a running decode stops at its next step. At most
+//! Segments go to the STT batcher (`workers::stt_batcher`: encoder threads, then one
+//! decoder thread advancing every conversation's segments together), tagged with the
+//! conversation's cancel token: once the conversation ends, queued segments are
+//! skipped and a running decode leaves the batch at its next step. At most
 //! [`MAX_QUEUED_SEGMENTS`] segments per conversation wait at once; more are refused
 //! with an `overloaded` error rather than queued without bound.
 //!
 //! Drafts hide the decode behind the end-of-speech wait: early in a pause the VAD hands
-//! over the segment as it would end, and, if a Moonshine thread is idle, it is decoded
-//! at once. If the final segment turns out to be that draft, its transcript is
+//! over the segment as it would end, and, if the batcher has room, it is decoded at
+//! once. If the final segment turns out to be that draft, its transcript is
 //! published as soon as it is ready; if speech resumed instead, the draft is stopped
 //! mid-decode and forgotten. Drafts never queue behind other work, so under load they
 //! cost nothing.
 //!
 //! Partials guide: while speech goes on, the segment so far is decoded now and then
-//! (again only on an idle thread). Every decode of a segment leaves its tokens as the
-//! guess for the next decode of the same segment, which Moonshine checks in one call
-//! instead of producing token by token (`Moonshine::transcribe_guided`), so the draft
+//! (again only when the batcher has room). Every decode of a segment leaves its tokens as the
+//! guess for the next decode of the same segment, which the decoder checks in one pass
+//! instead of producing token by token (`moonshine::GuidedGreedy`), so the draft
 //! that matters, the one at the final pause, mostly just confirms what is known.
 
 mod item;
@@ -24,7 +25,7 @@ mod item;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -34,7 +35,7 @@ use crate::audio::pcm::i16_to_f32;
 use crate::audio::segmenter::SpeechSegment;
 use crate::metrics::{ActorKind, GaugeGuard};
 use crate::protocol::ErrorCode;
-use crate::workers::{JobError, Priority};
+use crate::workers::{JobError, Priority, SttRequest};
 
 /// Segments of one conversation queued or running at once (drafts included).
 const MAX_QUEUED_SEGMENTS: usize = 4;
@@ -130,43 +131,34 @@ impl SttActor {
         stop: Option<Arc<AtomicBool>>,
         priority: Priority,
     ) -> Result<impl Future<Output = (u64, Decode)> + 'static, JobError> {
-        let pool = self
+        let stt = self
             .env
             .services
             .stt
             .as_ref()
             .ok_or(JobError::PoolClosed { pool: "stt" })?;
-        let samples: Vec<f32> = segment.samples.iter().copied().map(i16_to_f32).collect();
+        let samples = segment.samples.clone();
         let guess = match &self.guess {
             Some((start_ms, tokens)) if *start_ms == segment.start_ms => tokens.clone(),
             _ => Vec::new(),
         };
-        let token = self.env.cancel.clone();
-        let answer = pool.submit_with(
-            priority,
-            &self.env.cancel,
-            self.link.hold(),
-            move |moonshine| {
-                let started = Instant::now();
-                let stopped = || {
-                    token.is_cancelled() || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire))
-                };
-                let transcription = moonshine.transcribe_guided(&samples, &guess, &stopped);
-                (transcription, started.elapsed())
-            },
-        )?;
+        let request = SttRequest {
+            audio: Box::new(move || Ok(samples.into_iter().map(i16_to_f32).collect())),
+            guess,
+            stop,
+        };
+        let answer = stt.submit(priority, &self.env.cancel, self.link.hold(), request)?;
         let start_ms = segment.start_ms;
         Ok(async move {
             let decode = match answer.await {
-                Ok(Ok((Ok(Some(t)), elapsed))) => Decode::Text {
+                Ok(Ok(Some(t))) => Decode::Text {
                     text: t.text,
                     tokens: t.tokens,
-                    elapsed,
+                    elapsed: t.elapsed,
                 },
-                Ok(Ok((Ok(None), _))) | Ok(Err(JobError::Cancelled)) => Decode::Stopped,
-                Ok(Ok((Err(error), _))) => Decode::Failed(error.to_string()),
+                Ok(Ok(None)) | Ok(Err(JobError::Cancelled)) => Decode::Stopped,
                 Ok(Err(error)) => Decode::Failed(error.to_string()),
-                Err(_) => Decode::Failed("the STT pool dropped the job".into()),
+                Err(_) => Decode::Failed("the STT batcher dropped the job".into()),
             };
             (start_ms, decode)
         })
@@ -256,18 +248,18 @@ impl SttActor {
         }));
     }
 
-    fn pool_idle(&self) -> bool {
+    fn batcher_has_room(&self) -> bool {
         self.env
             .services
             .stt
             .as_ref()
-            .is_some_and(|pool| pool.has_idle_thread())
+            .is_some_and(|stt| stt.has_room())
     }
 
-    /// Start decoding a draft, if a Moonshine thread is idle right now (or only busy
+    /// Start decoding a draft, if the batcher has room right now (or is only busy
     /// with this conversation's partial, which the draft replaces).
     fn start_draft(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
-        let idle = self.pool_idle() || self.partial.is_some();
+        let idle = self.batcher_has_room() || self.partial.is_some();
         if !idle || self.draft_claimed() || self.queued >= MAX_QUEUED_SEGMENTS {
             return;
         }
@@ -297,10 +289,10 @@ impl SttActor {
         });
     }
 
-    /// Decode the segment so far to guide later decodes, if the pool is idle and
+    /// Decode the segment so far to guide later decodes, if the batcher has room and
     /// nothing of this conversation is being decoded.
     fn start_partial(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
-        if !self.pool_idle() || self.queued > 0 {
+        if !self.batcher_has_room() || self.queued > 0 {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));

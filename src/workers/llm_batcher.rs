@@ -305,7 +305,7 @@ impl Batch {
                 .filter(|l| l.outbox.is_empty())
                 .map(|l| &mut l.sequence)
                 .collect();
-            metrics.llm_batch_sequences.observe(batch.len() as f64);
+            metrics.batching.observe_batch_size("llm", batch.len());
             catch_unwind(AssertUnwindSafe(|| {
                 model.step(&mut batch, PROMPT_CHUNK_TOKENS)
             }))

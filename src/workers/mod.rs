@@ -9,7 +9,9 @@ pub mod niceness;
 pub mod pool;
 mod queue;
 pub mod silero_batcher;
+pub mod stt_batcher;
 
 pub use cancel::CancelToken;
 pub use pool::{JobError, WorkerPool};
 pub use queue::Priority;
+pub use stt_batcher::{SttAnswer, SttAudio, SttBatcher, SttModels, SttRequest, Transcribed};

@@ -186,6 +186,39 @@ impl<S: 'static> WorkerPool<S> {
         Ok(answer)
     }
 
+    /// Queue `work` with no answer channel: it is given `Some(state)` to run, or `None`
+    /// when its conversation ended before it ran (it then only releases what it holds).
+    /// A panic is caught and logged; work that must report one catches it itself.
+    pub fn run_detached<F>(
+        &self,
+        priority: Priority,
+        token: &CancelToken,
+        work: F,
+    ) -> Result<(), JobError>
+    where
+        F: FnOnce(Option<&mut S>) + Send + 'static,
+    {
+        let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
+        let pending = PendingGuard::new(&self.pending);
+        let task = Task(Box::new(move |state: Option<&mut S>| {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| work(state))) {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(%message, "worker job panicked");
+            }
+            drop(pending);
+            drop(inflight);
+        }));
+        self.queue
+            .push_with(token, priority, task)
+            .map_err(|e| match e {
+                PushError::Full(_) => {
+                    self.metrics.overloaded.inc();
+                    JobError::Overloaded { pool: self.name }
+                }
+                PushError::Closed(_) => JobError::PoolClosed { pool: self.name },
+            })
+    }
+
     pub fn threads(&self) -> usize {
         self.threads.len()
     }

@@ -1,17 +1,15 @@
 //! Spoken items on the recogniser: the audio of a `conversation.item.create` is one
 //! final segment with no VAD behind it. It takes a place among the conversation's
-//! queued segments (the same bound), and the Moonshine pool decodes, resamples and
-//! transcribes it in one job, so no arbiter touches a sample. The answer names the
+//! queued segments (the same bound); an encoder thread of the STT batcher decodes and
+//! resamples it before encoding, so no arbiter touches a sample. The answer names the
 //! item, not a place in the input stream.
-
-use std::time::Instant;
 
 use actix::prelude::*;
 
 use super::{SttActor, MAX_QUEUED_SEGMENTS};
 use crate::actors::messages::{ChildEvent, TranscribeItem};
 use crate::audio::clip;
-use crate::workers::{JobError, Priority};
+use crate::workers::{JobError, Priority, SttRequest};
 
 impl SttActor {
     fn item_answer(&self, item_id: String, text: Result<String, String>, stt_ms: u64) {
@@ -32,7 +30,7 @@ impl Handler<TranscribeItem> for SttActor {
             audio,
             format,
         } = msg;
-        let Some(pool) = self.env.services.stt.as_ref() else {
+        let Some(stt) = self.env.services.stt.as_ref() else {
             let message = "speech recognition is off (stt.enabled = false)".to_string();
             return self.item_answer(item_id, Err(message), 0);
         };
@@ -41,23 +39,16 @@ impl Handler<TranscribeItem> for SttActor {
             let message = "speech recognition is behind; the item was not transcribed";
             return self.item_answer(item_id, Err(message.to_string()), 0);
         }
-        let token = self.env.cancel.clone();
-        let job = pool.submit_with(
+        let request = SttRequest {
+            audio: Box::new(move || clip::to_model_rate(format, &audio).map_err(|e| e.to_string())),
+            guess: Vec::new(),
+            stop: None,
+        };
+        let job = stt.submit(
             Priority::Urgent,
             &self.env.cancel,
             self.link.hold(),
-            move |moonshine| {
-                let started = Instant::now();
-                let text = clip::to_model_rate(format, &audio)
-                    .map_err(|e| e.to_string())
-                    .and_then(|samples| {
-                        let stopped = || token.is_cancelled();
-                        moonshine
-                            .transcribe_with(&samples, &stopped)
-                            .map_err(|e| e.to_string())
-                    });
-                (text, started.elapsed())
-            },
+            request,
         );
         let answer = match job {
             Ok(answer) => answer,
@@ -74,12 +65,11 @@ impl Handler<TranscribeItem> for SttActor {
             act.queued -= 1;
             let (text, elapsed) = match answer {
                 // Stopped: the conversation is ending, nobody waits for the words.
-                Ok(Ok((Ok(None), _))) | Ok(Err(JobError::Cancelled)) => return,
-                Ok(Ok((Ok(Some(text)), elapsed))) => (Ok(text), elapsed),
-                Ok(Ok((Err(error), elapsed))) => (Err(error), elapsed),
+                Ok(Ok(None)) | Ok(Err(JobError::Cancelled)) => return,
+                Ok(Ok(Some(t))) => (Ok(t.text), t.elapsed),
                 Ok(Err(error)) => (Err(error.to_string()), Default::default()),
                 Err(_) => (
-                    Err("the STT pool dropped the job".into()),
+                    Err("the STT batcher dropped the job".into()),
                     Default::default(),
                 ),
             };

@@ -17,6 +17,8 @@ const ENCODER: &str = "moonshine-encoder";
 /// One piece's hidden states, `frames × width` values row by row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncodedAudio {
+    /// Samples of audio encoded (they set the decoder's token cap).
+    pub samples: usize,
     pub frames: usize,
     pub width: usize,
     pub states: Vec<f32>,
@@ -54,6 +56,7 @@ impl MoonshineEncoder {
             ));
         };
         Ok(EncodedAudio {
+            samples: samples.len(),
             frames: frames.max(0) as usize,
             width: width.max(0) as usize,
             states: states.to_vec(),
