@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 use uuid::Uuid;
@@ -54,6 +55,7 @@ struct LlmJob {
     stop: CancelToken,
     /// The conversation's token: its end stops the job too.
     owner: CancelToken,
+    queued: Instant,
     inflight: GaugeGuard,
     /// Dropped last: a supervisor waiting on it knows the job is completely gone.
     hold: Box<dyn Any + Send>,
@@ -138,6 +140,7 @@ impl LlmBatcher {
             work,
             stop,
             owner: owner.clone(),
+            queued: Instant::now(),
             inflight: GaugeGuard::new(self.metrics.inflight_jobs.clone()),
             hold,
         };
@@ -263,6 +266,9 @@ impl Batch {
 
     /// Start a job's sequence (from the kept state that covers the most of its prompt).
     fn admit(&mut self, model: &mut EmbeddedModel, job: LlmJob, metrics: &Metrics) {
+        metrics
+            .batching
+            .observe_queue_wait("llm", job.queued.elapsed());
         if job.cancelled() {
             metrics.jobs_skipped.inc();
             return job.skip();

@@ -188,7 +188,9 @@ impl<S: 'static> WorkerPool<S> {
 
     /// Queue `work` with no answer channel: it is given `Some(state)` to run, or `None`
     /// when its conversation ended before it ran (it then only releases what it holds).
-    /// A panic is caught and logged; work that must report one catches it itself.
+    /// The work carries its own in-flight gauge guard and hold, released in the order
+    /// it chooses (a job handed on to another stage keeps them). A panic is caught and
+    /// logged; work that must report one catches it itself.
     pub fn run_detached<F>(
         &self,
         priority: Priority,
@@ -198,7 +200,6 @@ impl<S: 'static> WorkerPool<S> {
     where
         F: FnOnce(Option<&mut S>) + Send + 'static,
     {
-        let inflight = GaugeGuard::new(self.metrics.inflight_jobs.clone());
         let pending = PendingGuard::new(&self.pending);
         let task = Task(Box::new(move |state: Option<&mut S>| {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| work(state))) {
@@ -206,7 +207,6 @@ impl<S: 'static> WorkerPool<S> {
                 tracing::error!(%message, "worker job panicked");
             }
             drop(pending);
-            drop(inflight);
         }));
         self.queue
             .push_with(token, priority, task)

@@ -6,13 +6,16 @@
 //! behind other conversations' work is torn down in microseconds instead of when a
 //! worker reaches them (measured before: one second and more with ten busy sessions).
 //!
-//! Two priorities: work the listener is waiting for right now (the current turn's
-//! transcript, a reply's first clause) is [`Priority::Urgent`] and goes ahead of every
-//! [`Priority::Normal`] job (the rest of a reply, guidance decodes), first come first
-//! served within each class.
+//! Three classes: work the listener is waiting for right now (the current turn's
+//! transcript, a reply's first clause) is [`Priority::Urgent`] and goes first; work due
+//! at a known instant ([`Priority::By`]: the next clause of a reply, due when the
+//! reply's audio already made runs dry) comes next, earliest deadline first; then
+//! [`Priority::Normal`] work (guidance decodes). First come first served within
+//! `Urgent` and `Normal`, and among equal deadlines.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
 
 use prometheus::IntCounter;
 
@@ -26,10 +29,23 @@ pub(crate) trait Skip: Send {
 /// Where a job joins the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
-    /// The listener waits for it now: ahead of every normal job.
+    /// The listener waits for it now: ahead of every other job.
     Urgent,
+    /// Due at this instant: after urgent jobs, earliest first, before normal ones.
+    By(Instant),
     #[default]
     Normal,
+}
+
+impl Priority {
+    /// Queue order: lower goes first.
+    fn rank(self) -> (u8, Option<Instant>) {
+        match self {
+            Priority::Urgent => (0, None),
+            Priority::By(due) => (1, Some(due)),
+            Priority::Normal => (2, None),
+        }
+    }
 }
 
 pub(crate) enum PushError<T> {
@@ -44,19 +60,25 @@ struct Queued<T> {
 }
 
 struct State<T> {
-    /// Urgent jobs first (the first `urgent` entries), then normal ones.
+    /// In queue order (see [`Priority::rank`]).
     jobs: VecDeque<Queued<T>>,
-    urgent: usize,
     closed: bool,
 }
 
 impl<T> State<T> {
     fn pop(&mut self) -> Option<T> {
-        let queued = self.jobs.pop_front()?;
-        if queued.priority == Priority::Urgent {
-            self.urgent -= 1;
-        }
-        Some(queued.job)
+        Some(self.jobs.pop_front()?.job)
+    }
+
+    /// Behind every job that goes first or ties with it.
+    fn insert(&mut self, queued: Queued<T>) {
+        let rank = queued.priority.rank();
+        let at = self
+            .jobs
+            .iter()
+            .rposition(|q| q.priority.rank() <= rank)
+            .map_or(0, |i| i + 1);
+        self.jobs.insert(at, queued);
     }
 }
 
@@ -75,7 +97,6 @@ impl<T: Skip + 'static> JobQueue<T> {
         Arc::new_cyclic(|this| JobQueue {
             state: Mutex::new(State {
                 jobs: VecDeque::with_capacity(capacity.min(1024)),
-                urgent: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -110,14 +131,7 @@ impl<T: Skip + 'static> JobQueue<T> {
                 priority,
                 job,
             };
-            match priority {
-                Priority::Urgent => {
-                    let at = state.urgent;
-                    state.jobs.insert(at, queued);
-                    state.urgent += 1;
-                }
-                Priority::Normal => state.jobs.push_back(queued),
-            }
+            state.insert(queued);
         }
         self.ready.notify_one();
         // Cancelled between `watch` and the push: `cancel` may have purged already.
@@ -172,10 +186,6 @@ impl<T: Skip + 'static> Purge for JobQueue<T> {
             let (gone, kept) = std::mem::take(&mut state.jobs)
                 .into_iter()
                 .partition::<Vec<_>, _>(|queued| queued.owner.is_cancelled());
-            state.urgent = kept
-                .iter()
-                .filter(|q| q.priority == Priority::Urgent)
-                .count();
             state.jobs = kept.into();
             gone.into_iter().map(|queued| queued.job).collect()
         };
@@ -248,7 +258,36 @@ mod tests {
     }
 
     #[test]
-    fn purging_keeps_the_urgent_count_right() {
+    fn deadlines_go_between_urgent_and_normal_jobs_earliest_first() {
+        let queue = JobQueue::new(8, counter());
+        let owner = CancelToken::new();
+        struct Named(usize);
+        impl Skip for Named {
+            fn skip(self) {}
+        }
+        let now = Instant::now();
+        let at = |ms| Priority::By(now + std::time::Duration::from_millis(ms));
+        let jobs = [
+            (1, Priority::Normal),
+            (2, at(300)),
+            (3, Priority::Urgent),
+            (4, at(100)),
+            (5, at(300)),
+            (6, Priority::Urgent),
+            (7, at(200)),
+        ];
+        for (n, priority) in jobs {
+            assert!(queue.push_with(&owner, priority, Named(n)).is_ok());
+        }
+        let mut order = Vec::new();
+        while let Some(Named(n)) = queue.try_pop() {
+            order.push(n);
+        }
+        assert_eq!(order, [3, 6, 4, 7, 2, 5, 1]);
+    }
+
+    #[test]
+    fn purging_keeps_the_queue_order() {
         let queue = JobQueue::new(8, counter());
         let skipped = Arc::new(AtomicUsize::new(0));
         let (leaving, staying) = (CancelToken::new(), CancelToken::new());
@@ -262,7 +301,6 @@ mod tests {
         push(&staying, Priority::Normal);
         leaving.cancel();
         push(&staying, Priority::Urgent);
-        assert_eq!(queue.lock().urgent, 2);
         assert_eq!(
             queue
                 .lock()

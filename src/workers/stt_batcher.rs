@@ -312,6 +312,9 @@ fn encode(
             }
         }
     }
+    if job.answer_if_over() {
+        return;
+    }
     if job.pieces.is_empty() {
         let elapsed = job.started.elapsed();
         return job.reply.send(Ok(Some(Transcribed {
