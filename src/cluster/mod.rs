@@ -8,6 +8,8 @@
 //!   renews and releases conversation leases, heartbeats, and reports lost nodes.
 //! - [`control`]: one task on the node's control channel, where other nodes ask it to
 //!   end a session whose conversation they are taking over.
+//! - [`history`]: with `llm.history_store = "redis"`, each conversation's history in
+//!   Redis, written and read through the node task (so in order with its leases).
 //!
 //! Sessions meet the cluster once: before registering, a session asks
 //! [`ClusterHandle::acquire`] for its conversation's lease and keeps the [`Claim`] with
@@ -17,6 +19,7 @@
 mod claims;
 mod control;
 mod event;
+mod history;
 mod keys;
 mod node;
 mod outbox;
@@ -30,11 +33,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::{Config, HistoryStoreKind};
 use crate::lifecycle::ExitReason;
 use crate::metrics::Metrics;
 use crate::registry::{RegistryHandle, SubscribeError};
 
+pub use history::{Loaded, RedisHistory};
 pub use keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,11 @@ pub(crate) enum Command {
     },
     ListNodes {
         reply: oneshot::Sender<Option<Vec<NodeInfo>>>,
+    },
+    /// Read a conversation's history (one per resumed session).
+    LoadHistory {
+        id: Uuid,
+        reply: oneshot::Sender<Loaded>,
     },
 }
 
@@ -135,6 +144,7 @@ impl Drop for Claim {
 pub struct ClusterHandle {
     node_id: Arc<str>,
     commands: mpsc::UnboundedSender<Command>,
+    history: Option<RedisHistory>,
 }
 
 impl ClusterHandle {
@@ -159,6 +169,11 @@ impl ClusterHandle {
             claim.grant = answer.await.unwrap_or(Grant::Unverified);
         }
         claim
+    }
+
+    /// Conversation histories in Redis, with `llm.history_store = "redis"`.
+    pub fn history(&self) -> Option<&RedisHistory> {
+        self.history.as_ref()
     }
 
     /// Nodes in the cluster with their session counts.
@@ -211,12 +226,27 @@ impl Cluster {
             timeout,
             stopped,
         ));
+        let history = (config.llm.history_store == HistoryStoreKind::Redis).then(|| {
+            let saves = Arc::new(history::SaveQueue::new(
+                config.llm.history_max_conversations,
+            ));
+            let handle = RedisHistory::new(
+                Arc::clone(&saves),
+                commands.clone(),
+                timeout,
+                metrics.cluster.history.clone(),
+            );
+            let ttl_ms = config.llm.history_ttl_ms;
+            (node::HistorySink { saves, ttl_ms }, handle)
+        });
+        let (sink, history) = history.unzip();
         let task = node::Node::new(
             keys,
             cluster.clone(),
             client,
             registry.clone(),
             Arc::clone(metrics),
+            sink,
         );
         let node = tokio::task::spawn_local(async move {
             task.run(events, received, drain).await;
@@ -227,6 +257,7 @@ impl Cluster {
             handle: ClusterHandle {
                 node_id: node_id.into(),
                 commands,
+                history,
             },
             node,
             control,
