@@ -49,6 +49,8 @@ pub enum ClusterError {
     Subscribe(#[from] SubscribeError),
     #[error("cluster: Redis is unreachable")]
     Unavailable,
+    #[error("cluster: cannot start the bridge's thread")]
+    Thread,
 }
 
 /// How a start got its conversation.
@@ -186,15 +188,24 @@ impl ClusterHandle {
     }
 }
 
-/// The running cluster tasks of one server.
+/// The running cluster tasks of one server, on an arbiter (thread) of their own.
+///
+/// Not on the registry's: the bridge builds and serialises every event, takes leases,
+/// and its Redis connection's driver writes commands and parses answers, all on the
+/// thread it runs on. On the registry's thread that was ~90 µs of CPU per session, six
+/// times the registry's own work (measured per thread, `docs/benchmarks.md`), and a
+/// `Deregister` — where every teardown ends — waited behind it, or behind the thread
+/// being scheduled out for it on a busy machine. Here the registry's broadcast only
+/// wakes this thread.
 pub struct Cluster {
     handle: ClusterHandle,
-    node: JoinHandle<()>,
-    control: JoinHandle<()>,
+    /// The node and control tasks, once the arbiter has started them.
+    tasks: oneshot::Receiver<(JoinHandle<()>, JoinHandle<()>)>,
+    arbiter: actix::Arbiter,
 }
 
 impl Cluster {
-    /// Start the node and control tasks on the current actix arbiter, or nothing when
+    /// Start the node and control tasks on an arbiter of their own, or nothing when
     /// `cluster.redis_url` is empty. Does not wait for Redis: a node starts (and serves
     /// sessions) while Redis is unreachable, and catches up once it answers.
     pub fn start(
@@ -219,13 +230,6 @@ impl Cluster {
         let (stop, stopped) = oneshot::channel();
         let drain = Duration::from_millis(config.server.shutdown_drain_ms);
         let timeout = Duration::from_millis(cluster.command_timeout_ms);
-        let control = tokio::task::spawn_local(control::listen(
-            client.clone(),
-            keys.control(),
-            registry.clone(),
-            timeout,
-            stopped,
-        ));
         let history = (config.llm.history_store == HistoryStoreKind::Redis).then(|| {
             let saves = Arc::new(history::SaveQueue::new(
                 config.llm.history_max_conversations,
@@ -240,18 +244,25 @@ impl Cluster {
             (node::HistorySink { saves, ttl_ms }, handle)
         });
         let (sink, history) = history.unzip();
-        let task = node::Node::new(
-            keys,
-            cluster.clone(),
-            client,
-            registry.clone(),
-            Arc::clone(metrics),
-            sink,
-        );
-        let node = tokio::task::spawn_local(async move {
-            task.run(events, received, drain).await;
-            drop(stop);
+        let (registry, metrics, config) = (registry.clone(), Arc::clone(metrics), cluster.clone());
+        let (listener, control_channel) = (client.clone(), keys.control());
+        let (started, tasks) = oneshot::channel();
+        let arbiter = actix::Arbiter::new();
+        // The node task is not `Send` (its pending command is a local future): it is
+        // built on the arbiter's thread from parts that are.
+        let spawned = arbiter.spawn_fn(move || {
+            let task = node::Node::new(keys, config, client, registry.clone(), metrics, sink);
+            let node = tokio::task::spawn_local(async move {
+                task.run(events, received, drain).await;
+                drop(stop);
+            });
+            let control = control::listen(listener, control_channel, registry, timeout, stopped);
+            let control = tokio::task::spawn_local(control);
+            let _ = started.send((node, control));
         });
+        if !spawned {
+            return Err(ClusterError::Thread);
+        }
         tracing::info!(node = %node_id, "cluster: node started");
         Ok(Some(Cluster {
             handle: ClusterHandle {
@@ -259,8 +270,8 @@ impl Cluster {
                 commands,
                 history,
             },
-            node,
-            control,
+            tasks,
+            arbiter,
         }))
     }
 
@@ -271,9 +282,12 @@ impl Cluster {
     /// After shutdown's event flush: the node task has normally ended by itself (the
     /// registry closed its subscription); anything left is stopped here.
     pub async fn stop(self) {
-        self.node.abort();
-        let _ = self.node.await;
-        self.control.abort();
-        let _ = self.control.await;
+        if let Ok((node, control)) = self.tasks.await {
+            node.abort();
+            let _ = node.await;
+            control.abort();
+            let _ = control.await;
+        }
+        self.arbiter.stop();
     }
 }
