@@ -13,7 +13,8 @@
 //!   after it continues (or is counted as dropped).
 //! - With `llm.history_store = "redis"` a conversation begun on one node resumes on
 //!   another with its history and system prompt; with the default `"memory"` nothing
-//!   of it is written to Redis.
+//!   of it is written to Redis; with Redis stopped, a resume starts a fresh conversation
+//!   (counted), never an error.
 //! - After each case every gauge is back at its start on every node.
 
 mod cluster_support;
@@ -785,5 +786,56 @@ async fn memory_histories_stay_off_redis() {
         assert_eq!(counts.with_label_values(&["save", "written"]).get(), 0);
         assert_eq!(counts.with_label_values(&["load", "found"]).get(), 0);
     }
+    all_back_to_zero(&[&a, &b]).await;
+}
+
+/// `llm.history_store = "redis"` with Redis stopped: a resume costs only the history.
+/// The session starts (its first event is `session.created`, not an error) as a fresh
+/// conversation, answers, and the failed read and the write that could not be sent are
+/// counted; once Redis is back everything settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_means_no_resume_not_an_error() {
+    use hearken::config::HistoryStoreKind;
+    let upstream = fake_llm::fake_llm(fake_llm::Upstream::Quick).await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let subscriber = Subscriber::start(&url, CHANNEL).await;
+    let node = |name| replying_node(&url, name, &upstream.base_url, HistoryStoreKind::Redis);
+    let a = TestServer::start(node("a"));
+    let b = TestServer::start(node("b"));
+    let (mut on_a, created) = open_realtime(&a.realtime_url("")).await;
+    let (id, reply) = one_turn(&mut on_a, &created).await;
+    leave_and_wait(&mut on_a, (&url, &subscriber), &id, 1).await;
+    assert_eq!(keys(&url, "hearken:history:*").await.len(), 1);
+
+    redis.pause();
+    let mut on_b = connect(&b.realtime_url(&format!("conversation_id={id}"))).await;
+    let Incoming::Event(first) = next_incoming(&mut on_b).await else {
+        panic!("the session did not start");
+    };
+    assert_eq!(first["type"], "session.created", "{first}");
+    assert_eq!(first["session"]["resumed"], false, "{first}");
+    assert_eq!(
+        retrieve(&mut on_b, &reply).await,
+        Err("item_not_found".into())
+    );
+    send_json(&mut on_b, serde_json::json!({"type": "response.create"})).await;
+    let done = next_event_of(&mut on_b, "response.done").await;
+    assert_eq!(done["response"]["status"], "completed", "{done}");
+    let counts = b.metrics.cluster.history.clone();
+    let count = |op: &str, outcome: &str| counts.with_label_values(&[op, outcome]).get();
+    assert_eq!(count("load", "found"), 0);
+    assert!(
+        eventually(|| count("load", "failed") + count("load", "timeout") == 1).await,
+        "the failed read is counted"
+    );
+    assert!(
+        eventually(|| count("save", "failed") >= 1).await,
+        "the reply's write, dropped while Redis is away, is counted"
+    );
+    redis.resume();
+
+    send_close(&mut on_b).await;
+    close_code(&mut on_b).await;
     all_back_to_zero(&[&a, &b]).await;
 }
