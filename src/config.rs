@@ -268,6 +268,17 @@ pub enum LlmBackendKind {
     None,
 }
 
+/// Where conversation histories live (`llm.history_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStoreKind {
+    /// In this node's memory: a reconnect to another node starts afresh.
+    #[default]
+    Memory,
+    /// In memory and in Redis (`cluster.redis_url`), so any node can resume it.
+    Redis,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
@@ -321,6 +332,8 @@ pub struct LlmConfig {
     /// Bytes of history kept for all conversations together; the least recently used
     /// conversations go first.
     pub history_total_bytes: usize,
+    /// `redis` also keeps each conversation in Redis, so any node resumes it.
+    pub history_store: HistoryStoreKind,
 }
 
 /// Spoken replies should be short: a listener waits for all of it.
@@ -352,6 +365,7 @@ impl Default for LlmConfig {
             max_system_prompt_bytes: 4096,
             history_max_bytes: 32 * 1024,
             history_total_bytes: 64 * 1024 * 1024,
+            history_store: HistoryStoreKind::Memory,
         }
     }
 }
@@ -677,6 +691,12 @@ impl Config {
             return invalid("session.max_frame_bytes", "must hold 10 ms of audio (320)");
         }
         self.cluster.validate()?;
+        if self.llm.history_store == HistoryStoreKind::Redis && !self.cluster.enabled() {
+            return invalid(
+                "llm.history_store",
+                "\"redis\" needs cluster.redis_url (the Redis the nodes share)",
+            );
+        }
         if self.realtime.max_append_ms < 20 {
             return invalid("realtime.max_append_ms", "must hold one 20 ms frame");
         }
@@ -820,6 +840,12 @@ mod tests {
         );
         let err = Config::from_toml("[server]\nkeep_alive_ms = 0").unwrap_err();
         assert!(err.to_string().contains("server.keep_alive_ms"), "{err}");
+        let err = Config::from_toml("[llm]\nhistory_store = \"redis\"").unwrap_err();
+        assert!(err.to_string().contains("llm.history_store"), "{err}");
+        assert!(err.to_string().contains("cluster.redis_url"), "{err}");
+        let text =
+            "[llm]\nhistory_store = \"redis\"\n[cluster]\nredis_url = \"redis://127.0.0.1/0\"";
+        assert!(Config::from_toml(text).is_ok());
         let err = Config::from_toml("[llm]\nhistory_total_bytes = 1").unwrap_err();
         assert!(err.to_string().contains("llm.history_total_bytes"), "{err}");
     }

@@ -10,6 +10,7 @@
 //! - [`registry`]: the live-conversation map and lifecycle event broadcast.
 //! - [`cluster`]: several nodes on one Redis: lifecycle events on a channel and a
 //!   stream, one lease per conversation, heartbeats and lost-node reports.
+//! - [`history_store`]: conversation histories in memory, or also in Redis.
 //! - [`actors`]: the session transport, the conversation supervisor and its children.
 //! - [`audio`]: PCM, Opus, resampling, speech segmentation, WAV.
 //! - [`kernels`]: hand-written matrix kernels whose rows never depend on their batch.
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod fuzzing;
+pub mod history_store;
 pub mod http;
 pub mod kernels;
 pub mod lifecycle;

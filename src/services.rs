@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::ClusterHandle;
-use crate::config::{Config, LlmBackendKind, TurnMode, VadEngine};
+use crate::config::{Config, HistoryStoreKind, LlmBackendKind, TurnMode, VadEngine};
+use crate::history_store::HistoryStore;
 use crate::llm::backend::{EmbeddedBackend, LlmBackend};
 use crate::llm::breaker::CircuitBreaker;
 use crate::llm::history::ConversationStore;
@@ -43,6 +44,8 @@ pub enum ServicesError {
     Llm(String),
     #[error(transparent)]
     Tts(#[from] TtsError),
+    #[error("llm.history_store = \"redis\" needs the cluster (cluster.redis_url)")]
+    HistoryStore,
 }
 
 /// Counts model threads still loading; ready once none are and none failed.
@@ -88,8 +91,9 @@ pub struct Services {
     pub llm: Option<Arc<dyn LlmBackend>>,
     /// Speech synthesis, when `tts.enabled`.
     pub tts: Option<TtsService>,
-    /// Conversation histories; they outlive sessions.
-    pub conversations: Arc<ConversationStore>,
+    /// Conversation histories; they outlive sessions (and, with
+    /// `llm.history_store = "redis"`, this node).
+    pub conversations: Arc<HistoryStore>,
     /// The Redis cluster, when `cluster.redis_url` is set: sessions take their
     /// conversation's lease through it.
     pub cluster: Option<ClusterHandle>,
@@ -197,15 +201,19 @@ impl Services {
             None
         };
         let history = &config.llm;
-        let conversations = Arc::new(
-            ConversationStore::new(
-                Duration::from_millis(history.history_ttl_ms),
-                history.history_max_messages,
-                history.history_max_conversations,
-            )
-            .with_byte_limits(history.history_max_bytes, history.history_total_bytes)
-            .with_eviction_counter(metrics.history_evictions.clone()),
-        );
+        let local = ConversationStore::new(
+            Duration::from_millis(history.history_ttl_ms),
+            history.history_max_messages,
+            history.history_max_conversations,
+        )
+        .with_byte_limits(history.history_max_bytes, history.history_total_bytes)
+        .with_eviction_counter(metrics.history_evictions.clone());
+        let redis = cluster.as_ref().and_then(|c| c.history().cloned());
+        let conversations = Arc::new(match (history.history_store, redis) {
+            (HistoryStoreKind::Redis, Some(redis)) => HistoryStore::redis(local, redis),
+            (HistoryStoreKind::Redis, None) => return Err(ServicesError::HistoryStore),
+            (HistoryStoreKind::Memory, _) => HistoryStore::memory(local),
+        });
 
         Ok(Arc::new(Services {
             config,

@@ -11,6 +11,10 @@
 //!   `server_error` `node_lost` disconnect per conversation it held.
 //! - Redis stopped for five seconds mid-churn: teardowns go on, and every event arrives
 //!   after it continues (or is counted as dropped).
+//! - With `llm.history_store = "redis"` a conversation begun on one node resumes on
+//!   another with its history and system prompt; with the default `"memory"` nothing
+//!   of it is written to Redis; with Redis stopped, a resume starts a fresh conversation
+//!   (counted), never an error.
 //! - After each case every gauge is back at its start on every node.
 
 mod cluster_support;
@@ -563,4 +567,275 @@ async fn churn_behind_nginx_on_two_nodes_is_published_exactly_once() {
         assert_eq!(server.metrics.cluster.events_dropped.get(), 0);
     }
     drop(nginx);
+}
+
+/// A cluster node that answers through the fake OpenAI-compatible upstream, with
+/// histories where `store` says.
+fn replying_node(
+    redis_url: &str,
+    name: &str,
+    llm_url: &str,
+    store: hearken::config::HistoryStoreKind,
+) -> hearken::Config {
+    let mut config = cluster_config(redis_url, name);
+    config.llm.backend = hearken::config::LlmBackendKind::Openai;
+    config.llm.base_url = llm_url.to_string();
+    config.llm.model = "fake".into();
+    config.llm.history_store = store;
+    config
+}
+
+/// `session.created` of a new Realtime session on `url`.
+async fn open_realtime(url: &str) -> (Ws, Value) {
+    let mut ws = connect(url).await;
+    let created = next_event_of(&mut ws, "session.created").await;
+    (ws, created)
+}
+
+/// On a Realtime session: set the instructions (the conversation's system prompt) and
+/// text replies, add the user's message `q1` and have it answered. Returns the
+/// conversation id and the reply's item id.
+async fn one_turn(ws: &mut Ws, created: &Value) -> (String, String) {
+    let id = created["session"]["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_string();
+    send_json(
+        ws,
+        serde_json::json!({"type": "session.update", "session": {
+            "output_modalities": ["text"], "instructions": "Talk like a pirate."}}),
+    )
+    .await;
+    next_event_of(ws, "session.updated").await;
+    send_json(
+        ws,
+        serde_json::json!({"type": "conversation.item.create", "item": {
+            "id": "q1", "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Say hello."}]}}),
+    )
+    .await;
+    next_event_of(ws, "conversation.item.added").await;
+    send_json(ws, serde_json::json!({"type": "response.create"})).await;
+    let done = next_event_of(ws, "response.done").await;
+    let response = &done["response"];
+    assert_eq!(response["status"], "completed", "{done}");
+    let reply = response["output"][0]["id"].as_str().expect("reply id");
+    (id, reply.to_string())
+}
+
+/// The text of item `item_id`, or the error code if the conversation has none.
+async fn retrieve(ws: &mut Ws, item_id: &str) -> Result<String, String> {
+    send_json(
+        ws,
+        serde_json::json!({"type": "conversation.item.retrieve", "item_id": item_id}),
+    )
+    .await;
+    let event = next_event_of_any(ws, &["conversation.item.retrieved", "error"]).await;
+    match event["type"].as_str() {
+        Some("conversation.item.retrieved") => Ok(event["item"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()),
+        _ => Err(event["error"]["code"].as_str().unwrap_or_default().into()),
+    }
+}
+
+/// Close a session and wait (bounded) until its disconnect is on Redis and its lease
+/// released, so the next session of the conversation finds it free.
+async fn leave_and_wait(
+    ws: &mut Ws,
+    (url, subscriber): (&str, &Subscriber),
+    id: &str,
+    disconnects: usize,
+) {
+    send_close(ws).await;
+    close_code(ws).await;
+    let events = subscriber
+        .until(|events| {
+            let counts = count_by_conversation(events, "connection_disconnected");
+            counts.get(id).copied().unwrap_or(0) >= disconnects
+        })
+        .await;
+    let counts = count_by_conversation(&events, "connection_disconnected");
+    assert_eq!(counts.get(id).copied(), Some(disconnects), "{events:?}");
+    let lease = format!("hearken:lease:{id}");
+    let mut free = false;
+    for _ in 0..200 {
+        if !keys(url, &lease).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        free = true;
+        break;
+    }
+    assert!(free, "the lease of {id} was not released");
+}
+
+/// `llm.history_store = "redis"`: a conversation begun on node a (a real turn: the
+/// user's message and the model's reply, and a system prompt from `session.update`)
+/// is resumed on node b after the client left a, with a's history and settings: b
+/// retrieves a's items, and b's next prompt to the model holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_across_nodes() {
+    use hearken::config::HistoryStoreKind;
+    let upstream = fake_llm::fake_llm(fake_llm::Upstream::Quick).await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let subscriber = Subscriber::start(&url, CHANNEL).await;
+    let node = |name| replying_node(&url, name, &upstream.base_url, HistoryStoreKind::Redis);
+    let a = TestServer::start(node("a"));
+    let b = TestServer::start(node("b"));
+
+    let (mut on_a, created) = open_realtime(&a.realtime_url("")).await;
+    assert_eq!(created["session"]["resumed"], false);
+    let (id, reply) = one_turn(&mut on_a, &created).await;
+    leave_and_wait(&mut on_a, (&url, &subscriber), &id, 1).await;
+
+    // The copy in Redis: one key, expiring with the history's TTL.
+    let key = format!("hearken:history:{id}");
+    assert_eq!(
+        keys(&url, "hearken:history:*").await,
+        std::slice::from_ref(&key)
+    );
+    let mut conn = cluster_support::redis(&url).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    let configured = hearken::Config::default().llm.history_ttl_ms as i64;
+    assert!(ttl > 0 && ttl <= configured, "PTTL {ttl}");
+
+    let (mut on_b, created) =
+        open_realtime(&b.realtime_url(&format!("conversation_id={id}"))).await;
+    assert_eq!(created["session"]["resumed"], true, "{created}");
+    assert_eq!(retrieve(&mut on_b, "q1").await, Ok("Say hello.".into()));
+    assert_eq!(retrieve(&mut on_b, &reply).await, Ok("Hello there".into()));
+    send_json(&mut on_b, serde_json::json!({"type": "response.create"})).await;
+    next_event_of(&mut on_b, "response.done").await;
+    let requests = upstream.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1]["messages"],
+        serde_json::json!([
+            {"role": "system", "content": "Talk like a pirate."},
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": "Hello there"},
+        ]),
+        "b's prompt holds a's turn and system prompt"
+    );
+    leave_and_wait(&mut on_b, (&url, &subscriber), &id, 2).await;
+
+    let history = |server: &TestServer, op: &str, outcome: &str| {
+        let counts = &server.metrics.cluster.history;
+        counts.with_label_values(&[op, outcome]).get()
+    };
+    assert_eq!(history(&b, "load", "found"), 1);
+    assert!(history(&a, "save", "written") >= 1);
+    for server in [&a, &b] {
+        for outcome in ["failed", "dropped"] {
+            assert_eq!(history(server, "save", outcome), 0, "save {outcome}");
+        }
+        for outcome in ["failed", "timeout"] {
+            assert_eq!(history(server, "load", outcome), 0, "load {outcome}");
+        }
+    }
+    all_back_to_zero(&[&a, &b]).await;
+}
+
+/// With the default `llm.history_store = "memory"` nothing of a conversation is
+/// written to Redis, and another node does not know it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_histories_stay_off_redis() {
+    use hearken::config::HistoryStoreKind;
+    assert_eq!(
+        hearken::Config::default().llm.history_store,
+        HistoryStoreKind::Memory
+    );
+    let upstream = fake_llm::fake_llm(fake_llm::Upstream::Quick).await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let subscriber = Subscriber::start(&url, CHANNEL).await;
+    let node = |name| replying_node(&url, name, &upstream.base_url, HistoryStoreKind::Memory);
+    let a = TestServer::start(node("a"));
+    let b = TestServer::start(node("b"));
+
+    let (mut on_a, created) = open_realtime(&a.realtime_url("")).await;
+    let (id, reply) = one_turn(&mut on_a, &created).await;
+    leave_and_wait(&mut on_a, (&url, &subscriber), &id, 1).await;
+    assert!(keys(&url, "hearken:history:*").await.is_empty());
+
+    let (mut on_b, created) =
+        open_realtime(&b.realtime_url(&format!("conversation_id={id}"))).await;
+    assert_eq!(created["session"]["resumed"], false, "{created}");
+    assert_eq!(
+        retrieve(&mut on_b, &reply).await,
+        Err("item_not_found".into())
+    );
+    leave_and_wait(&mut on_b, (&url, &subscriber), &id, 2).await;
+
+    // Only the cluster's own keys: nothing under any other name.
+    let all = keys(&url, "*").await;
+    assert!(
+        all.iter()
+            .all(|k| k == CHANNEL || k.starts_with("hearken:node")),
+        "{all:?}"
+    );
+    for server in [&a, &b] {
+        let counts = &server.metrics.cluster.history;
+        assert_eq!(counts.with_label_values(&["save", "written"]).get(), 0);
+        assert_eq!(counts.with_label_values(&["load", "found"]).get(), 0);
+    }
+    all_back_to_zero(&[&a, &b]).await;
+}
+
+/// `llm.history_store = "redis"` with Redis stopped: a resume costs only the history.
+/// The session starts (its first event is `session.created`, not an error) as a fresh
+/// conversation, answers, and the failed read and the write that could not be sent are
+/// counted; once Redis is back everything settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_means_no_resume_not_an_error() {
+    use hearken::config::HistoryStoreKind;
+    let upstream = fake_llm::fake_llm(fake_llm::Upstream::Quick).await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let subscriber = Subscriber::start(&url, CHANNEL).await;
+    let node = |name| replying_node(&url, name, &upstream.base_url, HistoryStoreKind::Redis);
+    let a = TestServer::start(node("a"));
+    let b = TestServer::start(node("b"));
+    let (mut on_a, created) = open_realtime(&a.realtime_url("")).await;
+    let (id, reply) = one_turn(&mut on_a, &created).await;
+    leave_and_wait(&mut on_a, (&url, &subscriber), &id, 1).await;
+    assert_eq!(keys(&url, "hearken:history:*").await.len(), 1);
+
+    redis.pause();
+    let mut on_b = connect(&b.realtime_url(&format!("conversation_id={id}"))).await;
+    let Incoming::Event(first) = next_incoming(&mut on_b).await else {
+        panic!("the session did not start");
+    };
+    assert_eq!(first["type"], "session.created", "{first}");
+    assert_eq!(first["session"]["resumed"], false, "{first}");
+    assert_eq!(
+        retrieve(&mut on_b, &reply).await,
+        Err("item_not_found".into())
+    );
+    send_json(&mut on_b, serde_json::json!({"type": "response.create"})).await;
+    let done = next_event_of(&mut on_b, "response.done").await;
+    assert_eq!(done["response"]["status"], "completed", "{done}");
+    let counts = b.metrics.cluster.history.clone();
+    let count = |op: &str, outcome: &str| counts.with_label_values(&[op, outcome]).get();
+    assert_eq!(count("load", "found"), 0);
+    assert!(
+        eventually(|| count("load", "failed") + count("load", "timeout") == 1).await,
+        "the failed read is counted"
+    );
+    assert!(
+        eventually(|| count("save", "failed") >= 1).await,
+        "the reply's write, dropped while Redis is away, is counted"
+    );
+    redis.resume();
+
+    send_close(&mut on_b).await;
+    close_code(&mut on_b).await;
+    all_back_to_zero(&[&a, &b]).await;
 }

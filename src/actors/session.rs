@@ -39,21 +39,29 @@ use crate::services::Services;
 
 /// The conversation's lease: in a cluster first its Redis lease (the claim then rides
 /// with the registry lease, so it ends after the local teardown), then the registry's.
-/// True when the conversation was taken over from another node. Dropping the future
+/// With histories in Redis, a client-chosen conversation's history is read in between:
+/// once this node holds the lease, the previous owner has written its last turn. True
+/// when the conversation was taken over from another node. Dropping the future
 /// withdraws both requests.
 fn register(
     services: &Services,
-    conversation_id: uuid::Uuid,
-    client_id: String,
+    params: &SessionParams,
     session: Recipient<EndSession>,
 ) -> impl std::future::Future<Output = Result<(Lease, bool), RegisterError>> + 'static {
     let registry = services.registry.clone();
     let cluster = services.cluster.clone();
+    let conversation_id = params.conversation_id;
+    let client_id = params.client_id.clone();
+    let history = (params.conversation_id_given && services.conversations.in_redis())
+        .then(|| Arc::clone(&services.conversations));
     async move {
         let claim = match &cluster {
             Some(cluster) => Some(cluster.acquire(conversation_id).await),
             None => None,
         };
+        if let Some(history) = history {
+            history.resume(conversation_id).await;
+        }
         let mut lease = registry
             .register(conversation_id, client_id, session)
             .await?;
@@ -447,12 +455,7 @@ impl Actor for SessionActor {
         // Wait (frames stay unread) until the registry grants the conversation: a
         // superseded predecessor is fully torn down before this tree starts. The wait is
         // bounded; giving up drops the request, which withdraws it.
-        let request = register(
-            &self.services,
-            self.params.conversation_id,
-            self.params.client_id.clone(),
-            ctx.address().recipient(),
-        );
+        let request = register(&self.services, &self.params, ctx.address().recipient());
         let bound = Duration::from_millis(self.services.config.session.register_timeout_ms);
         ctx.wait(
             tokio::time::timeout(bound, request)

@@ -10,6 +10,8 @@
 //!   retried after an ambiguous failure is not published twice.
 //! - `{prefix}:lease:{conversation_id}`: the owning node id (`PX lease_ttl_ms`).
 //! - `{prefix}:control:{id}`: the node's control channel (takeover requests).
+//! - `{prefix}:history:{conversation_id}`: the conversation's history and settings as
+//!   JSON (`PX llm.history_ttl_ms`), with `llm.history_store = "redis"`.
 //! - `{events_channel}`: the pub/sub channel and the capped stream of lifecycle events.
 
 use uuid::Uuid;
@@ -45,6 +47,10 @@ impl Keys {
 
     pub fn lease(&self, conversation_id: Uuid) -> String {
         format!("{}{conversation_id}", self.lease_prefix())
+    }
+
+    pub fn history(&self, conversation_id: Uuid) -> String {
+        format!("{}:history:{conversation_id}", self.prefix)
     }
 
     pub fn control_of(&self, node: &str) -> String {

@@ -8,6 +8,8 @@
 //!   renews and releases conversation leases, heartbeats, and reports lost nodes.
 //! - [`control`]: one task on the node's control channel, where other nodes ask it to
 //!   end a session whose conversation they are taking over.
+//! - [`history`]: with `llm.history_store = "redis"`, each conversation's history in
+//!   Redis, written and read through the node task (so in order with its leases).
 //!
 //! Sessions meet the cluster once: before registering, a session asks
 //! [`ClusterHandle::acquire`] for its conversation's lease and keeps the [`Claim`] with
@@ -17,6 +19,7 @@
 mod claims;
 mod control;
 mod event;
+mod history;
 mod keys;
 mod node;
 mod outbox;
@@ -30,11 +33,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::{Config, HistoryStoreKind};
 use crate::lifecycle::ExitReason;
 use crate::metrics::Metrics;
 use crate::registry::{RegistryHandle, SubscribeError};
 
+pub use history::{Loaded, RedisHistory};
 pub use keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub enum ClusterError {
     Subscribe(#[from] SubscribeError),
     #[error("cluster: Redis is unreachable")]
     Unavailable,
+    #[error("cluster: cannot start the bridge's thread")]
+    Thread,
 }
 
 /// How a start got its conversation.
@@ -73,6 +79,11 @@ pub(crate) enum Command {
     },
     ListNodes {
         reply: oneshot::Sender<Option<Vec<NodeInfo>>>,
+    },
+    /// Read a conversation's history (one per resumed session).
+    LoadHistory {
+        id: Uuid,
+        reply: oneshot::Sender<Loaded>,
     },
 }
 
@@ -135,6 +146,7 @@ impl Drop for Claim {
 pub struct ClusterHandle {
     node_id: Arc<str>,
     commands: mpsc::UnboundedSender<Command>,
+    history: Option<RedisHistory>,
 }
 
 impl ClusterHandle {
@@ -161,6 +173,11 @@ impl ClusterHandle {
         claim
     }
 
+    /// Conversation histories in Redis, with `llm.history_store = "redis"`.
+    pub fn history(&self) -> Option<&RedisHistory> {
+        self.history.as_ref()
+    }
+
     /// Nodes in the cluster with their session counts.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
         let (reply, answer) = oneshot::channel();
@@ -171,15 +188,24 @@ impl ClusterHandle {
     }
 }
 
-/// The running cluster tasks of one server.
+/// The running cluster tasks of one server, on an arbiter (thread) of their own.
+///
+/// Not on the registry's: the bridge builds and serialises every event, takes leases,
+/// and its Redis connection's driver writes commands and parses answers, all on the
+/// thread it runs on. On the registry's thread that was ~90 µs of CPU per session, six
+/// times the registry's own work (measured per thread, `docs/benchmarks.md`), and a
+/// `Deregister` — where every teardown ends — waited behind it, or behind the thread
+/// being scheduled out for it on a busy machine. Here the registry's broadcast only
+/// wakes this thread.
 pub struct Cluster {
     handle: ClusterHandle,
-    node: JoinHandle<()>,
-    control: JoinHandle<()>,
+    /// The node and control tasks, once the arbiter has started them.
+    tasks: oneshot::Receiver<(JoinHandle<()>, JoinHandle<()>)>,
+    arbiter: actix::Arbiter,
 }
 
 impl Cluster {
-    /// Start the node and control tasks on the current actix arbiter, or nothing when
+    /// Start the node and control tasks on an arbiter of their own, or nothing when
     /// `cluster.redis_url` is empty. Does not wait for Redis: a node starts (and serves
     /// sessions) while Redis is unreachable, and catches up once it answers.
     pub fn start(
@@ -204,32 +230,48 @@ impl Cluster {
         let (stop, stopped) = oneshot::channel();
         let drain = Duration::from_millis(config.server.shutdown_drain_ms);
         let timeout = Duration::from_millis(cluster.command_timeout_ms);
-        let control = tokio::task::spawn_local(control::listen(
-            client.clone(),
-            keys.control(),
-            registry.clone(),
-            timeout,
-            stopped,
-        ));
-        let task = node::Node::new(
-            keys,
-            cluster.clone(),
-            client,
-            registry.clone(),
-            Arc::clone(metrics),
-        );
-        let node = tokio::task::spawn_local(async move {
-            task.run(events, received, drain).await;
-            drop(stop);
+        let history = (config.llm.history_store == HistoryStoreKind::Redis).then(|| {
+            let saves = Arc::new(history::SaveQueue::new(
+                config.llm.history_max_conversations,
+            ));
+            let handle = RedisHistory::new(
+                Arc::clone(&saves),
+                commands.clone(),
+                timeout,
+                metrics.cluster.history.clone(),
+            );
+            let ttl_ms = config.llm.history_ttl_ms;
+            (node::HistorySink { saves, ttl_ms }, handle)
         });
+        let (sink, history) = history.unzip();
+        let (registry, metrics, config) = (registry.clone(), Arc::clone(metrics), cluster.clone());
+        let (listener, control_channel) = (client.clone(), keys.control());
+        let (started, tasks) = oneshot::channel();
+        let arbiter = actix::Arbiter::new();
+        // The node task is not `Send` (its pending command is a local future): it is
+        // built on the arbiter's thread from parts that are.
+        let spawned = arbiter.spawn_fn(move || {
+            let task = node::Node::new(keys, config, client, registry.clone(), metrics, sink);
+            let node = tokio::task::spawn_local(async move {
+                task.run(events, received, drain).await;
+                drop(stop);
+            });
+            let control = control::listen(listener, control_channel, registry, timeout, stopped);
+            let control = tokio::task::spawn_local(control);
+            let _ = started.send((node, control));
+        });
+        if !spawned {
+            return Err(ClusterError::Thread);
+        }
         tracing::info!(node = %node_id, "cluster: node started");
         Ok(Some(Cluster {
             handle: ClusterHandle {
                 node_id: node_id.into(),
                 commands,
+                history,
             },
-            node,
-            control,
+            tasks,
+            arbiter,
         }))
     }
 
@@ -240,9 +282,12 @@ impl Cluster {
     /// After shutdown's event flush: the node task has normally ended by itself (the
     /// registry closed its subscription); anything left is stopped here.
     pub async fn stop(self) {
-        self.node.abort();
-        let _ = self.node.await;
-        self.control.abort();
-        let _ = self.control.await;
+        if let Ok((node, control)) = self.tasks.await {
+            node.abort();
+            let _ = node.await;
+            control.abort();
+            let _ = control.await;
+        }
+        self.arbiter.stop();
     }
 }

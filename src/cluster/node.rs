@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::claims::Claims;
 use super::event::payload;
+use super::history::{Loaded, SaveQueue};
 use super::keys::Keys;
 use super::outbox::{Kind, Outbox};
 use super::scripts;
@@ -80,6 +81,21 @@ enum Done {
         replies: Vec<oneshot::Sender<Option<Vec<NodeInfo>>>>,
         result: RedisResult<Vec<String>>,
     },
+    Saved {
+        count: u64,
+        result: RedisResult<()>,
+    },
+    Loaded {
+        replies: Vec<oneshot::Sender<Loaded>>,
+        result: RedisResult<Vec<Option<String>>>,
+    },
+}
+
+/// Conversation histories to write (`llm.history_store = "redis"`).
+pub(super) struct HistorySink {
+    pub(super) saves: Arc<SaveQueue>,
+    /// `PX` of each write: `llm.history_ttl_ms`.
+    pub(super) ttl_ms: u64,
 }
 
 pub(super) struct Node {
@@ -95,6 +111,9 @@ pub(super) struct Node {
     /// Takeover requests to send: (owner node, conversation).
     controls: VecDeque<(String, Uuid)>,
     lists: Vec<oneshot::Sender<Option<Vec<NodeInfo>>>>,
+    history: Option<HistorySink>,
+    /// History reads waiting to be sent.
+    loads: Vec<(Uuid, oneshot::Sender<Loaded>)>,
     inflight: Option<OpFuture>,
     backoff: Duration,
     reconnect_due: Instant,
@@ -112,6 +131,7 @@ impl Node {
         client: Client,
         registry: RegistryHandle,
         metrics: Arc<Metrics>,
+        history: Option<HistorySink>,
     ) -> Self {
         let cluster = &metrics.cluster;
         let outbox = Outbox::new(
@@ -132,6 +152,8 @@ impl Node {
             acquiring: VecDeque::new(),
             controls: VecDeque::new(),
             lists: Vec::new(),
+            history,
+            loads: Vec::new(),
             inflight: None,
             backoff: MIN_BACKOFF,
             reconnect_due: now,
@@ -172,6 +194,7 @@ impl Node {
                     None => closing = Some(Instant::now()),
                 },
                 Some(command) = commands.recv() => self.on_command(command),
+                _ = queued(&self.history) => {}
                 done = poll(&mut self.inflight), if self.inflight.is_some() => {
                     self.inflight = None;
                     self.on_done(done);
@@ -232,6 +255,13 @@ impl Node {
                     self.release(id);
                 }
             }
+            Command::LoadHistory { id, reply } => {
+                if self.conn.is_none() {
+                    let _ = reply.send(Loaded::Failed);
+                } else {
+                    self.loads.push((id, reply));
+                }
+            }
             Command::ListNodes { reply } => {
                 if self.conn.is_none() {
                     let _ = reply.send(None);
@@ -256,10 +286,13 @@ impl Node {
     }
 
     /// The next command to send, if any is due. Starts waiting for a lease go first,
-    /// then takeover requests, heartbeats, renewals, listings, then events.
+    /// then takeover requests, history writes and reads, heartbeats, renewals,
+    /// listings, then events. History writes go before events, so a conversation's
+    /// last write reaches Redis before the release that follows its disconnect.
     fn next_op(&mut self, closing: bool) -> Option<OpFuture> {
         let now = Instant::now();
         let Some(conn) = self.conn.clone() else {
+            self.drop_saves();
             if now < self.reconnect_due {
                 return None;
             }
@@ -272,6 +305,13 @@ impl Node {
         }
         if let Some((owner, id)) = self.controls.pop_front() {
             return Some(self.control(conn, &owner, id));
+        }
+        if let Some(op) = self.save(conn.clone()) {
+            return Some(op);
+        }
+        self.loads.retain(|(_, reply)| !reply.is_closed());
+        if !self.loads.is_empty() {
+            return Some(self.load(conn));
         }
         if !closing && self.heartbeat_due <= now {
             self.heartbeat_due = now + Duration::from_millis(self.config.heartbeat_ms);
@@ -329,6 +369,59 @@ impl Node {
         Box::pin(async move {
             let result = invocation.invoke_async(&mut conn).await;
             Done::Published { sent, result }
+        })
+    }
+
+    /// Write the queued histories, a batch per round trip (`SET ... PX`).
+    fn save(&mut self, mut conn: MultiplexedConnection) -> Option<OpFuture> {
+        let history = self.history.as_ref()?;
+        let batch = history.saves.take(self.config.batch_events);
+        if batch.is_empty() {
+            return None;
+        }
+        let mut pipe = redis::pipe();
+        for (id, json) in &batch {
+            pipe.cmd("SET")
+                .arg(self.keys.history(*id))
+                .arg(json)
+                .arg("PX")
+                .arg(history.ttl_ms.max(1))
+                .ignore();
+        }
+        let count = batch.len() as u64;
+        Some(Box::pin(async move {
+            let result = pipe.query_async::<()>(&mut conn).await;
+            Done::Saved { count, result }
+        }))
+    }
+
+    /// Redis is away: queued history writes are dropped (counted), not kept for later,
+    /// where they could overwrite what another node wrote meanwhile.
+    fn drop_saves(&mut self) {
+        let Some(history) = self.history.as_ref() else {
+            return;
+        };
+        let dropped = history.saves.take(usize::MAX).len() as u64;
+        if dropped > 0 {
+            let counts = &self.metrics.cluster.history;
+            counts
+                .with_label_values(&["save", "failed"])
+                .inc_by(dropped);
+        }
+    }
+
+    /// Read every waiting history in one round trip.
+    fn load(&mut self, mut conn: MultiplexedConnection) -> OpFuture {
+        let loads = std::mem::take(&mut self.loads);
+        let mut pipe = redis::pipe();
+        let mut replies = Vec::with_capacity(loads.len());
+        for (id, reply) in loads {
+            pipe.cmd("GET").arg(self.keys.history(id));
+            replies.push(reply);
+        }
+        Box::pin(async move {
+            let result = pipe.query_async(&mut conn).await;
+            Done::Loaded { replies, result }
         })
     }
 
@@ -480,6 +573,34 @@ impl Node {
                 }
                 Err(error) => self.lost(&error),
             },
+            Done::Saved { count, result } => {
+                let counts = &self.metrics.cluster.history;
+                match result {
+                    Ok(()) => counts.with_label_values(&["save", "written"]).inc_by(count),
+                    Err(error) => {
+                        counts.with_label_values(&["save", "failed"]).inc_by(count);
+                        self.lost(&error);
+                    }
+                }
+            }
+            Done::Loaded { replies, result } => match result {
+                Ok(values) if values.len() == replies.len() => {
+                    for (reply, value) in replies.into_iter().zip(values) {
+                        let _ = reply.send(value.map_or(Loaded::Absent, Loaded::Found));
+                    }
+                }
+                Ok(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Loaded::Failed);
+                    }
+                }
+                Err(error) => {
+                    for reply in replies {
+                        let _ = reply.send(Loaded::Failed);
+                    }
+                    self.lost(&error);
+                }
+            },
             Done::Listed { replies, result } => {
                 let nodes = result.as_ref().ok().map(|flat| node_infos(flat));
                 for reply in replies {
@@ -546,6 +667,10 @@ impl Node {
         for reply in self.lists.drain(..) {
             let _ = reply.send(None);
         }
+        for (_, reply) in self.loads.drain(..) {
+            let _ = reply.send(Loaded::Failed);
+        }
+        self.drop_saves();
     }
 
     /// A survivor took this node for lost (its heartbeat lapsed) and reported every
@@ -612,6 +737,14 @@ impl Drop for Node {
 async fn poll(inflight: &mut Option<OpFuture>) -> Done {
     match inflight {
         Some(op) => op.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A history write was queued (never, without a history sink).
+async fn queued(history: &Option<HistorySink>) {
+    match history {
+        Some(history) => history.saves.notify.notified().await,
         None => std::future::pending().await,
     }
 }

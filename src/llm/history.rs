@@ -26,6 +26,7 @@ use prometheus::IntCounter;
 use uuid::Uuid;
 
 use super::chat::{ChatMessage, Role};
+use super::snapshot::{next_written_ms, Snapshot, SnapshotItem};
 use crate::protocol::pipeline::{new_item_id, Item, ItemRole};
 
 /// Why an item operation failed.
@@ -82,6 +83,8 @@ struct Entry {
     /// Bytes of the system prompt and message contents.
     bytes: usize,
     touched: Instant,
+    /// When it last changed ([`Snapshot::written_ms`]): which of two copies is newer.
+    written_ms: u64,
     /// Neighbours in the recency list (towards the oldest, towards the newest).
     older: Option<usize>,
     newer: Option<usize>,
@@ -164,6 +167,7 @@ impl Entries {
             messages: VecDeque::new(),
             bytes: 0,
             touched: now,
+            written_ms: 0,
             older: None,
             newer: None,
         };
@@ -379,51 +383,125 @@ impl ConversationStore {
         id: Uuid,
         change: impl FnOnce(&mut Entry) -> Result<(), HistoryError>,
     ) -> Result<(), HistoryError> {
+        self.with(|entries| self.apply(entries, id, None, change))
+    }
+
+    /// [`ConversationStore::update`] under the lock. `written_ms`: the change's time
+    /// (a restored copy keeps its own), else now.
+    fn apply(
+        &self,
+        entries: &mut Entries,
+        id: Uuid,
+        written_ms: Option<u64>,
+        change: impl FnOnce(&mut Entry) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError> {
+        let now = Instant::now();
+        let existing = entries.index.get(&id).copied();
+        if let Some(slot) = existing {
+            if !self.live(entries.entry(slot), now) {
+                entries.remove(slot);
+            }
+        }
+        let slot = match entries.index.get(&id).copied() {
+            Some(slot) => slot,
+            None => {
+                while entries.len() >= self.max_conversations {
+                    let Some(oldest) = entries.oldest else { break };
+                    entries.remove(oldest);
+                    self.evicted();
+                }
+                entries.insert(id, now)
+            }
+        };
+        let before = entries.entry(slot).bytes;
+        let entry = entries.entry_mut(slot);
+        change(entry)?;
+        while entry.messages.len() > self.max_messages
+            || (entry.bytes > self.max_bytes && !entry.messages.is_empty())
+        {
+            if let Some(dropped) = entry.messages.pop_front() {
+                entry.bytes -= message_bytes(&dropped);
+            }
+        }
+        entry.touched = now;
+        entry.written_ms = written_ms.unwrap_or_else(|| next_written_ms(entry.written_ms));
+        let after = entry.bytes;
+        entries.bytes = entries.bytes - before + after;
+        entries.unlink(slot);
+        entries.link_newest(slot);
+        // Make room in all: the least recently used others go first.
+        while entries.bytes > self.total_bytes {
+            match entries.oldest {
+                Some(oldest) if oldest != slot => {
+                    entries.remove(oldest);
+                    self.evicted();
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The live conversation as a value (for a copy in Redis).
+    pub fn snapshot(&self, id: Uuid) -> Option<Snapshot> {
         let now = Instant::now();
         self.with(|entries| {
-            let existing = entries.index.get(&id).copied();
-            if let Some(slot) = existing {
-                if !self.live(entries.entry(slot), now) {
-                    entries.remove(slot);
-                }
+            let entry = entries.get(&id).filter(|e| self.live(e, now))?;
+            let items = entry.messages.iter().map(|stored| SnapshotItem {
+                id: stored.id.clone(),
+                role: stored.message.role,
+                text: stored.message.content.clone(),
+                audio: stored.audio,
+            });
+            Some(Snapshot {
+                written_ms: entry.written_ms,
+                system_prompt: entry.system_prompt.clone(),
+                items: items.collect(),
+            })
+        })
+    }
+
+    /// Replace the conversation with `snapshot` if that is newer than what this store
+    /// holds (or it holds nothing live); the store's bounds apply to it as to any
+    /// change. True when it was taken.
+    pub fn restore(&self, id: Uuid, snapshot: Snapshot) -> bool {
+        let now = Instant::now();
+        self.with(|entries| {
+            let held = entries.get(&id).filter(|e| self.live(e, now));
+            if held.is_some_and(|e| e.written_ms >= snapshot.written_ms) {
+                return false;
             }
-            let slot = match entries.index.get(&id).copied() {
-                Some(slot) => slot,
-                None => {
-                    while entries.len() >= self.max_conversations {
-                        let Some(oldest) = entries.oldest else { break };
-                        entries.remove(oldest);
-                        self.evicted();
-                    }
-                    entries.insert(id, now)
-                }
-            };
-            let before = entries.entry(slot).bytes;
-            let entry = entries.entry_mut(slot);
-            change(entry)?;
-            while entry.messages.len() > self.max_messages
-                || (entry.bytes > self.max_bytes && !entry.messages.is_empty())
-            {
-                if let Some(dropped) = entry.messages.pop_front() {
-                    entry.bytes -= message_bytes(&dropped);
-                }
-            }
-            entry.touched = now;
-            let after = entry.bytes;
-            entries.bytes = entries.bytes - before + after;
-            entries.unlink(slot);
-            entries.link_newest(slot);
-            // Make room in all: the least recently used others go first.
-            while entries.bytes > self.total_bytes {
-                match entries.oldest {
-                    Some(oldest) if oldest != slot => {
-                        entries.remove(oldest);
-                        self.evicted();
-                    }
-                    _ => break,
-                }
-            }
-            Ok(())
+            let written_ms = snapshot.written_ms;
+            let restored = self.apply(entries, id, Some(written_ms), |entry| {
+                let prompt = snapshot.system_prompt.filter(|p| p.len() <= self.max_bytes);
+                let messages: VecDeque<Stored> = snapshot
+                    .items
+                    .into_iter()
+                    .map(|item| Stored {
+                        id: item.id,
+                        message: ChatMessage {
+                            role: item.role,
+                            content: item.text,
+                        },
+                        audio: item.audio,
+                    })
+                    .collect();
+                let prompt_bytes = prompt.as_ref().map_or(0, String::len);
+                entry.bytes = prompt_bytes + messages.iter().map(message_bytes).sum::<usize>();
+                entry.system_prompt = prompt;
+                entry.messages = messages;
+                Ok(())
+            });
+            restored.is_ok()
+        })
+    }
+
+    /// Messages stored for a live conversation.
+    pub fn items(&self, id: Uuid) -> usize {
+        let now = Instant::now();
+        self.with(|entries| {
+            let entry = entries.get(&id).filter(|e| self.live(e, now));
+            entry.map_or(0, |e| e.messages.len())
         })
     }
 
@@ -660,6 +738,51 @@ mod tests {
             store.delete(id, "d"),
             Err(HistoryError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_newer_snapshot_replaces_an_older_copy_within_the_bounds() {
+        let store =
+            ConversationStore::new(Duration::from_secs(60), 10, 10).with_byte_limits(100, 1000);
+        let id = Uuid::new_v4();
+        assert!(store.snapshot(id).is_none());
+        store.set_system_prompt(id, "be a pirate".into());
+        store.push(id, ChatMessage::user("ahoy"));
+        let taken = store.snapshot(id).expect("live");
+        assert_eq!(taken.items.len(), 1);
+        assert_eq!(taken.system_prompt.as_deref(), Some("be a pirate"));
+
+        // Another node's copy: restored as it was, within this store's bounds.
+        let other =
+            ConversationStore::new(Duration::from_secs(60), 10, 10).with_byte_limits(100, 1000);
+        assert!(other.restore(id, taken.clone()));
+        assert_eq!(other.snapshot(id), Some(taken.clone()));
+        assert_eq!(other.bytes(), "be a pirate".len() + "ahoy".len());
+        assert!(!other.restore(id, taken.clone()), "not newer: kept");
+        other.push(id, ChatMessage::assistant("arr"));
+        assert!(
+            !other.restore(id, taken.clone()),
+            "older than the copy here"
+        );
+        let newer = other.snapshot(id).expect("live");
+        assert!(newer.written_ms > taken.written_ms);
+        assert!(store.restore(id, newer));
+        assert_eq!(store.items(id), 2);
+
+        let mut big = store.snapshot(id).expect("live");
+        big.written_ms += 1;
+        big.items.extend((0..10).map(|i| SnapshotItem {
+            id: format!("x{i}"),
+            role: Role::User,
+            text: "y".repeat(20),
+            audio: false,
+        }));
+        assert!(store.restore(id, big));
+        assert!(store.bytes() <= 100, "{} bytes", store.bytes());
+        assert_eq!(
+            store.transcript(id, "s", 100, 100, 0)[0].content,
+            "be a pirate"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod openai;
 pub mod prefix_cache;
 pub mod pretokenize;
 pub mod sequence;
+pub mod snapshot;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, Role};

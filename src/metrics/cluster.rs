@@ -3,7 +3,7 @@
 //! (conflicts with another node, takeovers, leases lost) and lost nodes reported. Part
 //! of [`super::Metrics`]; registered on every server, zero when the cluster is off.
 
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct ClusterMetrics {
     /// Lifecycle events published to Redis (channel and stream) by this node.
@@ -30,6 +30,10 @@ pub struct ClusterMetrics {
     pub leases_unverified: IntCounter,
     /// `connection_disconnected` events this node published for lost nodes' conversations.
     pub node_lost_events: IntCounter,
+    /// Conversation histories in Redis (`llm.history_store = "redis"`), by `op` and
+    /// `outcome`: `load` `found`, `absent`, `failed`, `timeout` (the last two start the
+    /// session as a fresh conversation); `save` `written`, `failed`, `dropped`.
+    pub history: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -79,6 +83,14 @@ impl ClusterMetrics {
                 "hearken_cluster_node_lost_events_total",
                 "Disconnects published for conversations of lost nodes",
             ),
+            history: IntCounterVec::new(
+                Opts::new(
+                    "hearken_cluster_history_total",
+                    "Conversation history reads and writes in Redis, by outcome",
+                ),
+                &["op", "outcome"],
+            )
+            .expect("static metric definition"),
         }
     }
 
@@ -95,6 +107,7 @@ impl ClusterMetrics {
             Box::new(self.leases_lost.clone()),
             Box::new(self.leases_unverified.clone()),
             Box::new(self.node_lost_events.clone()),
+            Box::new(self.history.clone()),
         ];
         for collector in collectors {
             // Names are static and unique, so registration cannot collide.
