@@ -169,3 +169,45 @@ async fn a_disconnect_mid_recognition_leaves_no_job_and_no_transcript() {
     // The recognition was abandoned, not finished for nobody.
     assert_eq!(server.metrics.transcripts.get(), 0);
 }
+
+/// Three conversations' segments end together and share the recogniser's decoder
+/// passes; one hangs up as its segment is handed over. Its segment leaves the batch,
+/// the other two still get their transcripts, and everything is released.
+#[tokio::test]
+async fn a_conversation_leaving_mid_batch_changes_no_other_transcript() {
+    let server = TestServer::start(test_config());
+    let before = server.gauges();
+    let mut events = server.events();
+    let (speech, rate) = fixture("fox_16k.wav");
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (ws, started) = start_session(&server.url("")).await;
+        sessions.push((ws, conversation_id(&started)));
+    }
+    // Spoken at once and in real time (faster, three sessions would outrun the VAD
+    // and lose frames to backpressure), so the three segments end together.
+    let speaking = sessions.iter_mut().map(|(ws, _)| async {
+        stream_pcm(ws, &speech, rate, true).await;
+        send_json(ws, json!({"type": "audio.end"})).await;
+    });
+    futures_util::future::join_all(speaking).await;
+    let (mut leaving, leaving_id) = sessions.remove(0);
+    next_event_of(&mut leaving, "vad.speech_stopped").await;
+    drop(leaving);
+    let (reason, _) = disconnect_of(&mut events, &leaving_id).await;
+    assert_eq!(reason, "client_disconnect");
+
+    for (ws, _) in sessions.iter_mut() {
+        let got = until_transcripts(ws, 1).await;
+        assert_close(
+            &fixture_text("fox_16k", "text"),
+            of_type(&got, "transcript.final")[0],
+        );
+        send_close(ws).await;
+    }
+    assert!(
+        eventually(|| server.gauges() == before).await,
+        "gauges {:?}, want {before:?}",
+        server.gauges()
+    );
+}
