@@ -192,16 +192,20 @@ impl BatchedDecoder {
             }
         }
         let count = rows.len();
+        let rotations: Vec<Vec<(f32, f32)>> = rows
+            .iter()
+            .map(|&(_, position)| self.rotation(position))
+            .collect();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer_norm(&x, &layer.input_norm);
             let attention = &layer.self_attention;
             let mut q = attention.q.forward_rows(&h, count);
             let mut k = attention.k.forward_rows(&h, count);
             let v = attention.v.forward_rows(&h, count);
-            for (r, &(_, position)) in rows.iter().enumerate() {
+            for (r, rotation) in rotations.iter().enumerate() {
                 let span = r * self.width..(r + 1) * self.width;
-                self.rotate(&mut q[span.clone()], position);
-                self.rotate(&mut k[span], position);
+                self.rotate(&mut q[span.clone()], rotation);
+                self.rotate(&mut k[span], rotation);
             }
             for (r, &(s, _)) in rows.iter().enumerate() {
                 let span = r * self.width..(r + 1) * self.width;
@@ -286,13 +290,22 @@ impl BatchedDecoder {
         Ok(())
     }
 
-    /// Interleaved rotary embedding of one row (all heads) at `position`.
-    fn rotate(&self, row: &mut [f32], position: usize) {
+    /// The `(cos, sin)` of each rotary frequency at `position`.
+    fn rotation(&self, position: usize) -> Vec<(f32, f32)> {
         let position = position as f32;
-        for head in row.chunks_exact_mut(self.head_dim) {
-            for (i, &frequency) in self.inv_freq.iter().enumerate() {
+        self.inv_freq
+            .iter()
+            .map(|&frequency| {
                 let angle = frequency * position;
-                let (sin, cos) = (angle.sin(), angle.cos());
+                (angle.cos(), angle.sin())
+            })
+            .collect()
+    }
+
+    /// Interleaved rotary embedding of one row (all heads).
+    fn rotate(&self, row: &mut [f32], rotation: &[(f32, f32)]) {
+        for head in row.chunks_exact_mut(self.head_dim) {
+            for (i, &(cos, sin)) in rotation.iter().enumerate() {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
                 head[2 * i] = a * cos - b * sin;
                 head[2 * i + 1] = b * cos + a * sin;
@@ -500,8 +513,24 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Lanes of [`dot`]: independent partial sums the compiler keeps in one vector
+/// register, added up in a fixed order, so the result is the same on every call.
+const LANES: usize = 8;
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| a * b).sum()
+    let mut lanes = [0f32; LANES];
+    let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
+    let (b_body, b_tail) = b.split_at(a_body.len());
+    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        sum += x * y;
+    }
+    sum
 }
 
 fn softmax(scores: &mut [f32]) {
@@ -535,6 +564,13 @@ mod tests {
         let out = gate(&[2.0, 0.0, 3.0, 100.0], 1);
         assert_eq!(out[0], 0.0);
         assert!((out[1] - 300.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn dot_covers_every_element() {
+        let a: Vec<f32> = (0..52).map(|i| i as f32).collect();
+        let b = vec![1.0; 52];
+        assert_eq!(dot(&a, &b), (0..52).sum::<i32>() as f32);
     }
 
     #[test]
