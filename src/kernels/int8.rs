@@ -90,8 +90,19 @@ impl Int8Linear {
         Tensor::from_vec(result, (rows, self.out), x.device())
     }
 
-    /// `x · Wᵀ` for `rows` input rows laid end to end: `rows × out` values.
+    /// `x · Wᵀ` for `rows` input rows laid end to end: `rows × out` values, columns
+    /// split across the shared matmul pool.
     pub fn forward_rows(&self, input: &[f32], rows: usize) -> Vec<f32> {
+        self.forward_rows_with(input, rows, true)
+    }
+
+    /// [`forward_rows`](Self::forward_rows) on the calling thread alone: for a model
+    /// thread whose passes must not queue behind other models' work in the shared pool.
+    pub fn forward_rows_here(&self, input: &[f32], rows: usize) -> Vec<f32> {
+        self.forward_rows_with(input, rows, false)
+    }
+
+    fn forward_rows_with(&self, input: &[f32], rows: usize, parallel: bool) -> Vec<f32> {
         let width = self.blocks * BLOCK;
         assert_eq!(
             input.len(),
@@ -99,18 +110,21 @@ impl Int8Linear {
             "input is not {rows} rows of {width}"
         );
         let input = quantize(input, width);
-        // Columns split across the matmul threads; each task writes its columns of
-        // every row into its own stripe of a transposed buffer.
+        // Columns split into tasks; each task writes its columns of every row into its
+        // own stripe of a transposed buffer.
         let mut transposed = vec![0f32; self.out * rows];
-        transposed
-            .par_chunks_mut(COLUMNS_PER_TASK * rows.max(1))
-            .enumerate()
-            .for_each(|(task, stripe)| {
-                let first = task * COLUMNS_PER_TASK;
-                for (offset, column) in stripe.chunks_mut(rows).enumerate() {
-                    self.dot_column(first + offset, &input, column);
-                }
-            });
+        let task = |(task, stripe): (usize, &mut [f32])| {
+            let first = task * COLUMNS_PER_TASK;
+            for (offset, column) in stripe.chunks_mut(rows).enumerate() {
+                self.dot_column(first + offset, &input, column);
+            }
+        };
+        let stripe = COLUMNS_PER_TASK * rows.max(1);
+        if parallel {
+            transposed.par_chunks_mut(stripe).enumerate().for_each(task);
+        } else {
+            transposed.chunks_mut(stripe).enumerate().for_each(task);
+        }
         let mut result = vec![0f32; rows * self.out];
         for (column, values) in transposed.chunks(rows.max(1)).enumerate() {
             for (row, value) in values.iter().enumerate() {
