@@ -163,14 +163,11 @@ impl TtsActor {
         let phonemizer = std::sync::Arc::clone(&tts.phonemizer);
         let format = self.format;
         let words = sentence.clone();
-        // The first clause is what the listener waits for: ahead of everything. A later
-        // clause is due when the audio already made for this reply runs dry, so across
-        // conversations the reply closest to a gap goes first (earliest deadline first).
+        // The first clause is what the listener waits for: ahead of other replies' rest.
         let priority = if first_piece {
             Priority::Urgent
         } else {
-            let buffered = FRAME * u32::try_from(speech.frames.len()).unwrap_or(u32::MAX);
-            Priority::By(Instant::now() + buffered)
+            Priority::Normal
         };
         let job =
             tts.voices

@@ -8,10 +8,12 @@
 //!
 //! Three classes: work the listener is waiting for right now (the current turn's
 //! transcript, a reply's first clause) is [`Priority::Urgent`] and goes first; work due
-//! at a known instant ([`Priority::By`]: the next clause of a reply, due when the
-//! reply's audio already made runs dry) comes next, earliest deadline first; then
-//! [`Priority::Normal`] work (guidance decodes). First come first served within
-//! `Urgent` and `Normal`, and among equal deadlines.
+//! at a known instant ([`Priority::By`]) comes next, earliest deadline first; then
+//! [`Priority::Normal`] work (the rest of a reply, guidance decodes). First come first
+//! served within `Urgent` and `Normal`, and among equal deadlines. (Speech synthesis
+//! by deadline — a reply's next clause due when its audio runs dry — was tried and
+//! taken back: the Realtime SDK test's reply audio came out different; not yet
+//! understood, so TTS still queues its later clauses as `Normal`.)
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
