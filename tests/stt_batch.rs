@@ -52,6 +52,15 @@ fn together(mut decodings: Vec<Decoding>) -> Vec<Vec<i64>> {
         .collect()
 }
 
+/// Every clip decoded in a batch of its own.
+fn each_alone(encoded: &[EncodedAudio], samples: &[Vec<f32>]) -> Vec<Vec<i64>> {
+    encoded
+        .iter()
+        .zip(samples)
+        .map(|(audio, clip)| together(vec![start(audio, clip.len(), &[])]).remove(0))
+        .collect()
+}
+
 fn clips() -> Vec<(String, Vec<f32>)> {
     let mut clips = vec![
         ("fox_16k".to_string(), common::read_wav_16k("fox_16k.wav")),
@@ -109,11 +118,7 @@ fn a_clip_decodes_the_same_alone_or_in_any_batch() {
     let clips = clips();
     let samples: Vec<Vec<f32>> = clips.iter().map(|(_, c)| c.clone()).collect();
     let encoded = encode(&samples);
-    let alone: Vec<Vec<i64>> = encoded
-        .iter()
-        .zip(&samples)
-        .map(|(audio, clip)| together(vec![start(audio, clip.len(), &[])]).remove(0))
-        .collect();
+    let alone = each_alone(&encoded, &samples);
 
     // All at once.
     let all = together(
@@ -150,11 +155,7 @@ fn joining_and_leaving_mid_batch_changes_no_other_transcript() {
     let clips = clips();
     let samples: Vec<Vec<f32>> = clips.iter().map(|(_, c)| c.clone()).collect();
     let encoded = encode(&samples);
-    let alone: Vec<Vec<i64>> = encoded
-        .iter()
-        .zip(&samples)
-        .map(|(audio, clip)| together(vec![start(audio, clip.len(), &[])]).remove(0))
-        .collect();
+    let alone = each_alone(&encoded, &samples);
 
     // Clip i joins at pass i; every third clip is withdrawn two passes after joining
     // (its conversation ended).

@@ -174,15 +174,7 @@ impl<S: 'static> WorkerPool<S> {
             drop(inflight);
             drop(hold);
         }));
-        self.queue
-            .push_with(token_of_job, priority, task)
-            .map_err(|e| match e {
-                PushError::Full(_) => {
-                    self.metrics.overloaded.inc();
-                    JobError::Overloaded { pool: self.name }
-                }
-                PushError::Closed(_) => JobError::PoolClosed { pool: self.name },
-            })?;
+        self.push(token_of_job, priority, task)?;
         Ok(answer)
     }
 
@@ -208,6 +200,12 @@ impl<S: 'static> WorkerPool<S> {
             }
             drop(pending);
         }));
+        self.push(token, priority, task)
+    }
+
+    /// Queues a task; a full or closed queue is the caller's error (and a full one
+    /// is counted as overload).
+    fn push(&self, token: &CancelToken, priority: Priority, task: Task<S>) -> Result<(), JobError> {
         self.queue
             .push_with(token, priority, task)
             .map_err(|e| match e {
