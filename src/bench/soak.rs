@@ -2,10 +2,16 @@
 //! whole duration it runs streaming sessions (as `streams`), churn cycles in every leaving
 //! style (as `churn`) and a few hostile clients of each kind (as `abuse`), and samples
 //! the server every `--sample-every` (default one minute): RSS, FDs and threads from
-//! `/proc/<pid>` and the leak gauges from `/metrics`. The report gives the RSS slope after
-//! `--warmup` (least squares, KiB per 10 minutes), and, once the load has stopped and the
-//! server has settled, what was left behind: live actors, in-flight jobs, open files,
-//! FDs and threads against the start. `--json FILE` writes every figure and sample.
+//! `/proc/<pid>` and the leak gauges from `/metrics`, with how full the bounded caches
+//! are (the LLM's kept attention state against its bound, the stored conversations). The
+//! report gives the RSS slope after the warm-up (least squares, KiB per 10 minutes) and
+//! over the last `--slope-window`, and, once the load has stopped and the server has
+//! settled, what was left behind: live actors, in-flight jobs, open files, FDs and
+//! threads against the start. `--json FILE` writes every figure and sample.
+//!
+//! RSS grows while the caches fill, by design, and that is no leak: by default
+//! (`--warmup auto`) the warm-up lasts until the kept attention state has reached its
+//! bound, so the slope after it is what the caches do not explain.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,9 +45,15 @@ pub struct SoakArgs {
     /// Time between two samples of the server.
     #[arg(long, value_parser = parse_duration, default_value = "1m")]
     pub sample_every: Duration,
-    /// Samples before this are left out of the RSS slope (allocator and cache warm-up).
-    #[arg(long, value_parser = parse_duration, default_value = "5m")]
-    pub warmup: Duration,
+    /// Samples before this are left out of the RSS slope: `auto` until the LLM's kept
+    /// attention state is at its bound (`hearken_llm_kv_cache_bytes` at 90 % of
+    /// `hearken_llm_kv_cache_limit_bytes`; 5 minutes on a server without one), or a
+    /// duration (`5m`).
+    #[arg(long, value_parser = parse_warmup, default_value = "auto")]
+    pub warmup: Warmup,
+    /// The RSS slope is also fitted over the samples of this last stretch of the run.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub slope_window: Duration,
     /// The server's pid (required: RSS, FDs and threads come from `/proc/<pid>`).
     #[arg(long)]
     pub server_pid: u32,
@@ -80,6 +92,29 @@ pub struct SoakArgs {
     pub json: Option<PathBuf>,
 }
 
+/// Where the RSS slope starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Warmup {
+    /// Once the bounded caches are full.
+    Auto,
+    Fixed(Duration),
+}
+
+/// The LLM's kept attention state counts as full from this share of its bound: it
+/// stays just under it (whole entries are evicted to make room).
+const CACHE_FULL: f64 = 0.9;
+
+/// The warm-up `auto` falls back to on a server without a kept attention state.
+const FALLBACK_WARMUP: Duration = Duration::from_secs(300);
+
+/// `auto` or a duration.
+pub fn parse_warmup(text: &str) -> Result<Warmup, String> {
+    match text.trim() {
+        "auto" => Ok(Warmup::Auto),
+        other => parse_duration(other).map(Warmup::Fixed),
+    }
+}
+
 /// `30m`, `90s`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -114,6 +149,20 @@ pub struct Sample {
     pub inflight_jobs: f64,
     pub open_files: f64,
     pub churn_cycles: usize,
+    /// `hearken_llm_kv_cache_bytes`: the LLM's kept attention state.
+    pub kv_cache_bytes: f64,
+    /// `hearken_llm_kv_cache_limit_bytes`: its bound (0 without an embedded LLM).
+    pub kv_cache_limit_bytes: f64,
+    /// `hearken_stored_conversations`: histories kept for resumption (bounded by
+    /// `llm.history_ttl_ms`, count and bytes).
+    pub stored_conversations: f64,
+}
+
+impl Sample {
+    fn kv_cache_full(&self) -> bool {
+        self.kv_cache_limit_bytes > 0.0
+            && self.kv_cache_bytes >= CACHE_FULL * self.kv_cache_limit_bytes
+    }
 }
 
 /// Churn cycles by style.
@@ -137,13 +186,23 @@ pub struct Leftovers {
 #[derive(Debug, Serialize)]
 pub struct SoakReport {
     pub duration_s: f64,
+    /// The warm-up the slope starts after (s); with `--warmup auto`, the first sample at
+    /// which the kept attention state was full (the run's length when it never was).
     pub warmup_s: f64,
+    /// `auto` or `fixed`.
+    pub warmup_mode: &'static str,
+    /// When the kept attention state first reached its bound (s), if it did.
+    pub kv_cache_full_at_s: Option<f64>,
     pub samples: Vec<Sample>,
     /// Least-squares RSS slope over the samples after the warm-up (KiB per 10 minutes);
     /// `None` with fewer than two such samples.
     pub rss_slope_kib_per_10min: Option<f64>,
     /// Samples the slope was fitted to.
     pub slope_samples: usize,
+    /// The same over the samples of the last `slope_window_s` of the run.
+    pub rss_slope_last_window_kib_per_10min: Option<f64>,
+    pub slope_window_s: f64,
+    pub last_window_samples: usize,
     pub streams: StreamsFigures,
     pub churn: BTreeMap<String, ChurnTally>,
     pub attackers: BTreeMap<String, KindReport>,
@@ -238,17 +297,35 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let leaks = baseline
         .settle(&http, &metrics_url, Duration::from_secs_f64(args.settle))
         .await?;
-    let warmup_s = args.warmup.as_secs_f64();
-    let fitted: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.t_s >= warmup_s)
-        .map(|s| (s.t_s, s.rss_kib as f64))
-        .collect();
+    let duration_s = args.duration.as_secs_f64();
+    let kv_cache_full_at_s = samples.iter().find(|s| s.kv_cache_full()).map(|s| s.t_s);
+    let warmup_s = warmup_end(args.warmup, &samples, duration_s);
+    let slope = |from_s: f64| {
+        let fitted: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.t_s >= from_s)
+            .map(|s| (s.t_s, s.rss_kib as f64))
+            .collect();
+        let per_10min = least_squares_slope(&fitted).map(|per_s| per_s * 600.0);
+        (per_10min, fitted.len())
+    };
+    let (rss_slope_kib_per_10min, slope_samples) = slope(warmup_s);
+    let last_t = samples.last().map_or(0.0, |s| s.t_s);
+    let slope_window_s = args.slope_window.as_secs_f64();
+    let (rss_slope_last_window_kib_per_10min, last_window_samples) = slope(last_t - slope_window_s);
     let report = SoakReport {
-        duration_s: args.duration.as_secs_f64(),
+        duration_s,
         warmup_s,
-        rss_slope_kib_per_10min: least_squares_slope(&fitted).map(|per_s| per_s * 600.0),
-        slope_samples: fitted.len(),
+        warmup_mode: match args.warmup {
+            Warmup::Auto => "auto",
+            Warmup::Fixed(_) => "fixed",
+        },
+        kv_cache_full_at_s,
+        rss_slope_kib_per_10min,
+        slope_samples,
+        rss_slope_last_window_kib_per_10min,
+        slope_window_s,
+        last_window_samples,
         samples,
         streams: shared.with_window(|w| {
             let count = |kind: &str| w.events.get(kind).copied().unwrap_or(0);
@@ -307,7 +384,26 @@ async fn sample(
         inflight_jobs: sum("hearken_inflight_jobs"),
         open_files: sum("hearken_open_files"),
         churn_cycles,
+        kv_cache_bytes: sum("hearken_llm_kv_cache_bytes"),
+        kv_cache_limit_bytes: sum("hearken_llm_kv_cache_limit_bytes"),
+        stored_conversations: sum("hearken_stored_conversations"),
     })
+}
+
+/// Where the slope starts (s since the load started): a fixed warm-up, or with `auto`
+/// the first sample at which the kept attention state was full; `duration_s` (no slope)
+/// when it never filled, and [`FALLBACK_WARMUP`] on a server that keeps none.
+fn warmup_end(warmup: Warmup, samples: &[Sample], duration_s: f64) -> f64 {
+    match warmup {
+        Warmup::Fixed(d) => d.as_secs_f64(),
+        Warmup::Auto if samples.iter().all(|s| s.kv_cache_limit_bytes <= 0.0) => {
+            FALLBACK_WARMUP.as_secs_f64()
+        }
+        Warmup::Auto => samples
+            .iter()
+            .find(|s| s.kv_cache_full())
+            .map_or(duration_s, |s| s.t_s),
+    }
 }
 
 /// The slope of the least-squares line through `points` (y per unit of x); `None` with
@@ -432,12 +528,23 @@ impl Churn {
 impl SoakReport {
     fn print(&self) {
         println!(
-            "{:>8} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8}",
-            "t (s)", "RSS KiB", "fds", "threads", "actors", "convs", "jobs", "files", "cycles"
+            "{:>8} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7}",
+            "t (s)",
+            "RSS KiB",
+            "fds",
+            "threads",
+            "actors",
+            "convs",
+            "jobs",
+            "files",
+            "cycles",
+            "KV cache MiB",
+            "stored"
         );
+        let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
         for s in &self.samples {
             println!(
-                "{:>8.0} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8}",
+                "{:>8.0} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7}",
                 s.t_s,
                 s.rss_kib,
                 s.fds,
@@ -446,15 +553,41 @@ impl SoakReport {
                 s.conversations,
                 s.inflight_jobs,
                 s.open_files,
-                s.churn_cycles
+                s.churn_cycles,
+                format!(
+                    "{:.0}/{:.0}",
+                    mib(s.kv_cache_bytes),
+                    mib(s.kv_cache_limit_bytes)
+                ),
+                s.stored_conversations
             );
         }
+        let start = match (self.warmup_mode, self.kv_cache_full_at_s) {
+            ("auto", Some(_)) => format!(
+                "after the kept attention state filled ({:.0} s)",
+                self.warmup_s
+            ),
+            ("auto", None) if self.warmup_s >= self.duration_s => {
+                "after the kept attention state filled: it never did".to_string()
+            }
+            _ => format!("after {:.0} s of warm-up", self.warmup_s),
+        };
         match self.rss_slope_kib_per_10min {
             Some(slope) => println!(
-                "RSS slope after {:.0} s of warm-up: {slope:+.0} KiB per 10 min ({} samples, least squares)",
-                self.warmup_s, self.slope_samples
+                "RSS slope {start}: {slope:+.0} KiB per 10 min ({} samples, least squares)",
+                self.slope_samples
             ),
-            None => println!("RSS slope: too few samples after the warm-up"),
+            None => println!("RSS slope {start}: too few samples"),
+        }
+        match self.rss_slope_last_window_kib_per_10min {
+            Some(slope) => println!(
+                "RSS slope over the last {:.0} s: {slope:+.0} KiB per 10 min ({} samples)",
+                self.slope_window_s, self.last_window_samples
+            ),
+            None => println!(
+                "RSS slope over the last {:.0} s: too few samples",
+                self.slope_window_s
+            ),
         }
         let s = &self.streams;
         println!(
@@ -505,6 +638,53 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    fn sample(t_s: f64, kv: f64, limit: f64) -> Sample {
+        Sample {
+            t_s,
+            rss_kib: 0,
+            fds: 0,
+            threads: 0,
+            live_actors: 0.0,
+            conversations: 0.0,
+            inflight_jobs: 0.0,
+            open_files: 0.0,
+            churn_cycles: 0,
+            kv_cache_bytes: kv,
+            kv_cache_limit_bytes: limit,
+            stored_conversations: 0.0,
+        }
+    }
+
+    #[test]
+    fn warmup_is_auto_or_a_duration() {
+        assert_eq!(parse_warmup("auto"), Ok(Warmup::Auto));
+        assert_eq!(
+            parse_warmup("5m"),
+            Ok(Warmup::Fixed(Duration::from_secs(300)))
+        );
+        assert!(parse_warmup("later").is_err());
+    }
+
+    #[test]
+    fn the_auto_warmup_ends_when_the_kept_state_is_full() {
+        let filling = [
+            sample(0.0, 0.0, 100.0),
+            sample(60.0, 50.0, 100.0),
+            sample(120.0, 89.0, 100.0),
+            sample(180.0, 95.0, 100.0),
+            sample(240.0, 85.0, 100.0),
+        ];
+        assert_eq!(warmup_end(Warmup::Auto, &filling, 300.0), 180.0);
+        assert_eq!(
+            warmup_end(Warmup::Fixed(Duration::from_secs(60)), &filling, 300.0),
+            60.0
+        );
+        let never = [sample(0.0, 0.0, 100.0), sample(60.0, 10.0, 100.0)];
+        assert_eq!(warmup_end(Warmup::Auto, &never, 300.0), 300.0, "no slope");
+        let no_llm = [sample(0.0, 0.0, 0.0), sample(60.0, 0.0, 0.0)];
+        assert_eq!(warmup_end(Warmup::Auto, &no_llm, 900.0), 300.0);
     }
 
     #[test]
