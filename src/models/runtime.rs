@@ -98,12 +98,23 @@ pub fn load_session(
 /// With more than one intra-op thread, ORT's pool threads would spin between
 /// operators; on a small machine that burns the cores the other models need, so they
 /// sleep instead, and flush subnormals to zero like the workers (`workers::denormals`).
+///
+/// No CPU memory arena and no memory pattern: every input here has a length of its own
+/// (an utterance, a sentence, a decoder step), and with them each session's arena grew
+/// to the largest shapes it had seen and never gave any of it back. In a 12-minute soak
+/// the bytes held from malloc went from 0.68 GB to 1.37 GB in the first minute with the
+/// arenas, and rose again in a step (+63 MB) at minute 10 when a larger input came; the
+/// RSS followed as those pages were first touched. Without them ORT takes each tensor
+/// from malloc and frees it after the run, and the held bytes stay at 0.71-0.79 GB
+/// (docs/benchmarks.md, "Soak").
 fn build_session(environment: &Environment, path: &Path, intra: usize) -> ort::Result<Session> {
     Session::builder(environment)?
         .with_intra_threads(intra)?
         .with_inter_threads(1)?
         .with_intra_op_spinning(false)?
         .with_flush_to_zero()?
+        .with_memory_pattern(false)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])?
         .commit_from_file(path)
 }
 
