@@ -51,6 +51,10 @@ pub struct SoakArgs {
     /// duration (`5m`).
     #[arg(long, value_parser = parse_warmup, default_value = "auto")]
     pub warmup: Warmup,
+    /// Between two samples the RSS is read this often, for its floor (the lowest value
+    /// since the previous sample).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub rss_probe_every: Duration,
     /// The RSS slope is also fitted over the samples of this last stretch of the run.
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub slope_window: Duration,
@@ -141,6 +145,10 @@ pub struct Sample {
     /// Seconds since the load started.
     pub t_s: f64,
     pub rss_kib: u64,
+    /// The lowest RSS read since the previous sample (every `--rss-probe-every`, this
+    /// sample's own reading included). The RSS of a moment holds whatever buffers the
+    /// models have in flight (tens of MB that come and go); its floor is what stays.
+    pub rss_floor_kib: u64,
     pub fds: u64,
     pub threads: u64,
     /// Sum of `hearken_live_actors` over every kind.
@@ -156,6 +164,12 @@ pub struct Sample {
     /// `hearken_stored_conversations`: histories kept for resumption (bounded by
     /// `llm.history_ttl_ms`, count and bytes).
     pub stored_conversations: f64,
+    /// `hearken_heap_allocated_bytes`: what the process holds from malloc. Growing
+    /// after the warm-up, with the caches full, it is a leak (or a cache unbounded).
+    pub heap_allocated_bytes: f64,
+    /// `hearken_heap_free_bytes`: free memory malloc keeps in its arenas. Growing, it is
+    /// fragmentation.
+    pub heap_free_bytes: f64,
 }
 
 impl Sample {
@@ -203,6 +217,10 @@ pub struct SoakReport {
     pub rss_slope_last_window_kib_per_10min: Option<f64>,
     pub slope_window_s: f64,
     pub last_window_samples: usize,
+    /// The two slopes fitted to the RSS floors (`Sample::rss_floor_kib`) instead: far
+    /// less noisy, so the figure to judge a leak by.
+    pub rss_floor_slope_kib_per_10min: Option<f64>,
+    pub rss_floor_slope_last_window_kib_per_10min: Option<f64>,
     pub streams: StreamsFigures,
     pub churn: BTreeMap<String, ChurnTally>,
     pub attackers: BTreeMap<String, KindReport>,
@@ -232,8 +250,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         .clone()
         .context("soak needs --metrics-url")?;
     anyhow::ensure!(
-        !args.sample_every.is_zero(),
-        "--sample-every must be positive"
+        !args.sample_every.is_zero() && !args.rss_probe_every.is_zero(),
+        "--sample-every and --rss-probe-every must be positive"
     );
     let baseline = Baseline::take(&http, &metrics_url, Some(args.server_pid)).await?;
     let target = Target::resolve(&args.stream.url).await?;
@@ -272,16 +290,28 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let end = start + args.duration;
     let mut tick = interval_at(start + args.sample_every, args.sample_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut probe = interval_at(start + args.rss_probe_every, args.rss_probe_every);
+    probe.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut floor: Option<u64> = None;
     loop {
         // The sample due at the end is taken; then the end stops the loop.
         let at = tokio::select! {
             biased;
             at = tick.tick() => at,
+            _ = probe.tick() => {
+                if let Ok(now) = ProcSnapshot::read(args.server_pid) {
+                    floor = Some(floor.map_or(now.rss_kib, |f| f.min(now.rss_kib)));
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(end) => break,
         };
         let t_s = at.duration_since(start).as_secs_f64();
         match sample(&http, &metrics_url, args.server_pid, t_s, churn.cycles()).await {
-            Ok(s) => samples.push(s),
+            Ok(mut s) => {
+                s.rss_floor_kib = floor.take().map_or(s.rss_kib, |f| f.min(s.rss_kib));
+                samples.push(s);
+            }
             Err(error) => eprintln!("warning: sample at {t_s:.0} s failed: {error:#}"),
         }
     }
@@ -300,19 +330,24 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let duration_s = args.duration.as_secs_f64();
     let kv_cache_full_at_s = samples.iter().find(|s| s.kv_cache_full()).map(|s| s.t_s);
     let warmup_s = warmup_end(args.warmup, &samples, duration_s);
-    let slope = |from_s: f64| {
+    let slope = |from_s: f64, rss: fn(&Sample) -> u64| {
         let fitted: Vec<(f64, f64)> = samples
             .iter()
             .filter(|s| s.t_s >= from_s)
-            .map(|s| (s.t_s, s.rss_kib as f64))
+            .map(|s| (s.t_s, rss(s) as f64))
             .collect();
         let per_10min = least_squares_slope(&fitted).map(|per_s| per_s * 600.0);
         (per_10min, fitted.len())
     };
-    let (rss_slope_kib_per_10min, slope_samples) = slope(warmup_s);
+    let now: fn(&Sample) -> u64 = |s| s.rss_kib;
+    let floor: fn(&Sample) -> u64 = |s| s.rss_floor_kib;
+    let (rss_slope_kib_per_10min, slope_samples) = slope(warmup_s, now);
     let last_t = samples.last().map_or(0.0, |s| s.t_s);
     let slope_window_s = args.slope_window.as_secs_f64();
-    let (rss_slope_last_window_kib_per_10min, last_window_samples) = slope(last_t - slope_window_s);
+    let window_start = last_t - slope_window_s;
+    let (rss_slope_last_window_kib_per_10min, last_window_samples) = slope(window_start, now);
+    let rss_floor_slope_kib_per_10min = slope(warmup_s, floor).0;
+    let rss_floor_slope_last_window_kib_per_10min = slope(window_start, floor).0;
     let report = SoakReport {
         duration_s,
         warmup_s,
@@ -326,6 +361,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         rss_slope_last_window_kib_per_10min,
         slope_window_s,
         last_window_samples,
+        rss_floor_slope_kib_per_10min,
+        rss_floor_slope_last_window_kib_per_10min,
         samples,
         streams: shared.with_window(|w| {
             let count = |kind: &str| w.events.get(kind).copied().unwrap_or(0);
@@ -377,6 +414,7 @@ async fn sample(
     Ok(Sample {
         t_s,
         rss_kib: process.rss_kib,
+        rss_floor_kib: process.rss_kib,
         fds: process.fds,
         threads: process.threads,
         live_actors: sum("hearken_live_actors"),
@@ -387,6 +425,8 @@ async fn sample(
         kv_cache_bytes: sum("hearken_llm_kv_cache_bytes"),
         kv_cache_limit_bytes: sum("hearken_llm_kv_cache_limit_bytes"),
         stored_conversations: sum("hearken_stored_conversations"),
+        heap_allocated_bytes: sum("hearken_heap_allocated_bytes"),
+        heap_free_bytes: sum("hearken_heap_free_bytes"),
     })
 }
 
@@ -528,9 +568,10 @@ impl Churn {
 impl SoakReport {
     fn print(&self) {
         println!(
-            "{:>8} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7}",
+            "{:>8} {:>10} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7} {:>10} {:>10}",
             "t (s)",
             "RSS KiB",
+            "floor KiB",
             "fds",
             "threads",
             "actors",
@@ -539,14 +580,17 @@ impl SoakReport {
             "files",
             "cycles",
             "KV cache MiB",
-            "stored"
+            "stored",
+            "heap MiB",
+            "free MiB"
         );
         let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
         for s in &self.samples {
             println!(
-                "{:>8.0} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7}",
+                "{:>8.0} {:>10} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7} {:>10.1} {:>10.1}",
                 s.t_s,
                 s.rss_kib,
+                s.rss_floor_kib,
                 s.fds,
                 s.threads,
                 s.live_actors,
@@ -559,7 +603,9 @@ impl SoakReport {
                     mib(s.kv_cache_bytes),
                     mib(s.kv_cache_limit_bytes)
                 ),
-                s.stored_conversations
+                s.stored_conversations,
+                mib(s.heap_allocated_bytes),
+                mib(s.heap_free_bytes)
             );
         }
         let start = match (self.warmup_mode, self.kv_cache_full_at_s) {
@@ -589,6 +635,13 @@ impl SoakReport {
                 self.slope_window_s
             ),
         }
+        let kib = |slope: Option<f64>| slope.map_or("n/a".into(), |s| format!("{s:+.0}"));
+        println!(
+            "RSS floor slope (KiB per 10 min): {} {start}, {} over the last {:.0} s",
+            kib(self.rss_floor_slope_kib_per_10min),
+            kib(self.rss_floor_slope_last_window_kib_per_10min),
+            self.slope_window_s
+        );
         let s = &self.streams;
         println!(
             "streams: {} started, {} failed ({}); p95 VAD decision lag {:.0} ms; transcripts {} for {} speech stops; transcript p50 {:.0} ms; reply audio p50 {:.0} ms; close codes {}",
@@ -644,6 +697,7 @@ mod tests {
         Sample {
             t_s,
             rss_kib: 0,
+            rss_floor_kib: 0,
             fds: 0,
             threads: 0,
             live_actors: 0.0,
@@ -654,6 +708,8 @@ mod tests {
             kv_cache_bytes: kv,
             kv_cache_limit_bytes: limit,
             stored_conversations: 0.0,
+            heap_allocated_bytes: 0.0,
+            heap_free_bytes: 0.0,
         }
     }
 
