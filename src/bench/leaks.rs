@@ -193,3 +193,18 @@ impl Baseline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_and_heap_figures_are_no_leaks() {
+        assert!(is_leak_gauge("hearken_live_actors{kind=\"stt\"}"));
+        assert!(is_leak_gauge("hearken_open_files"));
+        assert!(!is_leak_gauge("hearken_llm_kv_cache_bytes"));
+        assert!(!is_leak_gauge("hearken_llm_kv_cache_limit_bytes"));
+        assert!(!is_leak_gauge("hearken_stored_conversations"));
+        assert!(!is_leak_gauge("hearken_heap_free_bytes"));
+    }
+}

@@ -52,3 +52,18 @@ impl Default for HeapMetrics {
         HeapMetrics::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_scrape_reads_the_allocator() {
+        let heap = HeapMetrics::new();
+        let held = std::hint::black_box(vec![7u8; 1 << 20]);
+        heap.refresh();
+        assert!(heap.allocated.get() >= held.len() as i64);
+        assert!(heap.free.get() >= 0);
+    }
+}
