@@ -9,7 +9,7 @@
 //! which only give memory back from their top: the holes they left stayed resident. In a
 //! 12-minute soak the free memory held in the arenas stayed at 300–430 MB of a 1.1 GB RSS
 //! (and 220 MB of it were the model loaders' temporaries, from the start); with the
-//! threshold fixed it stayed at 15–40 MB (docs/benchmarks.md, "Soak").
+//! threshold fixed it stayed at 15–60 MB (docs/benchmarks.md, "Soak").
 //!
 //! An explicit `MALLOC_MMAP_THRESHOLD_` in the environment is left alone.
 
