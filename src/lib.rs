@@ -19,6 +19,7 @@
 //! - [`admission`]: session caps before upgrade; [`config`]: typed configuration;
 //!   [`lifecycle`]: exit reasons and close codes; [`protocol`]: the wire formats.
 //! - [`fuzzing`]: the fuzz targets' entry points (`fuzz/`, `tests/fuzz_corpus.rs`).
+//! - [`heap`]: malloc's settings, made at start.
 
 pub mod actors;
 pub mod admission;
@@ -28,6 +29,7 @@ pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod fuzzing;
+pub mod heap;
 pub mod history_store;
 pub mod http;
 pub mod kernels;

@@ -51,8 +51,10 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         default.exists().then_some(default)
     });
     let config = Config::load(path.as_deref())?;
-    // Before any thread exists: candle reads it once.
+    // Before any thread exists: malloc's thresholds, and candle reads its setting once.
+    let tuned = hearken::heap::tune_allocator();
     hearken::llm::embedded::pin_candle_threads(config.llm.matmul_threads);
+    tracing::debug!(tuned, "malloc mmap threshold fixed");
     actix_web::rt::System::new().block_on(async move {
         let server = Server::start(config).await?;
         wait_for_signal()

@@ -17,9 +17,11 @@ use crate::lifecycle::ExitReason;
 
 mod batching;
 mod cluster;
+mod heap;
 mod latency;
 pub use batching::BatchingMetrics;
 pub use cluster::ClusterMetrics;
+pub use heap::HeapMetrics;
 pub use latency::{LatencyMetrics, Preemptive, TurnStage};
 
 /// Teardown histogram buckets in seconds: the target is p99 < 5 ms, so resolve well below it.
@@ -155,6 +157,8 @@ pub struct Metrics {
     pub history_evictions: IntCounter,
     /// The Redis bridge, leases and heartbeats (zero when the cluster is off).
     pub cluster: ClusterMetrics,
+    /// The allocator's own figures, read at each scrape.
+    heap: HeapMetrics,
 }
 
 impl Metrics {
@@ -280,6 +284,7 @@ impl Metrics {
                 "Conversation histories evicted to stay within the store's bounds",
             ),
             cluster: ClusterMetrics::new(),
+            heap: HeapMetrics::new(),
             registry,
         };
         metrics.register_all();
@@ -322,6 +327,7 @@ impl Metrics {
         self.latency.register(&self.registry);
         self.batching.register(&self.registry);
         self.cluster.register(&self.registry);
+        self.heap.register(&self.registry);
     }
 
     /// Live actors of one kind (for tests and the bench client's summaries).
@@ -357,6 +363,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.heap.refresh();
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -314,6 +314,10 @@ fn llm_backend(
             readiness.expect_loads(llm.threads);
             let ready = Arc::clone(readiness);
             let kv_cache_bytes = llm.kv_cache_mb as usize * 1024 * 1024;
+            metrics
+                .latency
+                .llm_kv_cache_limit_bytes
+                .set((kv_cache_bytes * llm.threads) as i64);
             let nice = config.workers.model_nice;
             let init: StateInit<EmbeddedModel> = Arc::new(move || {
                 niceness::lower_current_thread(nice);

@@ -13,6 +13,21 @@ use tokio::time::{sleep, Instant};
 
 use super::metrics_scrape::{ProcSnapshot, Scrape};
 
+/// Gauges of state the server keeps beyond a session by design (bounded caches: the
+/// LLM's kept attention state and its bound, the stored conversations) and of its heap:
+/// reported, but left out of the verdict and of the leaked gauges.
+const NOT_LEAKS: &[&str] = &[
+    "hearken_llm_kv_cache_bytes",
+    "hearken_llm_kv_cache_limit_bytes",
+    "hearken_stored_conversations",
+    "hearken_heap_",
+];
+
+/// Whether `series` is a gauge whose change after a run is a leak.
+pub fn is_leak_gauge(series: &str) -> bool {
+    !NOT_LEAKS.iter().any(|name| series.starts_with(name))
+}
+
 /// Pause between two looks while waiting for the server to settle.
 const SETTLE_POLL: Duration = Duration::from_millis(250);
 
@@ -62,12 +77,13 @@ pub struct Baseline {
 /// What a run left behind, once the server had `--settle` seconds to let go.
 #[derive(Debug, Serialize)]
 pub struct LeakReport {
-    /// Every gauge, the FD count and the thread count back at their start values.
+    /// Every leak gauge ([`is_leak_gauge`]), the FD count and the thread count back at
+    /// their start values.
     pub settled: bool,
     /// Seconds from the end of the load until the server settled (or gave up).
     pub settle_s: f64,
     pub gauges: BTreeMap<String, GaugeDelta>,
-    /// Gauge series whose value differs from the start (the leaks, by name).
+    /// Leak gauge series whose value differs from the start (the leaks, by name).
     pub leaked_gauges: BTreeMap<String, f64>,
     pub server_process: Option<ProcessReport>,
 }
@@ -87,7 +103,7 @@ impl LeakReport {
         println!(
             "server after the run: {} ({:.1} s after the load ended)",
             if self.settled {
-                "every gauge, FD and thread count back at its start value"
+                "every leak gauge, FD and thread count back at its start value (caches and heap gauges aside)"
             } else {
                 "did NOT settle within the bound"
             },
@@ -145,9 +161,11 @@ impl Baseline {
         loop {
             let scrape = Scrape::fetch(http, metrics_url).await?;
             let process = self.pid.map(ProcSnapshot::read).transpose()?;
+            let now = scrape.gauges();
             let gauges_back = baseline
                 .iter()
-                .all(|(series, value)| scrape.gauges().get(series) == Some(value));
+                .filter(|(series, _)| is_leak_gauge(series))
+                .all(|(series, value)| now.get(series) == Some(value));
             let process_back = match (self.process, process) {
                 (Some(was), Some(now)) => was.fds == now.fds && was.threads == now.threads,
                 _ => true,
@@ -157,7 +175,7 @@ impl Baseline {
                 let gauges = gauge_deltas(&self.scrape, &scrape);
                 let leaked_gauges = gauges
                     .iter()
-                    .filter(|(_, g)| g.delta != 0.0)
+                    .filter(|(series, g)| g.delta != 0.0 && is_leak_gauge(series))
                     .map(|(series, g)| (series.clone(), g.delta))
                     .collect();
                 return Ok(LeakReport {
@@ -173,5 +191,20 @@ impl Baseline {
             }
             sleep(SETTLE_POLL).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_and_heap_figures_are_no_leaks() {
+        assert!(is_leak_gauge("hearken_live_actors{kind=\"stt\"}"));
+        assert!(is_leak_gauge("hearken_open_files"));
+        assert!(!is_leak_gauge("hearken_llm_kv_cache_bytes"));
+        assert!(!is_leak_gauge("hearken_llm_kv_cache_limit_bytes"));
+        assert!(!is_leak_gauge("hearken_stored_conversations"));
+        assert!(!is_leak_gauge("hearken_heap_free_bytes"));
     }
 }

@@ -2,10 +2,16 @@
 //! whole duration it runs streaming sessions (as `streams`), churn cycles in every leaving
 //! style (as `churn`) and a few hostile clients of each kind (as `abuse`), and samples
 //! the server every `--sample-every` (default one minute): RSS, FDs and threads from
-//! `/proc/<pid>` and the leak gauges from `/metrics`. The report gives the RSS slope after
-//! `--warmup` (least squares, KiB per 10 minutes), and, once the load has stopped and the
-//! server has settled, what was left behind: live actors, in-flight jobs, open files,
-//! FDs and threads against the start. `--json FILE` writes every figure and sample.
+//! `/proc/<pid>` and the leak gauges from `/metrics`, with how full the bounded caches
+//! are (the LLM's kept attention state against its bound, the stored conversations). The
+//! report gives the RSS slope after the warm-up (least squares, KiB per 10 minutes) and
+//! over the last `--slope-window`, and, once the load has stopped and the server has
+//! settled, what was left behind: live actors, in-flight jobs, open files, FDs and
+//! threads against the start. `--json FILE` writes every figure and sample.
+//!
+//! RSS grows while the caches fill, by design, and that is no leak: by default
+//! (`--warmup auto`) the warm-up lasts until the kept attention state has reached its
+//! bound, so the slope after it is what the caches do not explain.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,9 +45,19 @@ pub struct SoakArgs {
     /// Time between two samples of the server.
     #[arg(long, value_parser = parse_duration, default_value = "1m")]
     pub sample_every: Duration,
-    /// Samples before this are left out of the RSS slope (allocator and cache warm-up).
-    #[arg(long, value_parser = parse_duration, default_value = "5m")]
-    pub warmup: Duration,
+    /// Samples before this are left out of the RSS slope: `auto` until the LLM's kept
+    /// attention state is at its bound (`hearken_llm_kv_cache_bytes` at 90 % of
+    /// `hearken_llm_kv_cache_limit_bytes`; 5 minutes on a server without one), or a
+    /// duration (`5m`).
+    #[arg(long, value_parser = parse_warmup, default_value = "auto")]
+    pub warmup: Warmup,
+    /// Between two samples the RSS is read this often, for its floor (the lowest value
+    /// since the previous sample).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub rss_probe_every: Duration,
+    /// The RSS slope is also fitted over the samples of this last stretch of the run.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub slope_window: Duration,
     /// The server's pid (required: RSS, FDs and threads come from `/proc/<pid>`).
     #[arg(long)]
     pub server_pid: u32,
@@ -80,6 +96,29 @@ pub struct SoakArgs {
     pub json: Option<PathBuf>,
 }
 
+/// Where the RSS slope starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Warmup {
+    /// Once the bounded caches are full.
+    Auto,
+    Fixed(Duration),
+}
+
+/// The LLM's kept attention state counts as full from this share of its bound: it
+/// stays just under it (whole entries are evicted to make room).
+const CACHE_FULL: f64 = 0.9;
+
+/// The warm-up `auto` falls back to on a server without a kept attention state.
+const FALLBACK_WARMUP: Duration = Duration::from_secs(300);
+
+/// `auto` or a duration.
+pub fn parse_warmup(text: &str) -> Result<Warmup, String> {
+    match text.trim() {
+        "auto" => Ok(Warmup::Auto),
+        other => parse_duration(other).map(Warmup::Fixed),
+    }
+}
+
 /// `30m`, `90s`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -106,6 +145,10 @@ pub struct Sample {
     /// Seconds since the load started.
     pub t_s: f64,
     pub rss_kib: u64,
+    /// The lowest RSS read since the previous sample (every `--rss-probe-every`, this
+    /// sample's own reading included). The RSS of a moment holds whatever buffers the
+    /// models have in flight (tens of MB that come and go); its floor is what stays.
+    pub rss_floor_kib: u64,
     pub fds: u64,
     pub threads: u64,
     /// Sum of `hearken_live_actors` over every kind.
@@ -114,6 +157,26 @@ pub struct Sample {
     pub inflight_jobs: f64,
     pub open_files: f64,
     pub churn_cycles: usize,
+    /// `hearken_llm_kv_cache_bytes`: the LLM's kept attention state.
+    pub kv_cache_bytes: f64,
+    /// `hearken_llm_kv_cache_limit_bytes`: its bound (0 without an embedded LLM).
+    pub kv_cache_limit_bytes: f64,
+    /// `hearken_stored_conversations`: histories kept for resumption (bounded by
+    /// `llm.history_ttl_ms`, count and bytes).
+    pub stored_conversations: f64,
+    /// `hearken_heap_allocated_bytes`: what the process holds from malloc. Growing
+    /// after the warm-up, with the caches full, it is a leak (or a cache unbounded).
+    pub heap_allocated_bytes: f64,
+    /// `hearken_heap_free_bytes`: free memory malloc keeps in its arenas. Growing, it is
+    /// fragmentation.
+    pub heap_free_bytes: f64,
+}
+
+impl Sample {
+    fn kv_cache_full(&self) -> bool {
+        self.kv_cache_limit_bytes > 0.0
+            && self.kv_cache_bytes >= CACHE_FULL * self.kv_cache_limit_bytes
+    }
 }
 
 /// Churn cycles by style.
@@ -137,13 +200,27 @@ pub struct Leftovers {
 #[derive(Debug, Serialize)]
 pub struct SoakReport {
     pub duration_s: f64,
+    /// The warm-up the slope starts after (s); with `--warmup auto`, the first sample at
+    /// which the kept attention state was full (the run's length when it never was).
     pub warmup_s: f64,
+    /// `auto` or `fixed`.
+    pub warmup_mode: &'static str,
+    /// When the kept attention state first reached its bound (s), if it did.
+    pub kv_cache_full_at_s: Option<f64>,
     pub samples: Vec<Sample>,
     /// Least-squares RSS slope over the samples after the warm-up (KiB per 10 minutes);
     /// `None` with fewer than two such samples.
     pub rss_slope_kib_per_10min: Option<f64>,
     /// Samples the slope was fitted to.
     pub slope_samples: usize,
+    /// The same over the samples of the last `slope_window_s` of the run.
+    pub rss_slope_last_window_kib_per_10min: Option<f64>,
+    pub slope_window_s: f64,
+    pub last_window_samples: usize,
+    /// The two slopes fitted to the RSS floors (`Sample::rss_floor_kib`) instead: far
+    /// less noisy, so the figure to judge a leak by.
+    pub rss_floor_slope_kib_per_10min: Option<f64>,
+    pub rss_floor_slope_last_window_kib_per_10min: Option<f64>,
     pub streams: StreamsFigures,
     pub churn: BTreeMap<String, ChurnTally>,
     pub attackers: BTreeMap<String, KindReport>,
@@ -173,8 +250,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         .clone()
         .context("soak needs --metrics-url")?;
     anyhow::ensure!(
-        !args.sample_every.is_zero(),
-        "--sample-every must be positive"
+        !args.sample_every.is_zero() && !args.rss_probe_every.is_zero(),
+        "--sample-every and --rss-probe-every must be positive"
     );
     let baseline = Baseline::take(&http, &metrics_url, Some(args.server_pid)).await?;
     let target = Target::resolve(&args.stream.url).await?;
@@ -213,16 +290,28 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let end = start + args.duration;
     let mut tick = interval_at(start + args.sample_every, args.sample_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut probe = interval_at(start + args.rss_probe_every, args.rss_probe_every);
+    probe.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut floor: Option<u64> = None;
     loop {
         // The sample due at the end is taken; then the end stops the loop.
         let at = tokio::select! {
             biased;
             at = tick.tick() => at,
+            _ = probe.tick() => {
+                if let Ok(now) = ProcSnapshot::read(args.server_pid) {
+                    floor = Some(floor.map_or(now.rss_kib, |f| f.min(now.rss_kib)));
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(end) => break,
         };
         let t_s = at.duration_since(start).as_secs_f64();
         match sample(&http, &metrics_url, args.server_pid, t_s, churn.cycles()).await {
-            Ok(s) => samples.push(s),
+            Ok(mut s) => {
+                s.rss_floor_kib = floor.take().map_or(s.rss_kib, |f| f.min(s.rss_kib));
+                samples.push(s);
+            }
             Err(error) => eprintln!("warning: sample at {t_s:.0} s failed: {error:#}"),
         }
     }
@@ -238,17 +327,42 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let leaks = baseline
         .settle(&http, &metrics_url, Duration::from_secs_f64(args.settle))
         .await?;
-    let warmup_s = args.warmup.as_secs_f64();
-    let fitted: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.t_s >= warmup_s)
-        .map(|s| (s.t_s, s.rss_kib as f64))
-        .collect();
+    let duration_s = args.duration.as_secs_f64();
+    let kv_cache_full_at_s = samples.iter().find(|s| s.kv_cache_full()).map(|s| s.t_s);
+    let warmup_s = warmup_end(args.warmup, &samples, duration_s);
+    let slope = |from_s: f64, rss: fn(&Sample) -> u64| {
+        let fitted: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.t_s >= from_s)
+            .map(|s| (s.t_s, rss(s) as f64))
+            .collect();
+        let per_10min = least_squares_slope(&fitted).map(|per_s| per_s * 600.0);
+        (per_10min, fitted.len())
+    };
+    let now: fn(&Sample) -> u64 = |s| s.rss_kib;
+    let floor: fn(&Sample) -> u64 = |s| s.rss_floor_kib;
+    let (rss_slope_kib_per_10min, slope_samples) = slope(warmup_s, now);
+    let last_t = samples.last().map_or(0.0, |s| s.t_s);
+    let slope_window_s = args.slope_window.as_secs_f64();
+    let window_start = last_t - slope_window_s;
+    let (rss_slope_last_window_kib_per_10min, last_window_samples) = slope(window_start, now);
+    let rss_floor_slope_kib_per_10min = slope(warmup_s, floor).0;
+    let rss_floor_slope_last_window_kib_per_10min = slope(window_start, floor).0;
     let report = SoakReport {
-        duration_s: args.duration.as_secs_f64(),
+        duration_s,
         warmup_s,
-        rss_slope_kib_per_10min: least_squares_slope(&fitted).map(|per_s| per_s * 600.0),
-        slope_samples: fitted.len(),
+        warmup_mode: match args.warmup {
+            Warmup::Auto => "auto",
+            Warmup::Fixed(_) => "fixed",
+        },
+        kv_cache_full_at_s,
+        rss_slope_kib_per_10min,
+        slope_samples,
+        rss_slope_last_window_kib_per_10min,
+        slope_window_s,
+        last_window_samples,
+        rss_floor_slope_kib_per_10min,
+        rss_floor_slope_last_window_kib_per_10min,
         samples,
         streams: shared.with_window(|w| {
             let count = |kind: &str| w.events.get(kind).copied().unwrap_or(0);
@@ -300,6 +414,7 @@ async fn sample(
     Ok(Sample {
         t_s,
         rss_kib: process.rss_kib,
+        rss_floor_kib: process.rss_kib,
         fds: process.fds,
         threads: process.threads,
         live_actors: sum("hearken_live_actors"),
@@ -307,7 +422,28 @@ async fn sample(
         inflight_jobs: sum("hearken_inflight_jobs"),
         open_files: sum("hearken_open_files"),
         churn_cycles,
+        kv_cache_bytes: sum("hearken_llm_kv_cache_bytes"),
+        kv_cache_limit_bytes: sum("hearken_llm_kv_cache_limit_bytes"),
+        stored_conversations: sum("hearken_stored_conversations"),
+        heap_allocated_bytes: sum("hearken_heap_allocated_bytes"),
+        heap_free_bytes: sum("hearken_heap_free_bytes"),
     })
+}
+
+/// Where the slope starts (s since the load started): a fixed warm-up, or with `auto`
+/// the first sample at which the kept attention state was full; `duration_s` (no slope)
+/// when it never filled, and [`FALLBACK_WARMUP`] on a server that keeps none.
+fn warmup_end(warmup: Warmup, samples: &[Sample], duration_s: f64) -> f64 {
+    match warmup {
+        Warmup::Fixed(d) => d.as_secs_f64(),
+        Warmup::Auto if samples.iter().all(|s| s.kv_cache_limit_bytes <= 0.0) => {
+            FALLBACK_WARMUP.as_secs_f64()
+        }
+        Warmup::Auto => samples
+            .iter()
+            .find(|s| s.kv_cache_full())
+            .map_or(duration_s, |s| s.t_s),
+    }
 }
 
 /// The slope of the least-squares line through `points` (y per unit of x); `None` with
@@ -432,30 +568,80 @@ impl Churn {
 impl SoakReport {
     fn print(&self) {
         println!(
-            "{:>8} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8}",
-            "t (s)", "RSS KiB", "fds", "threads", "actors", "convs", "jobs", "files", "cycles"
+            "{:>8} {:>10} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7} {:>10} {:>10}",
+            "t (s)",
+            "RSS KiB",
+            "floor KiB",
+            "fds",
+            "threads",
+            "actors",
+            "convs",
+            "jobs",
+            "files",
+            "cycles",
+            "KV cache MiB",
+            "stored",
+            "heap MiB",
+            "free MiB"
         );
+        let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
         for s in &self.samples {
             println!(
-                "{:>8.0} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8}",
+                "{:>8.0} {:>10} {:>10} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6} {:>8} {:>14} {:>7} {:>10.1} {:>10.1}",
                 s.t_s,
                 s.rss_kib,
+                s.rss_floor_kib,
                 s.fds,
                 s.threads,
                 s.live_actors,
                 s.conversations,
                 s.inflight_jobs,
                 s.open_files,
-                s.churn_cycles
+                s.churn_cycles,
+                format!(
+                    "{:.0}/{:.0}",
+                    mib(s.kv_cache_bytes),
+                    mib(s.kv_cache_limit_bytes)
+                ),
+                s.stored_conversations,
+                mib(s.heap_allocated_bytes),
+                mib(s.heap_free_bytes)
             );
         }
+        let start = match (self.warmup_mode, self.kv_cache_full_at_s) {
+            ("auto", Some(_)) => format!(
+                "after the kept attention state filled ({:.0} s)",
+                self.warmup_s
+            ),
+            ("auto", None) if self.warmup_s >= self.duration_s => {
+                "after the kept attention state filled: it never did".to_string()
+            }
+            _ => format!("after {:.0} s of warm-up", self.warmup_s),
+        };
         match self.rss_slope_kib_per_10min {
             Some(slope) => println!(
-                "RSS slope after {:.0} s of warm-up: {slope:+.0} KiB per 10 min ({} samples, least squares)",
-                self.warmup_s, self.slope_samples
+                "RSS slope {start}: {slope:+.0} KiB per 10 min ({} samples, least squares)",
+                self.slope_samples
             ),
-            None => println!("RSS slope: too few samples after the warm-up"),
+            None => println!("RSS slope {start}: too few samples"),
         }
+        match self.rss_slope_last_window_kib_per_10min {
+            Some(slope) => println!(
+                "RSS slope over the last {:.0} s: {slope:+.0} KiB per 10 min ({} samples)",
+                self.slope_window_s, self.last_window_samples
+            ),
+            None => println!(
+                "RSS slope over the last {:.0} s: too few samples",
+                self.slope_window_s
+            ),
+        }
+        let kib = |slope: Option<f64>| slope.map_or("n/a".into(), |s| format!("{s:+.0}"));
+        println!(
+            "RSS floor slope (KiB per 10 min): {} {start}, {} over the last {:.0} s",
+            kib(self.rss_floor_slope_kib_per_10min),
+            kib(self.rss_floor_slope_last_window_kib_per_10min),
+            self.slope_window_s
+        );
         let s = &self.streams;
         println!(
             "streams: {} started, {} failed ({}); p95 VAD decision lag {:.0} ms; transcripts {} for {} speech stops; transcript p50 {:.0} ms; reply audio p50 {:.0} ms; close codes {}",
@@ -505,6 +691,56 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    fn sample(t_s: f64, kv: f64, limit: f64) -> Sample {
+        Sample {
+            t_s,
+            rss_kib: 0,
+            rss_floor_kib: 0,
+            fds: 0,
+            threads: 0,
+            live_actors: 0.0,
+            conversations: 0.0,
+            inflight_jobs: 0.0,
+            open_files: 0.0,
+            churn_cycles: 0,
+            kv_cache_bytes: kv,
+            kv_cache_limit_bytes: limit,
+            stored_conversations: 0.0,
+            heap_allocated_bytes: 0.0,
+            heap_free_bytes: 0.0,
+        }
+    }
+
+    #[test]
+    fn warmup_is_auto_or_a_duration() {
+        assert_eq!(parse_warmup("auto"), Ok(Warmup::Auto));
+        assert_eq!(
+            parse_warmup("5m"),
+            Ok(Warmup::Fixed(Duration::from_secs(300)))
+        );
+        assert!(parse_warmup("later").is_err());
+    }
+
+    #[test]
+    fn the_auto_warmup_ends_when_the_kept_state_is_full() {
+        let filling = [
+            sample(0.0, 0.0, 100.0),
+            sample(60.0, 50.0, 100.0),
+            sample(120.0, 89.0, 100.0),
+            sample(180.0, 95.0, 100.0),
+            sample(240.0, 85.0, 100.0),
+        ];
+        assert_eq!(warmup_end(Warmup::Auto, &filling, 300.0), 180.0);
+        assert_eq!(
+            warmup_end(Warmup::Fixed(Duration::from_secs(60)), &filling, 300.0),
+            60.0
+        );
+        let never = [sample(0.0, 0.0, 100.0), sample(60.0, 10.0, 100.0)];
+        assert_eq!(warmup_end(Warmup::Auto, &never, 300.0), 300.0, "no slope");
+        let no_llm = [sample(0.0, 0.0, 0.0), sample(60.0, 0.0, 0.0)];
+        assert_eq!(warmup_end(Warmup::Auto, &no_llm, 900.0), 300.0);
     }
 
     #[test]

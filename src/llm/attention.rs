@@ -46,6 +46,30 @@ impl KvState {
     pub(super) fn advance(&mut self, positions: usize) {
         self.len += positions;
     }
+
+    /// Give back the spare capacity of the layers this state alone holds, before it is
+    /// kept. A state grows by doubling while it reads (amortised appends), so without
+    /// this a kept state held up to twice the bytes its tokens cost, and the prefix
+    /// cache, bounded by tokens × bytes per token, held up to twice its bound, in
+    /// buffers of every size (which also fragments the heap). Layers shared with a kept
+    /// state were sized exactly when they were copied, and are left alone.
+    pub fn compact(&mut self) {
+        for layer in &mut self.layers {
+            if let Some(kv) = Arc::get_mut(layer) {
+                kv.keys.shrink_to_fit();
+                kv.values.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Heap bytes of keys and values this state points to (shared layers included):
+    /// what it really costs while nothing else shares it.
+    pub fn heap_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|kv| (kv.keys.capacity() + kv.values.capacity()) * std::mem::size_of::<f32>())
+            .sum()
+    }
 }
 
 /// Head layout and RoPE tables shared by every layer.
@@ -245,6 +269,35 @@ mod tests {
         );
         assert_eq!(kept.layers[0].keys.len(), 4);
         assert_eq!(first.layers[0].keys.len(), 8);
+    }
+
+    /// A compacted state holds exactly what its positions cost, and a compacted copy
+    /// that is still shared is not touched.
+    #[test]
+    fn a_compacted_state_holds_no_spare_capacity() {
+        let attention = Attention::new(2, 1, 4, 64, 10_000.0);
+        let mut state = KvState::new(2);
+        for row in 0..5 {
+            for layer in 0..2 {
+                attention.attend(
+                    &mut state,
+                    layer,
+                    &values(8, row as f32),
+                    &values(4, 0.5),
+                    &values(4, 0.9),
+                );
+            }
+            state.advance(1);
+        }
+        // 2 layers × (keys + values) × 5 positions × 1 head × 4 wide × 4 bytes.
+        let exact = 2 * 2 * 5 * 4 * 4;
+        assert!(state.heap_bytes() > exact, "appends leave spare capacity");
+        let kept = state.clone();
+        state.compact();
+        assert!(kept.heap_bytes() > exact, "shared layers are left alone");
+        drop(kept);
+        state.compact();
+        assert_eq!(state.heap_bytes(), exact);
     }
 
     /// The first position attends only to itself: its output is its own value.

@@ -410,6 +410,8 @@ impl EmbeddedModel {
             .is_some_and(|c| c.at == sequence.read)
         {
             if let Some(checkpoint) = sequence.checkpoints.pop_front() {
+                // Kept at what its tokens cost: the cache's bound is in those bytes.
+                sequence.state.compact();
                 let state = sequence.state.clone();
                 self.cache
                     .insert(checkpoint.owner, checkpoint.covers, state.len(), state);

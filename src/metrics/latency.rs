@@ -73,6 +73,8 @@ pub struct LatencyMetrics {
     pub turn_model_seconds: Histogram,
     /// Bytes of LLM attention state kept between turns.
     pub llm_kv_cache_bytes: IntGauge,
+    /// Its bound: `llm.kv_cache_mb` × LLM threads (0 without an embedded LLM).
+    pub llm_kv_cache_limit_bytes: IntGauge,
     llm_prompt_tokens: IntCounterVec,
 }
 
@@ -143,6 +145,12 @@ impl LatencyMetrics {
                 "Bytes of LLM attention state kept between turns",
             )
             .expect("static metric definition"),
+            llm_kv_cache_limit_bytes: IntGauge::new(
+                "hearken_llm_kv_cache_limit_bytes",
+                "Bound of the LLM attention state kept between turns (llm.kv_cache_mb \
+                 per LLM thread)",
+            )
+            .expect("static metric definition"),
             llm_prompt_tokens,
         }
     }
@@ -154,6 +162,7 @@ impl LatencyMetrics {
             Box::new(self.turn_decisions.clone()),
             Box::new(self.turn_model_seconds.clone()),
             Box::new(self.llm_kv_cache_bytes.clone()),
+            Box::new(self.llm_kv_cache_limit_bytes.clone()),
             Box::new(self.llm_prompt_tokens.clone()),
         ];
         for collector in collectors {

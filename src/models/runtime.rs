@@ -69,14 +69,38 @@ pub fn runtime_ready() -> bool {
     ENVIRONMENT.get().is_some()
 }
 
+/// How a session takes memory for its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// ONNX Runtime's CPU arena and memory pattern: tensors come from blocks the session
+    /// keeps, the fastest for a model whose inputs stay small or of one shape (Silero's
+    /// windows, Smart Turn's 8 s, Moonshine's segments and decoder steps).
+    Arena,
+    /// Each tensor from malloc, freed after the run: for a model whose inputs vary
+    /// widely in length and whose activations are large (Piper: tens of MB for one long
+    /// sentence), where an arena grows to the largest input it has seen and keeps it.
+    Malloc,
+}
+
 /// Builds a CPU session for `model` from `path` with `intra_threads` threads
-/// for one operator and one thread across operators. Public for tools that run
-/// a model of their own through the one environment (`examples/turn_fixtures.rs`
-/// reads Piper's phoneme durations this way).
+/// for one operator and one thread across operators, with ORT's arena
+/// ([`Memory::Arena`]). Public for tools that run a model of their own through the
+/// one environment (`examples/turn_fixtures.rs` reads Piper's phoneme durations this
+/// way).
 pub fn load_session(
     model: &'static str,
     path: &Path,
     intra_threads: usize,
+) -> Result<Session, ModelError> {
+    load_session_with(model, path, intra_threads, Memory::Arena)
+}
+
+/// [`load_session`] with the tensors' memory chosen.
+pub fn load_session_with(
+    model: &'static str,
+    path: &Path,
+    intra_threads: usize,
+    memory: Memory,
 ) -> Result<Session, ModelError> {
     if !path.is_file() {
         return Err(ModelError::ModelFileMissing {
@@ -85,7 +109,7 @@ pub fn load_session(
         });
     }
     let environment = ENVIRONMENT.get().ok_or(ModelError::RuntimeNotInitialized)?;
-    build_session(environment, path, intra_threads).map_err(|e| ModelError::SessionLoad {
+    build_session(environment, path, intra_threads, memory).map_err(|e| ModelError::SessionLoad {
         model,
         path: path.to_path_buf(),
         cause: e.to_string(),
@@ -98,12 +122,29 @@ pub fn load_session(
 /// With more than one intra-op thread, ORT's pool threads would spin between
 /// operators; on a small machine that burns the cores the other models need, so they
 /// sleep instead, and flush subnormals to zero like the workers (`workers::denormals`).
-fn build_session(environment: &Environment, path: &Path, intra: usize) -> ort::Result<Session> {
+///
+/// [`Memory::Malloc`] turns off the CPU memory arena and the memory pattern. With them,
+/// every session's arena grew to the largest shapes it had seen and kept all of it: in a
+/// 12-minute soak the bytes held from malloc went from 0.68 GB to 1.37 GB in the first
+/// minute, and rose again in a step (+63 MB) at minute 10 when a larger input came; the
+/// RSS followed as those pages were first touched. Piper's activations are by far the
+/// largest and vary the most (one per sentence length), so Piper runs without them; the
+/// other models keep theirs (turning them all off cost transcripts ~0.4 s at p50 on the
+/// loaded 2-core machine). See docs/benchmarks.md, "Soak".
+fn build_session(
+    environment: &Environment,
+    path: &Path,
+    intra: usize,
+    memory: Memory,
+) -> ort::Result<Session> {
+    let arena = memory == Memory::Arena;
     Session::builder(environment)?
         .with_intra_threads(intra)?
         .with_inter_threads(1)?
         .with_intra_op_spinning(false)?
         .with_flush_to_zero()?
+        .with_memory_pattern(arena)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(arena).build()])?
         .commit_from_file(path)
 }
 

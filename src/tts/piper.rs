@@ -20,7 +20,7 @@ use unicode_normalization::UnicodeNormalization;
 use super::phonemizer::PhonemizerPool;
 use super::sentences::clauses;
 use super::TtsError;
-use crate::models::runtime::load_session;
+use crate::models::runtime::{load_session_with, Memory};
 use crate::models::ModelError;
 
 /// Voice files inside the models directory, as written by
@@ -110,7 +110,8 @@ impl PiperVoice {
             return Err(config_error("phoneme_id_map is empty".into()));
         }
         Ok(Self {
-            session: load_session(MODEL, onnx_path, 1)?,
+            // Sentences of every length: an arena would keep the longest's activations.
+            session: load_session_with(MODEL, onnx_path, 1, Memory::Malloc)?,
             ids,
             sample_rate: config.audio.sample_rate,
             scales: config.inference,
