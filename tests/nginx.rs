@@ -46,6 +46,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const SERVER_LIFETIME_GAUGES: [&str; 2] =
     ["hearken_child_processes", "hearken_stored_conversations"];
 
+/// Gauges of the process heap (what malloc holds): server-wide figures, not per session.
+const HEAP_GAUGES: &str = "hearken_heap_";
+
 /// A running nginx in front of one hearken server. Dropping it stops and reaps nginx
 /// (master and workers) and removes its directory, also when a test panics.
 struct Nginx {
@@ -317,13 +320,13 @@ async fn metrics_text(nginx: &Nginx) -> String {
 }
 
 /// The samples of every per-session gauge (each family `# TYPE`d `gauge`, except the
-/// server-lifetime ones) in a Prometheus text exposition: (sample, value).
+/// server-lifetime and heap ones) in a Prometheus text exposition: (sample, value).
 fn session_gauges(text: &str) -> Vec<(String, f64)> {
     let families: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.strip_suffix(" gauge"))
-        .filter(|name| !SERVER_LIFETIME_GAUGES.contains(name))
+        .filter(|name| !SERVER_LIFETIME_GAUGES.contains(name) && !name.starts_with(HEAP_GAUGES))
         .collect();
     text.lines()
         .filter(|l| !l.starts_with('#'))
