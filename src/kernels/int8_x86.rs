@@ -77,6 +77,9 @@ pub(super) mod avx512 {
     /// Floats per pair of blocks in [`spread_scales`]' layout.
     pub const SPREAD: usize = 16;
 
+    /// Byte mask of one block in a 64-byte register.
+    const HALF: u64 = 0xFFFF_FFFF;
+
     pub fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
@@ -138,18 +141,26 @@ pub(super) mod avx512 {
             let b = 2 * p;
             // The last pair of an odd row is one block: the high half stays zero.
             let whole = b + 1 < blocks;
-            let bytes: u64 = if whole { u64::MAX } else { 0xFFFF_FFFF };
-            let w = _mm512_maskz_loadu_epi8(bytes, weights.as_ptr().add(b * BLOCK));
+            let (w, weight_scales) = if whole {
+                (
+                    _mm512_loadu_si512(weights.as_ptr().add(b * BLOCK) as *const __m512i),
+                    pair(scales.as_ptr().add(b), spread),
+                )
+            } else {
+                (
+                    _mm512_maskz_loadu_epi8(HALF, weights.as_ptr().add(b * BLOCK)),
+                    _mm512_maskz_mov_ps(0x00FF, _mm512_set1_ps(scales[b])),
+                )
+            };
             let negative = _mm512_movepi8_mask(w);
             let abs_w = _mm512_abs_epi8(w);
-            let weight_scales = if whole {
-                pair(scales.as_ptr().add(b), spread)
-            } else {
-                _mm512_maskz_mov_ps(0x00FF, _mm512_set1_ps(scales[b]))
-            };
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                let x =
-                    _mm512_maskz_loadu_epi8(bytes, inputs.as_ptr().add((r * blocks + b) * BLOCK));
+                let at = inputs.as_ptr().add((r * blocks + b) * BLOCK);
+                let x = if whole {
+                    _mm512_loadu_si512(at as *const __m512i)
+                } else {
+                    _mm512_maskz_loadu_epi8(HALF, at)
+                };
                 // x · sign(w), so that |w| (unsigned) · it is w · x.
                 let signed_x = _mm512_mask_sub_epi8(x, negative, zero, x);
                 let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, abs_w, signed_x));
@@ -176,7 +187,10 @@ mod tests {
         assert_eq!(spread.len(), 2 * 2 * SPREAD);
         let half = SPREAD / 2;
         let expect = |at: usize, value: f32| {
-            assert!(spread[at..at + half].iter().all(|&s| s == value), "{spread:?}");
+            assert!(
+                spread[at..at + half].iter().all(|&s| s == value),
+                "{spread:?}"
+            );
         };
         expect(0, 1.0);
         expect(half, 2.0);
