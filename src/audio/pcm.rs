@@ -10,7 +10,7 @@ pub fn decode_pcm16(bytes: &[u8]) -> Option<Vec<i16>> {
 /// Decode into `out` (replacing its contents, reusing its capacity); `None` when the
 /// byte count is odd.
 pub fn decode_pcm16_into(bytes: &[u8], out: &mut Vec<i16>) -> Option<()> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     out.clear();

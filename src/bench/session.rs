@@ -205,7 +205,7 @@ where
                 st.first_frame += 1;
             }
         }
-        if sent % SLIP_FLUSH_FRAMES == 0 {
+        if sent.is_multiple_of(SLIP_FLUSH_FRAMES) {
             flush(&mut slip, SLIP_FLUSH_FRAMES);
         }
     }

@@ -13,11 +13,14 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::int8_x86::{avx2, avx512};
+
 /// Values per block (as Q8_0).
-const BLOCK: usize = 32;
+pub(super) const BLOCK: usize = 32;
 
 /// Input rows handled together per weight block (accumulators kept in registers).
-const ROW_GROUP: usize = 4;
+pub(super) const ROW_GROUP: usize = 8;
 
 /// Output columns per parallel work item.
 const COLUMNS_PER_TASK: usize = 64;
@@ -34,6 +37,58 @@ pub struct Int8Linear {
 struct QuantizedRows {
     quants: Vec<i8>,
     scales: Vec<f32>,
+}
+
+/// The dot kernel this CPU runs, chosen once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernel {
+    fn chosen() -> Kernel {
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if avx512::available() {
+                    return Kernel::Avx512;
+                }
+                if avx2::available() {
+                    return Kernel::Avx2;
+                }
+            }
+            Kernel::Portable
+        })
+    }
+}
+
+/// Quantized input rows as `kernel` reads them.
+struct Input {
+    rows: QuantizedRows,
+    /// AVX-512 only: the scales spread per pair of blocks.
+    spread: Vec<f32>,
+    kernel: Kernel,
+}
+
+impl Input {
+    fn new(values: &[f32], width: usize, kernel: Kernel) -> Self {
+        let rows = quantize(values, width);
+        let spread = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::spread_scales(&rows.scales, width / BLOCK),
+            _ => Vec::new(),
+        };
+        Input {
+            rows,
+            spread,
+            kernel,
+        }
+    }
 }
 
 impl Int8Linear {
@@ -54,7 +109,7 @@ impl Int8Linear {
     /// multiple of 32.
     pub fn from_rows(values: &[f32], out: usize, width: usize) -> Self {
         assert!(
-            width % BLOCK == 0 && values.len() == out * width,
+            width.is_multiple_of(BLOCK) && values.len() == out * width,
             "int8 weights need [out, width] values with a width that is a multiple of {BLOCK}"
         );
         let rows = quantize(values, width);
@@ -109,7 +164,7 @@ impl Int8Linear {
             rows * width,
             "input is not {rows} rows of {width}"
         );
-        let input = quantize(input, width);
+        let input = Input::new(input, width, Kernel::chosen());
         // Columns split into tasks; each task writes its columns of every row into its
         // own stripe of a transposed buffer.
         let mut transposed = vec![0f32; self.out * rows];
@@ -135,7 +190,7 @@ impl Int8Linear {
     }
 
     /// Weight row `column` dotted with every input row.
-    fn dot_column(&self, column: usize, input: &QuantizedRows, out: &mut [f32]) {
+    fn dot_column(&self, column: usize, input: &Input, out: &mut [f32]) {
         let blocks = self.blocks;
         let weights = &self.quants[column * blocks * BLOCK..(column + 1) * blocks * BLOCK];
         let scales = &self.scales[column * blocks..(column + 1) * blocks];
@@ -143,24 +198,53 @@ impl Int8Linear {
         let mut row = 0;
         while row < rows {
             let group = ROW_GROUP.min(rows - row);
-            let quants = &input.quants[row * blocks * BLOCK..(row + group) * blocks * BLOCK];
-            let input_scales = &input.scales[row * blocks..(row + group) * blocks];
-            dot_group(
-                weights,
-                scales,
-                quants,
-                input_scales,
-                blocks,
-                &mut out[row..row + group],
-            );
+            let quants = &input.rows.quants[row * blocks * BLOCK..(row + group) * blocks * BLOCK];
+            let input_scales = &input.rows.scales[row * blocks..(row + group) * blocks];
+            let out = &mut out[row..row + group];
+            match input.kernel {
+                // SAFETY (both): `Kernel::chosen` picked the kernel after checking
+                // the CPU has its features; the slices hold `blocks` blocks per row
+                // for `group` rows (and their spread scales for AVX-512).
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => unsafe {
+                    let per_row = avx512::pairs(blocks) * avx512::SPREAD;
+                    let spread = &input.spread[row * per_row..(row + group) * per_row];
+                    avx512::dot_group(weights, scales, quants, spread, blocks, out)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe {
+                    avx2::dot_group(weights, scales, quants, input_scales, blocks, out)
+                },
+                Kernel::Portable => {
+                    dot_group_portable(weights, scales, quants, input_scales, blocks, out)
+                }
+            }
             row += group;
         }
     }
 }
 
 /// Quantizes rows of `width` values into int8 blocks: each block scaled by its
-/// largest magnitude / 127, rounded to nearest.
+/// largest magnitude / 127, rounded to nearest (ties to even).
 fn quantize(values: &[f32], width: usize) -> QuantizedRows {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { quantize_avx2(values, width) };
+    }
+    quantize_here(values, width)
+}
+
+/// [`quantize`] compiled for AVX2: the same arithmetic, eight values wide (the
+/// baseline build rounds each value with a call into libm).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(values: &[f32], width: usize) -> QuantizedRows {
+    quantize_here(values, width)
+}
+
+#[inline(always)]
+fn quantize_here(values: &[f32], width: usize) -> QuantizedRows {
     let blocks = values.len() / BLOCK;
     let mut quants = vec![0i8; values.len()];
     let mut scales = vec![0f32; blocks];
@@ -171,38 +255,16 @@ fn quantize(values: &[f32], width: usize) -> QuantizedRows {
         scales[b] = scale;
         let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
         for (q, v) in quants[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
-            *q = (v * inverse).round() as i8;
+            *q = (v * inverse).round_ties_even() as i8;
         }
     }
     QuantizedRows { quants, scales }
 }
 
-/// One weight row against up to [`ROW_GROUP`] input rows.
-fn dot_group(
-    weights: &[i8],
-    scales: &[f32],
-    inputs: &[i8],
-    input_scales: &[f32],
-    blocks: usize,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above); slices are sized by
-            // the callers (`blocks` blocks per row, `out.len()` rows).
-            unsafe { avx2::dot_group(weights, scales, inputs, input_scales, blocks, out) };
-            return;
-        }
-    }
-    dot_group_scalar(weights, scales, inputs, input_scales, blocks, out);
-}
-
 /// The portable kernel (and the reference the AVX2 one is tested against). Sums each
 /// block in integers, then scales, in block order: the same order as the AVX2 kernel's
 /// per-lane sums is not needed, only each row's independence from the others.
-fn dot_group_scalar(
+fn dot_group_portable(
     weights: &[i8],
     scales: &[f32],
     inputs: &[i8],
@@ -223,60 +285,6 @@ fn dot_group_scalar(
             sum += dot as f32 * scales[b] * input_scales[r * blocks + b];
         }
         *result = sum;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{BLOCK, ROW_GROUP};
-
-    /// Integer dot of 32 signed bytes, as 8 i32 lanes: `|w| · (x · sign w)` with
-    /// `maddubs` (unsigned × signed), then pairs summed with `madd`.
-    #[inline(always)]
-    unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i, ones: __m256i) -> __m256 {
-        let signed_x = _mm256_sign_epi8(x, w);
-        let pairs = _mm256_maddubs_epi16(abs_w, signed_x);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
-    }
-
-    #[inline(always)]
-    unsafe fn sum_lanes(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
-        _mm_cvtss_f32(one)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_group(
-        weights: &[i8],
-        scales: &[f32],
-        inputs: &[i8],
-        input_scales: &[f32],
-        blocks: usize,
-        out: &mut [f32],
-    ) {
-        let rows = out.len();
-        debug_assert!(rows <= ROW_GROUP);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
-        for b in 0..blocks {
-            let w = _mm256_loadu_si256(weights.as_ptr().add(b * BLOCK) as *const __m256i);
-            let abs_w = _mm256_sign_epi8(w, w);
-            let scale = scales[b];
-            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                let at = (r * blocks + b) * BLOCK;
-                let x = _mm256_loadu_si256(inputs.as_ptr().add(at) as *const __m256i);
-                let dot = dot32(abs_w, w, x, ones);
-                let d = _mm256_set1_ps(scale * input_scales[r * blocks + b]);
-                *acc = _mm256_fmadd_ps(dot, d, *acc);
-            }
-        }
-        for (r, result) in out.iter_mut().enumerate() {
-            *result = sum_lanes(acc[r]);
-        }
     }
 }
 
@@ -346,32 +354,66 @@ mod tests {
         }
     }
 
+    /// Every kernel this CPU has against the portable one, with an odd block count
+    /// (AVX-512's half pair) and every row-group size.
+    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_simd_kernel_matches_the_portable_one() {
-        let width = 256;
+    fn each_x86_kernel_matches_the_portable_one() {
+        let width = 13 * BLOCK;
         let blocks = width / BLOCK;
         let weights = quantize(&pseudo_random(width, 5), width);
-        let inputs = quantize(&pseudo_random(3 * width, 9), width);
-        let mut simd = [0f32; 3];
-        let mut scalar = [0f32; 3];
-        dot_group(
-            &weights.quants,
-            &weights.scales,
-            &inputs.quants,
-            &inputs.scales,
-            blocks,
-            &mut simd,
-        );
-        dot_group_scalar(
-            &weights.quants,
-            &weights.scales,
-            &inputs.quants,
-            &inputs.scales,
-            blocks,
-            &mut scalar,
-        );
-        for (a, b) in simd.iter().zip(scalar) {
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        for rows in 1..=ROW_GROUP {
+            let values = pseudo_random(rows * width, 9 + rows as u32);
+            let inputs = quantize(&values, width);
+            let mut portable = vec![0f32; rows];
+            dot_group_portable(
+                &weights.quants,
+                &weights.scales,
+                &inputs.quants,
+                &inputs.scales,
+                blocks,
+                &mut portable,
+            );
+            let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
+            if avx2::available() {
+                let mut out = vec![0f32; rows];
+                // SAFETY: features checked above; slices sized for `rows` rows.
+                unsafe {
+                    avx2::dot_group(
+                        &weights.quants,
+                        &weights.scales,
+                        &inputs.quants,
+                        &inputs.scales,
+                        blocks,
+                        &mut out,
+                    )
+                };
+                kernels.push(("avx2", out));
+            }
+            if avx512::available() {
+                let input = Input::new(&values, width, Kernel::Avx512);
+                let mut out = vec![0f32; rows];
+                // SAFETY: features checked by `available`; slices sized for `rows` rows.
+                unsafe {
+                    avx512::dot_group(
+                        &weights.quants,
+                        &weights.scales,
+                        &input.rows.quants,
+                        &input.spread,
+                        blocks,
+                        &mut out,
+                    )
+                };
+                kernels.push(("avx512", out));
+            }
+            for (name, out) in kernels {
+                for (a, b) in out.iter().zip(&portable) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{name}, {rows} rows: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 }

@@ -4,5 +4,7 @@
 //! several conversations changes no conversation's output.
 
 pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_x86;
 
 pub use int8::Int8Linear;

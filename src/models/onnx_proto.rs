@@ -178,7 +178,7 @@ fn read_float_tensor(bytes: &[u8]) -> Result<Option<(String, FloatTensor)>, Onnx
 }
 
 fn le_floats(bytes: &[u8]) -> Result<Vec<f32>, OnnxError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(malformed("float data is not a whole number of floats"));
     }
     Ok(bytes

@@ -112,7 +112,7 @@ impl Wire for NativeWire {
             return; // no samples: not audio, not activity
         }
         let width = self.format.codec.bytes_per_sample().unwrap_or(1) as usize;
-        if self.format.codec == AudioCodec::Pcm16 && data.len() % width != 0 {
+        if self.format.codec == AudioCodec::Pcm16 && !data.len().is_multiple_of(width) {
             let message = format!("PCM16 frame has an odd byte count ({})", data.len());
             return Self::reject(out, Fault::BadAudio, ErrorCode::BadAudio, message);
         }

@@ -26,10 +26,12 @@ use std::path::Path;
 
 use super::super::onnx_proto::{self, FloatTensor, Graph, Node};
 use super::super::ModelError;
+use super::attention::{attend_rows, CrossCache};
 use super::{argmax_rows, EncodedAudio, GuidedGreedy};
 use crate::kernels::Int8Linear;
 
 const DECODER: &str = "moonshine-decoder";
+/// Attention heads of every layer.
 const HEADS: usize = 8;
 const LAYER_NORM_EPSILON: f32 = 1e-5;
 const PREFIX: &str = "/model/decoder";
@@ -69,8 +71,7 @@ struct Layer {
 /// once), and self-attention keys (rotated) and values of every token read.
 pub struct DecoderState {
     width: usize,
-    frames: usize,
-    cross: Vec<(Vec<f32>, Vec<f32>)>,
+    cross: Vec<CrossCache>,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     len: usize,
@@ -88,7 +89,7 @@ impl DecoderState {
 
     /// Bytes held by the caches.
     pub fn bytes(&self) -> usize {
-        let cross: usize = self.cross.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let cross: usize = self.cross.iter().map(CrossCache::len).sum();
         let own: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
         (cross + own) * std::mem::size_of::<f32>()
     }
@@ -155,15 +156,15 @@ impl BatchedDecoder {
             .iter()
             .map(|layer| {
                 let attention = &layer.cross_attention;
-                (
-                    attention.k.forward_rows_here(&audio.states, audio.frames),
-                    attention.v.forward_rows_here(&audio.states, audio.frames),
+                CrossCache::new(
+                    &attention.k.forward_rows_here(&audio.states, audio.frames),
+                    &attention.v.forward_rows_here(&audio.states, audio.frames),
+                    audio.frames,
                 )
             })
             .collect();
         Ok(DecoderState {
             width: self.width,
-            frames: audio.frames,
             cross,
             keys: vec![Vec::new(); self.layers.len()],
             values: vec![Vec::new(); self.layers.len()],
@@ -198,6 +199,7 @@ impl BatchedDecoder {
             .iter()
             .map(|&(_, position)| self.rotation(position))
             .collect();
+        let mut scores = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer_norm(&x, &layer.input_norm);
             let attention = &layer.self_attention;
@@ -218,11 +220,13 @@ impl BatchedDecoder {
             for (r, &(s, position)) in rows.iter().enumerate() {
                 let state = &*batch[s].0;
                 let span = r * self.width..(r + 1) * self.width;
-                self.attend(
+                attend_rows(
                     &q[span.clone()],
                     &state.keys[l],
                     &state.values[l],
                     position + 1,
+                    self.head_dim,
+                    &mut scores,
                     &mut mixed[span],
                 );
             }
@@ -232,14 +236,11 @@ impl BatchedDecoder {
             let attention = &layer.cross_attention;
             let q = attention.q.forward_rows_here(&h, count);
             for (r, &(s, _)) in rows.iter().enumerate() {
-                let state = &*batch[s].0;
-                let (keys, values) = &state.cross[l];
                 let span = r * self.width..(r + 1) * self.width;
-                self.attend(
+                batch[s].0.cross[l].attend(
                     &q[span.clone()],
-                    keys,
-                    values,
-                    state.frames,
+                    self.head_dim,
+                    &mut scores,
                     &mut mixed[span],
                 );
             }
@@ -311,30 +312,6 @@ impl BatchedDecoder {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
                 head[2 * i] = a * cos - b * sin;
                 head[2 * i + 1] = b * cos + a * sin;
-            }
-        }
-    }
-
-    /// Scaled dot-product attention of one query row over the first `len` rows of
-    /// `keys`/`values`, every head, summed in a fixed order.
-    fn attend(&self, query: &[f32], keys: &[f32], values: &[f32], len: usize, out: &mut [f32]) {
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let mut scores = vec![0f32; len];
-        for head in 0..HEADS {
-            let span = head * self.head_dim..(head + 1) * self.head_dim;
-            let q = &query[span.clone()];
-            for (t, score) in scores.iter_mut().enumerate() {
-                let k = &keys[t * self.width + span.start..t * self.width + span.end];
-                *score = dot(q, k) * scale;
-            }
-            softmax(&mut scores);
-            let o = &mut out[span.clone()];
-            o.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
-                let v = &values[t * self.width + span.start..t * self.width + span.end];
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += p * v;
-                }
             }
         }
     }
@@ -515,38 +492,6 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Lanes of [`dot`]: independent partial sums the compiler keeps in one vector
-/// register, added up in a fixed order, so the result is the same on every call.
-const LANES: usize = 8;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (a_body, a_tail) = a.split_at(a.len() - a.len() % LANES);
-    let (b_body, b_tail) = b.split_at(a_body.len());
-    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    let mut sum = lanes.iter().sum::<f32>();
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        sum += x * y;
-    }
-    sum
-}
-
-fn softmax(scores: &mut [f32]) {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for s in scores.iter_mut() {
-        *s /= sum;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,20 +511,5 @@ mod tests {
         let out = gate(&[2.0, 0.0, 3.0, 100.0], 1);
         assert_eq!(out[0], 0.0);
         assert!((out[1] - 300.0).abs() < 1e-3);
-    }
-
-    #[test]
-    fn dot_covers_every_element() {
-        let a: Vec<f32> = (0..52).map(|i| i as f32).collect();
-        let b = vec![1.0; 52];
-        assert_eq!(dot(&a, &b), (0..52).sum::<i32>() as f32);
-    }
-
-    #[test]
-    fn softmax_sums_to_one() {
-        let mut s = [1.0, 2.0, 3.0];
-        softmax(&mut s);
-        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(s[2] > s[1] && s[1] > s[0]);
     }
 }

@@ -35,6 +35,7 @@
 //! result is exactly the greedy transcript; a good guess only makes it arrive
 //! sooner.
 
+mod attention;
 mod batched;
 mod encoder;
 mod guided;

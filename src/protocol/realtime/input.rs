@@ -78,7 +78,7 @@ impl RealtimeWire {
                 let message = format!("Invalid '{param}': expected base64-encoded audio ({e})");
                 RealtimeError::invalid(Fault::BadBase64, "invalid_audio", message).param(param)
             })?;
-        if decoded.len() as u64 % width != 0 {
+        if !(decoded.len() as u64).is_multiple_of(width) {
             let message = format!(
                 "16-bit PCM audio has an even number of bytes; this has {}",
                 decoded.len()
