@@ -173,6 +173,13 @@ impl SessionActor {
         false
     }
 
+    /// Input the session refused (and goes on): counted, and the session loses its
+    /// good standing for a while (`protocol::standing`).
+    fn bad_input(&self, kind: BadInput) {
+        self.services.metrics.count_bad_input(kind);
+        self.params.standing.bad_input(Instant::now());
+    }
+
     /// Decide the exit reason, once; false if it was already decided.
     fn mark_exit(&mut self, reason: ExitReason) -> bool {
         if self.exit.is_some() {
@@ -216,7 +223,7 @@ impl SessionActor {
                 Action::Text(text) => ctx.text(text),
                 Action::Binary(data) => ctx.binary(data),
                 Action::Reject { fault, text } => {
-                    self.services.metrics.count_bad_input(bad_input_kind(fault));
+                    self.bad_input(bad_input_kind(fault));
                     let corrupt = fault == Fault::BadAudio && self.corrupt_stream(ctx);
                     if !corrupt && self.take_token(ctx) {
                         ctx.text(text);
@@ -273,7 +280,7 @@ impl SessionActor {
         message: &str,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        self.services.metrics.count_bad_input(kind);
+        self.bad_input(kind);
         let corrupt = code == ErrorCode::BadAudio && self.corrupt_stream(ctx);
         if !corrupt && self.take_token(ctx) {
             ctx.text(self.wire.error_text(code, message));

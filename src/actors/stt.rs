@@ -25,7 +25,7 @@ mod item;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -121,6 +121,17 @@ impl SttActor {
             role: ChildRole::Stt,
             error,
         });
+    }
+
+    /// The current turn's priority (finals and drafts): urgent, unless the client has
+    /// sent bad input lately; then it waits behind everyone else's turns
+    /// (`protocol::standing`).
+    fn turn_priority(&self) -> Priority {
+        if self.env.params.standing.is_good(Instant::now()) {
+            Priority::Urgent
+        } else {
+            Priority::Normal
+        }
     }
 
     /// Queue one decode; `stop` ends it early (drafts). Finals and drafts are the
@@ -229,7 +240,7 @@ impl SttActor {
             let message = "speech recognition is behind; a segment was skipped";
             return self.overloaded(message, audio_ms);
         }
-        let decode = match self.decode(&segment, None, Priority::Urgent) {
+        let decode = match self.decode(&segment, None, self.turn_priority()) {
             Ok(decode) => decode,
             Err(JobError::Overloaded { .. }) => {
                 let message = "speech recognition is at capacity; a segment was skipped";
@@ -268,7 +279,8 @@ impl SttActor {
         }
         self.drop_draft();
         let stop = Arc::new(AtomicBool::new(false));
-        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop)), Priority::Urgent) else {
+        let Ok(decode) = self.decode(&segment, Some(Arc::clone(&stop)), self.turn_priority())
+        else {
             return; // A draft is optional: a full pool just means no head start.
         };
         self.drafts_started += 1;

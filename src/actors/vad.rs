@@ -215,6 +215,10 @@ impl VadActor {
                 }
             };
             metrics.count_bad_input(kind);
+            self.env
+                .params
+                .standing
+                .bad_input(std::time::Instant::now());
             self.parent.do_send(ChildEvent::ClientError {
                 code: ErrorCode::BadAudio,
                 message: error.to_string(),

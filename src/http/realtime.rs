@@ -83,6 +83,7 @@ pub async fn upgrade(
         client_id,
         input: pcm,
         output: pcm,
+        standing: crate::protocol::Standing::default(),
     };
     let defaults = ServerDefaults {
         model,

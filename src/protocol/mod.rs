@@ -7,6 +7,7 @@ pub mod native;
 pub mod native_wire;
 pub mod pipeline;
 pub mod realtime;
+pub mod standing;
 pub mod wire;
 
 pub use native::{
@@ -14,4 +15,5 @@ pub use native::{
     SessionQuery, TurnLatency,
 };
 pub use pipeline::{Command, PipelineEvent};
+pub use standing::Standing;
 pub use wire::{Action, Fault, Outbox, SessionStart, Wire};

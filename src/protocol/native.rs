@@ -78,6 +78,8 @@ pub struct SessionParams {
     pub input: AudioFormat,
     /// The spoken reply, as the session sends it.
     pub output: AudioFormat,
+    /// Whether the client has sent bad input lately (shared with the children).
+    pub standing: super::Standing,
 }
 
 impl SessionParams {
@@ -152,6 +154,7 @@ impl SessionQuery {
             client_id,
             input: format,
             output: format,
+            standing: super::Standing::default(),
         })
     }
 }
