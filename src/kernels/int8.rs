@@ -261,9 +261,9 @@ fn quantize_here(values: &[f32], width: usize) -> QuantizedRows {
     QuantizedRows { quants, scales }
 }
 
-/// The portable kernel (and the reference the AVX2 one is tested against). Sums each
-/// block in integers, then scales, in block order: the same order as the AVX2 kernel's
-/// per-lane sums is not needed, only each row's independence from the others.
+/// The portable kernel (and the reference the x86 kernels are tested against). Sums
+/// each block in integers, then scales, in block order: the same order as the x86
+/// kernels' per-lane sums is not needed, only each row's independence from the others.
 fn dot_group_portable(
     weights: &[i8],
     scales: &[f32],
