@@ -322,12 +322,16 @@ pub enum ServerEvent {
     SpeechStarted { audio_ms: u64 },
     #[serde(rename = "vad.speech_stopped")]
     SpeechStopped { audio_ms: u64 },
+    /// One per committed turn; `text` is empty when the segment held no words.
     #[serde(rename = "transcript.final")]
     TranscriptFinal {
         text: String,
         audio_ms: u64,
         stt_ms: u64,
     },
+    /// A committed turn that will get no transcript (recognition skipped or failed).
+    #[serde(rename = "transcript.failed")]
+    TranscriptFailed { message: String },
     #[serde(rename = "response.text.delta")]
     ResponseTextDelta { response_id: Uuid, text: String },
     #[serde(rename = "response.done")]

@@ -133,11 +133,14 @@ impl Wire for NativeWire {
                 audio_ms,
                 stt_ms,
                 ..
-            } if !text.is_empty() => ServerEvent::TranscriptFinal {
+            } => ServerEvent::TranscriptFinal {
                 text,
                 audio_ms,
                 stt_ms,
             },
+            PipelineEvent::TranscriptFailed { message, .. } => {
+                ServerEvent::TranscriptFailed { message }
+            }
             PipelineEvent::ReplyDelta { response_id, text } => {
                 ServerEvent::ResponseTextDelta { response_id, text }
             }
@@ -235,6 +238,35 @@ mod tests {
         ));
     }
 
+    /// A client pairs each `vad.speech_stopped` with one answer, so a turn heard as no
+    /// words and a turn that failed are both said, never left silent.
+    #[test]
+    fn every_committed_turn_gets_an_answer() {
+        let mut wire = wire();
+        let mut out = Outbox::default();
+        let empty = PipelineEvent::Transcript {
+            item_id: "item_1".into(),
+            text: String::new(),
+            audio_ms: 10,
+            stt_ms: 1,
+        };
+        wire.pipeline_event(empty, &mut out);
+        let failed = PipelineEvent::TranscriptFailed {
+            item_id: "item_2".into(),
+            message: "skipped".into(),
+        };
+        wire.pipeline_event(failed, &mut out);
+        assert_eq!(
+            actions(&mut out),
+            [
+                Action::Text(
+                    r#"{"type":"transcript.final","text":"","audio_ms":10,"stt_ms":1}"#.into()
+                ),
+                Action::Text(r#"{"type":"transcript.failed","message":"skipped"}"#.into())
+            ]
+        );
+    }
+
     #[test]
     fn pipeline_events_the_native_protocol_has_no_word_for_are_dropped() {
         let mut wire = wire();
@@ -246,14 +278,6 @@ mod tests {
         };
         wire.pipeline_event(committed, &mut out);
         assert!(out.is_empty());
-        let empty = PipelineEvent::Transcript {
-            item_id: "item_1".into(),
-            text: String::new(),
-            audio_ms: 10,
-            stt_ms: 1,
-        };
-        wire.pipeline_event(empty, &mut out);
-        assert!(out.is_empty(), "no transcript.final without words");
         let started = PipelineEvent::SpeechStarted {
             audio_ms: 120,
             item_id: "item_2".into(),
