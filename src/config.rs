@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// Serve the demo page on `GET /` (the way a new user first hears hearken); a
     /// deployment that wants only the API turns it off.
     pub demo_page: bool,
+    /// How often free pages inside malloc's arenas are handed back to the system
+    /// (`crate::heap`); 0 never.
+    pub heap_trim_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             keep_alive_ms: 5_000,
             client_disconnect_timeout_ms: 1_000,
             demo_page: true,
+            heap_trim_interval_ms: 30_000,
         }
     }
 }

@@ -157,8 +157,8 @@ pub struct Metrics {
     pub history_evictions: IntCounter,
     /// The Redis bridge, leases and heartbeats (zero when the cluster is off).
     pub cluster: ClusterMetrics,
-    /// The allocator's own figures, read at each scrape.
-    heap: HeapMetrics,
+    /// The allocator's own figures, read at each scrape, and its trims.
+    pub heap: HeapMetrics,
 }
 
 impl Metrics {

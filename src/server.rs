@@ -20,10 +20,12 @@ use crate::actors::write_stall::ConnectionSocket;
 use crate::admission::Admission;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::heap;
 use crate::http::{demo::DemoPage, events, ops, realtime, ws, AppState, ServerStatus};
 use crate::metrics::Metrics;
 use crate::registry::{DrainAll, Registry};
 use crate::services::Services;
+use crate::workers::CancelToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -59,6 +61,8 @@ pub struct Server {
     http: actix_web::dev::ServerHandle,
     running: tokio::task::JoinHandle<std::io::Result<()>>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Hands malloc's free pages back every `server.heap_trim_interval_ms`.
+    heap_trimmer: Option<tokio::task::JoinHandle<()>>,
     /// The Redis bridge's tasks, when the cluster is on. Its node task is an event
     /// sink: shutdown's event flush waits for it to publish every disconnect.
     cluster: Option<Cluster>,
@@ -137,6 +141,9 @@ impl Server {
         let handle = http.handle();
         let running = tokio::task::spawn_local(http);
         let sweeper = tokio::task::spawn_local(sweep_histories(Arc::clone(&services)));
+        let trim_every = ms(config.server.heap_trim_interval_ms);
+        let heap_trimmer = (!trim_every.is_zero())
+            .then(|| tokio::task::spawn_local(trim_heap(Arc::clone(&services), trim_every)));
         status.set_ready(true);
         tracing::info!(%addr, "hearken listening");
         Ok(Server {
@@ -146,6 +153,7 @@ impl Server {
             http: handle,
             running,
             sweeper,
+            heap_trimmer,
             cluster,
         })
     }
@@ -196,6 +204,9 @@ impl Server {
         }
         self.http.stop(true).await;
         self.sweeper.abort();
+        if let Some(trimmer) = self.heap_trimmer {
+            trimmer.abort();
+        }
         let finished = self.running.await;
         drop(self.services);
         match finished {
@@ -222,5 +233,29 @@ async fn sweep_histories(services: Arc<Services>) {
         }
         let kept = services.conversations.len() as i64;
         services.metrics.stored_conversations.set(kept);
+    }
+}
+
+/// Every `period`, when malloc keeps more than [`heap::TRIM_WHEN_FREE_BYTES`] free, hand
+/// the free pages inside its arenas back to the system, on an I/O worker thread (the trim
+/// walks every arena under its lock). One trim at a time; a full I/O queue skips a turn.
+async fn trim_heap(services: Arc<Services>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let token = CancelToken::new();
+    loop {
+        ticks.tick().await;
+        if heap::free_bytes() < heap::TRIM_WHEN_FREE_BYTES {
+            continue;
+        }
+        let metrics = Arc::clone(&services.metrics);
+        let trimmed = services.io.submit(&token, (), move |_: &mut ()| {
+            if heap::release_free_pages() {
+                metrics.heap.trims.inc();
+            }
+        });
+        if let Ok(done) = trimmed {
+            let _ = done.await;
+        }
     }
 }

@@ -4,11 +4,13 @@
 //! allocated bytes grow) from fragmentation (the free bytes grow). glibc only
 //! (`mallinfo2`); elsewhere both stay 0.
 
-use prometheus::{IntGauge, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 
 pub struct HeapMetrics {
     allocated: IntGauge,
     free: IntGauge,
+    /// Trims that returned free pages to the system (`crate::heap::release_free_pages`).
+    pub trims: IntCounter,
 }
 
 impl HeapMetrics {
@@ -26,12 +28,18 @@ impl HeapMetrics {
                  the system, at the last scrape",
             )
             .expect("static metric definition"),
+            trims: IntCounter::new(
+                "hearken_heap_trims_total",
+                "Times free pages inside malloc's arenas were returned to the system",
+            )
+            .expect("static metric definition"),
         }
     }
 
     pub fn register(&self, registry: &Registry) {
         let _ = registry.register(Box::new(self.allocated.clone()));
         let _ = registry.register(Box::new(self.free.clone()));
+        let _ = registry.register(Box::new(self.trims.clone()));
     }
 
     /// Read the allocator's figures (a walk over its arenas, each locked briefly).
