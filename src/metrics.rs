@@ -19,7 +19,7 @@ mod batching;
 mod cluster;
 mod heap;
 mod latency;
-pub use batching::BatchingMetrics;
+pub use batching::{BatchingMetrics, LlmRole};
 pub use cluster::ClusterMetrics;
 pub use heap::HeapMetrics;
 pub use latency::{LatencyMetrics, Preemptive, TurnStage};

@@ -129,6 +129,11 @@ impl Sequence {
         matches!(self.phase, Phase::Epilogue | Phase::ReadAhead) && self.read >= self.reading.len()
     }
 
+    /// Tokens of the current reading read so far: a pass that moves it has read.
+    pub fn tokens_read(&self) -> usize {
+        self.read
+    }
+
     /// Tokens of the current reading (a read-ahead's words, once done).
     pub fn read_len(&self) -> usize {
         self.reading.len()

@@ -1,16 +1,54 @@
 //! How well work of many conversations shares model calls, and what waiting for a
 //! model costs: items per batched pass and time in each stage's queue, labelled by
-//! stage (`stt`, `llm`; queue waits `stt_encode`, `stt_decode`, `llm`). Part of
+//! stage (`stt`, `llm`; queue waits `stt_encode`, `stt_decode`, `llm` for replies,
+//! `llm_read_ahead` for read-aheads), and what the LLM's passes spend their rows on. Part of
 //! [`super::Metrics`]. Silero's own `hearken_vad_batch_windows` predates these and
 //! counts windows, not conversations.
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// What a sequence did in one LLM pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmRole {
+    /// A reply still reading its prompt: its turn waits for the first token.
+    Prompt,
+    /// A reply taking its next token.
+    Token,
+    /// A finished reply reading its own text into the state kept for the next turn.
+    Tail,
+    /// The user's words so far, read before the turn ends.
+    ReadAhead,
+    /// In the batch but sitting the pass out: nothing to read this pass (one chunk per
+    /// pass), or its actor has not taken its last events.
+    Idle,
+}
+
+impl LlmRole {
+    pub const ALL: [LlmRole; 5] = [
+        LlmRole::Prompt,
+        LlmRole::Token,
+        LlmRole::Tail,
+        LlmRole::ReadAhead,
+        LlmRole::Idle,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            LlmRole::Prompt => "prompt",
+            LlmRole::Token => "token",
+            LlmRole::Tail => "tail",
+            LlmRole::ReadAhead => "read_ahead",
+            LlmRole::Idle => "idle",
+        }
+    }
+}
 
 pub struct BatchingMetrics {
     batch_size: HistogramVec,
     queue_wait: HistogramVec,
+    llm_sequences: IntCounterVec,
 }
 
 impl BatchingMetrics {
@@ -34,6 +72,26 @@ impl BatchingMetrics {
                 &["stage"],
             )
             .expect("static metric definition"),
+            llm_sequences: IntCounterVec::new(
+                Opts::new(
+                    "hearken_llm_pass_sequences_total",
+                    "Sequences in the LLM batch at each pass, by what they did in it (divide \
+                     by the llm passes for the mean per pass)",
+                ),
+                &["role"],
+            )
+            .expect("static metric definition"),
+        }
+    }
+
+    /// One LLM pass: how many sequences had each role (in [`LlmRole::ALL`] order).
+    pub fn observe_llm_pass(&self, counts: [u64; 5]) {
+        for (role, count) in LlmRole::ALL.into_iter().zip(counts) {
+            if count > 0 {
+                self.llm_sequences
+                    .with_label_values(&[role.as_str()])
+                    .inc_by(count);
+            }
         }
     }
 
@@ -59,6 +117,7 @@ impl BatchingMetrics {
         // Names are static and unique, so registration cannot collide.
         let _ = registry.register(Box::new(self.batch_size.clone()));
         let _ = registry.register(Box::new(self.queue_wait.clone()));
+        let _ = registry.register(Box::new(self.llm_sequences.clone()));
     }
 }
 

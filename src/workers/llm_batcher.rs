@@ -31,7 +31,7 @@ use super::queue::{JobQueue, Priority, PushError, Skip};
 use crate::llm::backend::{Completion, LlmEvent};
 use crate::llm::embedded::PROMPT_CHUNK_TOKENS;
 use crate::llm::{ChatMessage, EmbeddedModel, FinishReason, GenerationParams, Progress, Sequence};
-use crate::metrics::{GaugeGuard, Metrics};
+use crate::metrics::{GaugeGuard, LlmRole, Metrics};
 
 /// What a job asks of the model.
 pub enum LlmWork {
@@ -266,9 +266,13 @@ impl Batch {
 
     /// Start a job's sequence (from the kept state that covers the most of its prompt).
     fn admit(&mut self, model: &mut EmbeddedModel, job: LlmJob, metrics: &Metrics) {
+        let stage = match job.work {
+            LlmWork::Reply { .. } => "llm",
+            LlmWork::ReadAhead { .. } => "llm_read_ahead",
+        };
         metrics
             .batching
-            .observe_queue_wait("llm", job.queued.elapsed());
+            .observe_queue_wait(stage, job.queued.elapsed());
         if job.cancelled() {
             metrics.jobs_skipped.inc();
             return job.skip();
@@ -304,6 +308,12 @@ impl Batch {
     fn pass(&mut self, model: &mut EmbeddedModel, metrics: &Metrics) {
         self.live.sort_by_key(Live::rank);
         let kept_before = model.kv_cache_bytes();
+        let before: Vec<(LlmRole, usize)> = self
+            .live
+            .iter()
+            .filter(|l| l.outbox.is_empty())
+            .map(|l| (l.role_if_stepped(), l.sequence.tokens_read()))
+            .collect();
         let outcome = {
             let mut batch: Vec<&mut Sequence> = self
                 .live
@@ -326,10 +336,15 @@ impl Batch {
                     .fail_all(&JobError::Panicked(panic_message(panic.as_ref())).to_string())
             }
         };
+        let mut roles = [0u64; LlmRole::ALL.len()];
+        roles[LlmRole::Idle as usize] = (self.live.len() - before.len()) as u64;
         let stepped = self.live.iter_mut().filter(|l| l.outbox.is_empty());
-        for (live, progress) in stepped.zip(progress) {
+        for ((live, progress), (role, read_before)) in stepped.zip(progress).zip(before) {
+            let moved = role == LlmRole::Token || live.sequence.tokens_read() != read_before;
+            roles[if moved { role } else { LlmRole::Idle } as usize] += 1;
             live.on_progress(progress, metrics);
         }
+        metrics.batching.observe_llm_pass(roles);
         self.live
             .retain(|l| !(l.sequence.is_done() && l.outbox.is_empty()));
     }
@@ -346,6 +361,16 @@ impl Batch {
 }
 
 impl Live {
+    /// What it does in the next pass if it gets to read (decoding replies always step).
+    fn role_if_stepped(&self) -> LlmRole {
+        match &self.job.work {
+            _ if self.sequence.is_decoding() => LlmRole::Token,
+            LlmWork::Reply { .. } if self.sequence.is_reply() => LlmRole::Prompt,
+            LlmWork::Reply { .. } => LlmRole::Tail,
+            LlmWork::ReadAhead { .. } => LlmRole::ReadAhead,
+        }
+    }
+
     fn on_progress(&mut self, progress: Progress, metrics: &Metrics) {
         match progress {
             Progress::Reading => {}
