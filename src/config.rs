@@ -325,8 +325,9 @@ pub struct LlmConfig {
     /// is better (p50 2.5 s instead of 3.3 s), as the pool then waits for a core that
     /// recognition and synthesis hold.
     pub matmul_threads: usize,
-    /// Most replies (and read-aheads) one LLM thread advances together, a token each
-    /// per batched pass; more wait in the queue.
+    /// Most replies one LLM thread gives a token in one batched pass; it holds twice as
+    /// many sequences (replies past this many wait a pass, fewest tokens first); more
+    /// wait in the queue.
     pub max_batch: usize,
     /// Longest `llm.system_prompt` a client may set with `session.update`, in bytes.
     pub max_system_prompt_bytes: usize,

@@ -129,6 +129,11 @@ impl Sequence {
         matches!(self.phase, Phase::Epilogue | Phase::ReadAhead) && self.read >= self.reading.len()
     }
 
+    /// Tokens of its reply generated so far (0 for a read-ahead).
+    pub fn tokens_generated(&self) -> usize {
+        self.reply.as_ref().map_or(0, |r| r.tokens.len())
+    }
+
     /// Tokens of the current reading read so far: a pass that moves it has read.
     pub fn tokens_read(&self) -> usize {
         self.read

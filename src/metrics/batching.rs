@@ -23,15 +23,19 @@ pub enum LlmRole {
     /// In the batch but sitting the pass out: nothing to read this pass (one chunk per
     /// pass), or its actor has not taken its last events.
     Idle,
+    /// A generating reply past the pass's row budget (`llm.max_batch`): one with more
+    /// tokens than those that stepped.
+    Deferred,
 }
 
 impl LlmRole {
-    pub const ALL: [LlmRole; 5] = [
+    pub const ALL: [LlmRole; 6] = [
         LlmRole::Prompt,
         LlmRole::Token,
         LlmRole::Tail,
         LlmRole::ReadAhead,
         LlmRole::Idle,
+        LlmRole::Deferred,
     ];
 
     fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl LlmRole {
             LlmRole::Tail => "tail",
             LlmRole::ReadAhead => "read_ahead",
             LlmRole::Idle => "idle",
+            LlmRole::Deferred => "deferred",
         }
     }
 }
@@ -85,7 +90,7 @@ impl BatchingMetrics {
     }
 
     /// One LLM pass: how many sequences had each role (in [`LlmRole::ALL`] order).
-    pub fn observe_llm_pass(&self, counts: [u64; 5]) {
+    pub fn observe_llm_pass(&self, counts: [u64; LlmRole::ALL.len()]) {
         for (role, count) in LlmRole::ALL.into_iter().zip(counts) {
             if count > 0 {
                 self.llm_sequences

@@ -1,8 +1,10 @@
 //! The LLM batcher: continuous batching of the embedded model across conversations.
 //!
-//! One thread holds the model and up to `max_batch` sequences (replies and
-//! read-aheads of any conversations). Every pass advances each generating reply by one
-//! token and reads one chunk of prompt, all in a single forward pass
+//! One thread holds the model and up to twice `max_batch` sequences (replies, tails and
+//! read-aheads of any conversations). Every pass advances up to `max_batch` generating
+//! replies by one token, those with the fewest tokens yet first (a reply further on is
+//! already being spoken; a new one's listener waits for its first words), and reads one
+//! chunk of prompt, all in a single forward pass
 //! (`EmbeddedModel::step`): a new turn's prompt is read between everyone's tokens
 //! instead of waiting for whole replies ahead of it, and the weights are streamed
 //! once per pass, not once per reply. Jobs that arrive join at the next pass; a reply
@@ -229,16 +231,24 @@ impl Live {
     }
 }
 
+/// How many sequences a batch holds per row of its passes: the rest read their prompts,
+/// tails and read-aheads or wait their turn to generate, which costs no pass any time.
+const HELD_PER_ROW: usize = 2;
+
 struct Batch {
     live: Vec<Live>,
-    max: usize,
+    /// Replies that take a token in one pass (`llm.max_batch`): what a pass costs.
+    rows: usize,
+    /// Sequences held (their attention states): what the batch costs in memory.
+    held: usize,
 }
 
 impl Batch {
-    fn new(max: usize) -> Self {
+    fn new(rows: usize) -> Self {
         Batch {
-            live: Vec::with_capacity(max),
-            max,
+            live: Vec::with_capacity(rows * HELD_PER_ROW),
+            rows,
+            held: rows * HELD_PER_ROW,
         }
     }
 
@@ -248,7 +258,7 @@ impl Batch {
                 let Some(job) = jobs.pop() else { return };
                 self.admit(model, job, metrics);
             }
-            while self.live.len() < self.max {
+            while self.live.len() < self.held {
                 let Some(job) = jobs.try_pop() else { break };
                 self.admit(model, job, metrics);
             }
@@ -304,22 +314,33 @@ impl Batch {
         }
     }
 
-    /// One forward pass over every sequence whose actor keeps up.
+    /// One forward pass over every sequence whose actor keeps up, with at most `rows`
+    /// replies taking a token: those with the fewest tokens yet, whose listeners wait
+    /// for their first words, while replies further on (already speaking) sit it out.
     fn pass(&mut self, model: &mut EmbeddedModel, metrics: &Metrics) {
-        self.live.sort_by_key(Live::rank);
+        self.live
+            .sort_by_key(|l| (l.rank(), l.sequence.tokens_generated()));
+        let stepping = choose_stepping(
+            self.live
+                .iter()
+                .map(|l| (l.outbox.is_empty(), l.sequence.is_decoding())),
+            self.rows,
+        );
         let kept_before = model.kv_cache_bytes();
         let before: Vec<(LlmRole, usize)> = self
             .live
             .iter()
-            .filter(|l| l.outbox.is_empty())
-            .map(|l| (l.role_if_stepped(), l.sequence.tokens_read()))
+            .zip(&stepping)
+            .filter(|(_, stepping)| **stepping)
+            .map(|(l, _)| (l.role_if_stepped(), l.sequence.tokens_read()))
             .collect();
         let outcome = {
             let mut batch: Vec<&mut Sequence> = self
                 .live
                 .iter_mut()
-                .filter(|l| l.outbox.is_empty())
-                .map(|l| &mut l.sequence)
+                .zip(&stepping)
+                .filter(|(_, stepping)| **stepping)
+                .map(|(l, _)| &mut l.sequence)
                 .collect();
             metrics.batching.observe_batch_size("llm", batch.len());
             catch_unwind(AssertUnwindSafe(|| {
@@ -337,8 +358,20 @@ impl Batch {
             }
         };
         let mut roles = [0u64; LlmRole::ALL.len()];
-        roles[LlmRole::Idle as usize] = (self.live.len() - before.len()) as u64;
-        let stepped = self.live.iter_mut().filter(|l| l.outbox.is_empty());
+        for (live, _) in self.live.iter().zip(&stepping).filter(|(_, s)| !**s) {
+            let deferred = live.outbox.is_empty() && live.sequence.is_decoding();
+            roles[if deferred {
+                LlmRole::Deferred
+            } else {
+                LlmRole::Idle
+            } as usize] += 1;
+        }
+        let stepped = self
+            .live
+            .iter_mut()
+            .zip(&stepping)
+            .filter(|(_, stepping)| **stepping)
+            .map(|(l, _)| l);
         for ((live, progress), (role, read_before)) in stepped.zip(progress).zip(before) {
             let moved = role == LlmRole::Token || live.sequence.tokens_read() != read_before;
             roles[if moved { role } else { LlmRole::Idle } as usize] += 1;
@@ -358,6 +391,19 @@ impl Batch {
             }
         }
     }
+}
+
+/// Which sequences (each `(ready, generating)`, in pass order) step in a pass: every
+/// ready one, except generating ones past the first `rows`. A sequence whose actor is
+/// behind (not ready) sits out.
+fn choose_stepping(sequences: impl Iterator<Item = (bool, bool)>, rows: usize) -> Vec<bool> {
+    let mut generating = 0;
+    sequences
+        .map(|(ready, decoding)| {
+            generating += usize::from(ready && decoding);
+            ready && (!decoding || generating <= rows)
+        })
+        .collect()
 }
 
 impl Live {
@@ -408,5 +454,31 @@ impl Live {
             }
         }
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generating_replies_past_the_row_budget_sit_the_pass_out() {
+        // Sorted: three generating replies (fewest tokens first), then two readers.
+        let sequences = [
+            (true, true),
+            (false, true), // its actor is behind: sits out, takes no row
+            (true, true),
+            (true, true),
+            (true, false),
+            (true, false),
+        ];
+        assert_eq!(
+            choose_stepping(sequences.into_iter(), 2),
+            [true, false, true, false, true, true]
+        );
+        assert_eq!(
+            choose_stepping(sequences.into_iter(), 8),
+            [true, false, true, true, true, true]
+        );
     }
 }

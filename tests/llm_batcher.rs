@@ -1,0 +1,111 @@
+//! The LLM batcher on the real SmolLM2 GGUF, with fewer rows per pass than replies:
+//! replies past `max_batch` sit passes out (fewest tokens first) and come back, and each
+//! still replies exactly as it does alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hearken::llm::backend::LlmEvent;
+use hearken::llm::{ChatMessage, EmbeddedModel, GenerationParams};
+use hearken::metrics::Metrics;
+use hearken::workers::llm_batcher::{LlmBatcher, LlmWork};
+use hearken::workers::{CancelToken, Priority};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+const QUESTIONS: [&str; 5] = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "How many legs does a spider have?",
+    "Say hello in Spanish.",
+    "What do bees make?",
+];
+
+fn batcher(max_batch: usize, metrics: &Arc<Metrics>) -> LlmBatcher {
+    hearken::llm::embedded::pin_candle_threads(1);
+    let path = std::env::var_os("HEARKEN_LLM_MODEL").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        PathBuf::from,
+    );
+    let init = Arc::new(move || EmbeddedModel::load(&path).map_err(|e| e.to_string()));
+    LlmBatcher::new(1, 64, max_batch, Arc::clone(metrics), init, |loaded| {
+        loaded.expect("the model loads")
+    })
+    .expect("the batcher's thread starts")
+}
+
+/// Queue a reply to `question`; its events arrive on the returned channel.
+fn ask(batcher: &LlmBatcher, owner: &CancelToken, question: &str) -> mpsc::Receiver<LlmEvent> {
+    let (events, receiver) = mpsc::channel(64);
+    let work = LlmWork::Reply {
+        messages: vec![
+            ChatMessage::system("You are a helpful voice assistant. Answer in one sentence."),
+            ChatMessage::user(question),
+        ],
+        params: GenerationParams {
+            max_tokens: 40,
+            ..GenerationParams::default()
+        },
+        events,
+    };
+    let stop = CancelToken::new();
+    batcher
+        .submit(
+            Priority::Urgent,
+            Uuid::new_v4(),
+            owner,
+            stop,
+            Box::new(()),
+            work,
+        )
+        .expect("queued");
+    receiver
+}
+
+/// The whole reply, once it finishes.
+fn text_of(mut events: mpsc::Receiver<LlmEvent>) -> String {
+    let mut text = String::new();
+    while let Some(event) = events.blocking_recv() {
+        match event {
+            LlmEvent::Delta(piece) => text.push_str(&piece),
+            LlmEvent::Finished(_) => return text,
+            LlmEvent::Failed(error) => panic!("reply failed: {error}"),
+        }
+    }
+    panic!("the reply ended without finishing: {text:?}")
+}
+
+fn sequences_with_role(metrics: &Metrics, role: &str) -> f64 {
+    let series = format!("hearken_llm_pass_sequences_total{{role=\"{role}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn replies_past_the_row_budget_wait_their_turn_and_reply_as_alone() {
+    let metrics = Metrics::new();
+    let batcher = batcher(2, &metrics);
+    let owner = CancelToken::new();
+    let alone: Vec<String> = QUESTIONS
+        .iter()
+        .map(|q| text_of(ask(&batcher, &owner, q)))
+        .collect();
+    assert!(alone.iter().all(|t| !t.trim().is_empty()), "{alone:?}");
+    assert_eq!(
+        sequences_with_role(&metrics, "deferred"),
+        0.0,
+        "alone, none waits"
+    );
+
+    let together: Vec<_> = QUESTIONS.iter().map(|q| ask(&batcher, &owner, q)).collect();
+    let together: Vec<String> = together.into_iter().map(text_of).collect();
+    assert_eq!(together, alone);
+    // Five replies and two rows: generating replies sat passes out.
+    assert!(
+        sequences_with_role(&metrics, "deferred") > 0.0,
+        "no reply ever waited for a row"
+    );
+}
