@@ -19,7 +19,7 @@ use crate::llm::backend::{EmbeddedBackend, LlmBackend};
 use crate::llm::breaker::CircuitBreaker;
 use crate::llm::history::ConversationStore;
 use crate::llm::openai::{OpenAiBackend, OpenAiConfig};
-use crate::llm::{EmbeddedModel, GenerationParams, SMOLLM_FILE};
+use crate::llm::{ChatMessage, EmbeddedModel, GenerationParams, SMOLLM_FILE};
 use crate::metrics::Metrics;
 use crate::models::moonshine::MoonshineEncoder;
 use crate::models::smart_turn::{SmartTurn, SMART_TURN_FILE};
@@ -321,9 +321,9 @@ fn llm_backend(
             let nice = config.workers.model_nice;
             let init: StateInit<EmbeddedModel> = Arc::new(move || {
                 niceness::lower_current_thread(nice);
-                EmbeddedModel::load(&path)
-                    .map(|model| model.with_kv_cache(kv_cache_bytes))
-                    .map_err(|e| e.to_string())
+                let mut model = EmbeddedModel::load(&path).map_err(|e| e.to_string())?;
+                warm_up(&mut model)?;
+                Ok(model.with_kv_cache(kv_cache_bytes))
             });
             let batcher = LlmBatcher::new(
                 llm.threads,
@@ -364,4 +364,19 @@ fn moonshine_files(dir: &Path) -> Result<MoonshineFiles, ModelError> {
         "moonshine files"
     );
     Ok(files)
+}
+
+/// One token generated at load: the matrix threads start now, not under the first
+/// caller's reply, and the thread count a server reports once ready is the one it keeps.
+fn warm_up(model: &mut EmbeddedModel) -> Result<(), String> {
+    let params = GenerationParams {
+        max_tokens: 1,
+        ..GenerationParams::default()
+    };
+    model
+        .generate(&[ChatMessage::user("Hello")], &params, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .map(|_| ())
+        .map_err(|e| format!("warming up: {e}"))
 }

@@ -100,9 +100,13 @@ fn replies_past_the_row_budget_wait_their_turn_and_reply_as_alone() {
         "alone, none waits"
     );
 
+    assert!(!batcher.replies_waiting(), "every reply has started");
     let together: Vec<_> = QUESTIONS.iter().map(|q| ask(&batcher, &owner, q)).collect();
+    // Four held at most (two rows): the fifth waits in the queue, and guesswork with it.
+    assert!(batcher.replies_waiting());
     let together: Vec<String> = together.into_iter().map(text_of).collect();
     assert_eq!(together, alone);
+    assert!(!batcher.replies_waiting());
     // Five replies and two rows: generating replies sat passes out.
     assert!(
         sequences_with_role(&metrics, "deferred") > 0.0,

@@ -301,10 +301,12 @@ impl SttActor {
         });
     }
 
-    /// Decode the segment so far to guide later decodes, if the batcher has room and
-    /// nothing of this conversation is being decoded.
+    /// Decode the segment so far to guide later decodes, if the batcher has room,
+    /// nothing of this conversation is being decoded, and no reply on this machine
+    /// waits to start (a partial is guesswork: under load the CPU goes to answers).
     fn start_partial(&mut self, segment: SpeechSegment, ctx: &mut Context<Self>) {
-        if !self.batcher_has_room() || self.queued > 0 {
+        let replies_waiting = (self.env.services.llm.as_ref()).is_some_and(|l| l.replies_waiting());
+        if !self.batcher_has_room() || self.queued > 0 || replies_waiting {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));

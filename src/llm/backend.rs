@@ -127,6 +127,13 @@ pub trait LlmBackend: Send + Sync {
     fn read_ahead(&self, _request: ReadAheadRequest) -> Option<ReadAhead> {
         None
     }
+
+    /// Whether replies are waiting to start on this machine (queued, or still reading
+    /// their prompts): guesswork elsewhere (partial transcripts, read-aheads) then
+    /// yields the CPU to them. Always false for a remote backend.
+    fn replies_waiting(&self) -> bool {
+        false
+    }
 }
 
 /// SmolLM2 in-process: every reply and read-ahead joins the LLM batcher, which
@@ -175,10 +182,10 @@ impl LlmBackend for EmbeddedBackend {
         }
     }
 
-    /// Optional work: only while the batcher's queue has room; it reads after every
-    /// waiting turn's prompt in each pass.
+    /// Optional work: only while the batcher's queue has room and no reply waits to
+    /// start; it reads after every waiting turn's prompt in each pass.
     fn read_ahead(&self, request: ReadAheadRequest) -> Option<ReadAhead> {
-        if !self.batcher.has_room() {
+        if !self.batcher.has_room() || self.batcher.replies_waiting() {
             return None;
         }
         let stop = CancelToken::new();
@@ -200,5 +207,9 @@ impl LlmBackend for EmbeddedBackend {
                 stop,
                 _job: Box::new(()),
             })
+    }
+
+    fn replies_waiting(&self) -> bool {
+        self.batcher.replies_waiting()
     }
 }

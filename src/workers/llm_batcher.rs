@@ -19,6 +19,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -80,6 +81,8 @@ impl Skip for LlmJob {
 /// Dropping it closes the queue and joins the threads.
 pub struct LlmBatcher {
     queue: Arc<JobQueue<LlmJob>>,
+    /// Replies admitted but still reading their prompts, over every thread's batch.
+    starting: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
     queue_depth: usize,
@@ -97,19 +100,21 @@ impl LlmBatcher {
         on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
         let queue = JobQueue::new(queue_depth, metrics.jobs_skipped.clone());
+        let starting = Arc::new(AtomicUsize::new(0));
         let on_ready = Arc::new(on_ready);
         let threads = (0..threads)
             .map(|i| {
                 let (jobs, init, on_ready) =
                     (Arc::clone(&queue), Arc::clone(&init), Arc::clone(&on_ready));
                 let metrics = Arc::clone(&metrics);
+                let starting = Arc::clone(&starting);
                 std::thread::Builder::new()
                     .name(format!("hearken-llm-{i}"))
                     .spawn(move || match init() {
                         Ok(mut model) => {
                             flush_denormals();
                             on_ready(Ok(()));
-                            Batch::new(max_batch.max(1)).run(&mut model, &jobs, &metrics);
+                            Batch::new(max_batch.max(1), starting).run(&mut model, &jobs, &metrics);
                         }
                         Err(error) => {
                             tracing::error!(%error, "LLM batcher could not load its model");
@@ -120,6 +125,7 @@ impl LlmBatcher {
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(LlmBatcher {
             queue,
+            starting,
             threads,
             metrics,
             queue_depth,
@@ -160,6 +166,12 @@ impl LlmBatcher {
     /// Whether optional work (a read-ahead) is welcome: the queue is at most half full.
     pub fn has_room(&self) -> bool {
         self.queue.len() * 2 < self.queue_depth
+    }
+
+    /// Whether a reply waits to start: queued (replies go ahead of read-aheads, so any
+    /// queued job means the batch is full), or in a batch still reading its prompt.
+    pub fn replies_waiting(&self) -> bool {
+        self.queue.len() > 0 || self.starting.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -241,20 +253,40 @@ struct Batch {
     rows: usize,
     /// Sequences held (their attention states): what the batch costs in memory.
     held: usize,
+    /// This batch's replies still reading their prompts, published for the others.
+    starting: Arc<AtomicUsize>,
+    published: usize,
 }
 
 impl Batch {
-    fn new(rows: usize) -> Self {
+    fn new(rows: usize, starting: Arc<AtomicUsize>) -> Self {
         Batch {
             live: Vec::with_capacity(rows * HELD_PER_ROW),
             rows,
             held: rows * HELD_PER_ROW,
+            starting,
+            published: 0,
+        }
+    }
+
+    /// Publish how many of this batch's replies still read their prompts.
+    fn publish_starting(&mut self) {
+        let now = self
+            .live
+            .iter()
+            .filter(|l| l.role_if_stepped() == LlmRole::Prompt)
+            .count();
+        if now != self.published {
+            self.starting.fetch_add(now, Ordering::Relaxed);
+            self.starting.fetch_sub(self.published, Ordering::Relaxed);
+            self.published = now;
         }
     }
 
     fn run(&mut self, model: &mut EmbeddedModel, jobs: &JobQueue<LlmJob>, metrics: &Metrics) {
         loop {
             if self.live.is_empty() {
+                self.publish_starting();
                 let Some(job) = jobs.pop() else { return };
                 self.admit(model, job, metrics);
             }
@@ -263,6 +295,7 @@ impl Batch {
                 self.admit(model, job, metrics);
             }
             self.live.retain_mut(Live::keep);
+            self.publish_starting();
             if self.live.iter().all(|l| !l.outbox.is_empty()) {
                 if !self.live.is_empty() {
                     // Every actor is behind: give them a moment rather than spin.
