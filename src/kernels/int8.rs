@@ -70,17 +70,21 @@ impl Kernel {
 /// Quantized input rows as `kernel` reads them.
 struct Input {
     rows: QuantizedRows,
-    /// AVX-512 only: the scales spread per pair of blocks.
+    /// AVX-512 only: the scales spread per pair of blocks (and `rows.quants` hold
+    /// each value plus 128, as unsigned bytes: see `avx512::offset_to_unsigned`).
     spread: Vec<f32>,
     kernel: Kernel,
 }
 
 impl Input {
     fn new(values: &[f32], width: usize, kernel: Kernel) -> Self {
-        let rows = quantize(values, width);
+        let mut rows = quantize(values, width);
         let spread = match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => avx512::spread_scales(&rows.scales, width / BLOCK),
+            Kernel::Avx512 => {
+                avx512::offset_to_unsigned(&mut rows.quants);
+                avx512::spread_scales(&rows.scales, width / BLOCK)
+            }
             _ => Vec::new(),
         };
         Input {

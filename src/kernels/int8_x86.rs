@@ -108,6 +108,16 @@ pub(super) mod avx512 {
         spread
     }
 
+    /// Each quantized input value `x` as the unsigned byte `x + 128` (its sign bit
+    /// flipped), once per call: `vpdpbusd` multiplies unsigned by signed bytes, and
+    /// `Σ (x + 128) · w − 128 · Σ w` is `Σ x · w` exactly, so the kernel subtracts a
+    /// per-weight-block constant instead of fixing signs for every input row.
+    pub fn offset_to_unsigned(quants: &mut [i8]) {
+        for q in quants {
+            *q = (*q as u8 ^ 0x80) as i8;
+        }
+    }
+
     /// `[a ×8, b ×8]` from two consecutive floats.
     #[inline(always)]
     unsafe fn pair(at: *const f32, spread: __m512i) -> __m512 {
@@ -117,8 +127,8 @@ pub(super) mod avx512 {
 
     /// # Safety
     /// The CPU has what [`available`] checks; `weights`/`scales` hold `blocks`
-    /// blocks, `inputs` `out.len()` (≤ [`ROW_GROUP`]) rows of `blocks` blocks and
-    /// `input_spread` their [`spread_scales`].
+    /// blocks, `inputs` `out.len()` (≤ [`ROW_GROUP`]) rows of `blocks` blocks, offset
+    /// by [`offset_to_unsigned`], and `input_spread` their [`spread_scales`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dot_group(
         weights: &[i8],
@@ -135,6 +145,7 @@ pub(super) mod avx512 {
         debug_assert!(inputs.len() >= rows * blocks * BLOCK);
         debug_assert!(input_spread.len() >= rows * pairs * SPREAD);
         let zero = _mm512_setzero_si512();
+        let offset = _mm512_set1_epi8(i8::MIN); // 0x80: 128 as an unsigned byte
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
         for p in 0..pairs {
@@ -152,8 +163,8 @@ pub(super) mod avx512 {
                     _mm512_maskz_mov_ps(0x00FF, _mm512_set1_ps(scales[b])),
                 )
             };
-            let negative = _mm512_movepi8_mask(w);
-            let abs_w = _mm512_abs_epi8(w);
+            // −128 · Σ w per lane: what the inputs' offset adds, taken off up front.
+            let correction = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, w));
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
                 let at = inputs.as_ptr().add((r * blocks + b) * BLOCK);
                 let x = if whole {
@@ -161,9 +172,8 @@ pub(super) mod avx512 {
                 } else {
                     _mm512_maskz_loadu_epi8(HALF, at)
                 };
-                // x · sign(w), so that |w| (unsigned) · it is w · x.
-                let signed_x = _mm512_mask_sub_epi8(x, negative, zero, x);
-                let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, abs_w, signed_x));
+                // Σ (x + 128) · w − 128 · Σ w = Σ x · w, exactly.
+                let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(correction, x, w));
                 let input_scales =
                     _mm512_loadu_ps(input_spread.as_ptr().add((r * pairs + p) * SPREAD));
                 let d = _mm512_mul_ps(weight_scales, input_scales);
