@@ -3,19 +3,18 @@
 //! different times (one reading its prompt while others decode) and when one leaves
 //! mid-batch.
 
+mod llm_support;
+
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use hearken::llm::{ChatMessage, EmbeddedModel, GenerationParams, Progress, Sequence};
+use llm_support::{smollm_path, QUESTIONS};
 
 fn model() -> MutexGuard<'static, EmbeddedModel> {
     hearken::llm::embedded::pin_candle_threads(1);
     static MODEL: OnceLock<Mutex<EmbeddedModel>> = OnceLock::new();
-    let path = std::env::var_os("HEARKEN_LLM_MODEL").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        PathBuf::from,
-    );
+    let path = smollm_path();
     let model = MODEL.get_or_init(|| match EmbeddedModel::load(&path) {
         Ok(m) => Mutex::new(m),
         Err(e) => panic!("{e}"),
@@ -24,14 +23,6 @@ fn model() -> MutexGuard<'static, EmbeddedModel> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-const QUESTIONS: [&str; 5] = [
-    "What is the capital of France?",
-    "Name three colours of the rainbow.",
-    "How many legs does a spider have?",
-    "Say hello in Spanish.",
-    "What do bees make?",
-];
 
 fn prompt(question: &str) -> Vec<ChatMessage> {
     vec![

@@ -2,7 +2,8 @@
 //! replies past `max_batch` sit passes out (fewest tokens first) and come back, and each
 //! still replies exactly as it does alone.
 
-use std::path::PathBuf;
+mod llm_support;
+
 use std::sync::Arc;
 
 use hearken::llm::backend::LlmEvent;
@@ -13,20 +14,11 @@ use hearken::workers::{CancelToken, Priority};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-const QUESTIONS: [&str; 5] = [
-    "What is the capital of France?",
-    "Name three colours of the rainbow.",
-    "How many legs does a spider have?",
-    "Say hello in Spanish.",
-    "What do bees make?",
-];
+use llm_support::{smollm_path, QUESTIONS};
 
 fn batcher(max_batch: usize, metrics: &Arc<Metrics>) -> LlmBatcher {
     hearken::llm::embedded::pin_candle_threads(1);
-    let path = std::env::var_os("HEARKEN_LLM_MODEL").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        PathBuf::from,
-    );
+    let path = smollm_path();
     let init = Arc::new(move || EmbeddedModel::load(&path).map_err(|e| e.to_string()));
     LlmBatcher::new(1, 64, max_batch, Arc::clone(metrics), init, |loaded| {
         loaded.expect("the model loads")
