@@ -30,7 +30,9 @@ pub struct PhonemizerOptions {
     /// Longest wait for an idle process before giving up.
     pub checkout_timeout: Duration,
     /// Longest wait for a new process to answer its first line (it loads its
-    /// dictionary then: 30-70 ms here).
+    /// dictionary then: 30-70 ms warm, but seconds on a cold page cache while the
+    /// server is reading its model files at start: 5 s once failed a fresh machine's
+    /// first start).
     pub spawn_timeout: Duration,
 }
 
@@ -42,7 +44,7 @@ impl Default for PhonemizerOptions {
             size: 2,
             request_timeout: Duration::from_secs(2),
             checkout_timeout: Duration::from_secs(5),
-            spawn_timeout: Duration::from_secs(5),
+            spawn_timeout: Duration::from_secs(30),
         }
     }
 }
