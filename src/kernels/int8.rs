@@ -1,7 +1,8 @@
 //! Int8 linear layers built for batches: the embedded model's matrix products.
 //!
-//! Weights are Q8_0-style blocks (32 signed bytes and one f32 scale per block of a
-//! row); each input row is quantized the same way. candle's kernel dots one input row
+//! Weights are int8 in blocks of 32 signed bytes; one f32 scale covers one block
+//! ([`Scaling::PerBlock`], as Q8_0) or a span of up to eight ([`Scaling::Wide`], as
+//! llama.cpp's Q8_K); each input row is quantized the same way. candle's kernel dots one input row
 //! with one weight row at a time and converts both blocks' f16 scales on every call:
 //! profiled at batch 8, 64 % of a pass was that dot and 15 % the scale conversions,
 //! so eight sequences cost nearly eight times one. Here each weight block is loaded
@@ -25,10 +26,44 @@ pub(super) const ROW_GROUP: usize = 8;
 /// Output columns per parallel work item.
 const COLUMNS_PER_TASK: usize = 64;
 
+/// Most blocks one scale covers ([`Scaling::Wide`]): 256 values, as llama.cpp's Q8_K.
+const MAX_SPAN: usize = 8;
+
+/// How many values share one scale, in weights and inputs alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scaling {
+    /// One scale per block of 32 (Q8_0): the closest fit, and every product pays for
+    /// its block's scale (a convert and two float operations per 64 products on
+    /// AVX-512).
+    PerBlock,
+    /// One scale per span of up to 256 values (the widest even number of blocks, at
+    /// most eight, that divides the row): the integer sums run across the span and
+    /// the scales are applied once per span, about half the kernel's work per product
+    /// on AVX-512. Coarser where a span mixes small and large values.
+    Wide,
+}
+
+impl Scaling {
+    /// Blocks per scale for a row of `blocks` blocks: 1, or an even divisor of
+    /// `blocks` (the AVX-512 kernel takes blocks in pairs).
+    fn span(self, blocks: usize) -> usize {
+        match self {
+            Scaling::PerBlock => 1,
+            Scaling::Wide => (2..=MAX_SPAN)
+                .rev()
+                .step_by(2)
+                .find(|span| blocks.is_multiple_of(*span))
+                .unwrap_or(1),
+        }
+    }
+}
+
 /// A `[out, in]` weight matrix in int8 blocks.
 pub struct Int8Linear {
     out: usize,
     blocks: usize,
+    /// Blocks per scale (see [`Scaling`]).
+    span: usize,
     quants: Vec<i8>,
     scales: Vec<f32>,
 }
@@ -70,20 +105,25 @@ impl Kernel {
 /// Quantized input rows as `kernel` reads them.
 struct Input {
     rows: QuantizedRows,
-    /// AVX-512 only: the scales spread per pair of blocks (and `rows.quants` hold
-    /// each value plus 128, as unsigned bytes: see `avx512::offset_to_unsigned`).
+    /// AVX-512 only: `rows.quants` hold each value plus 128, as unsigned bytes (see
+    /// `avx512::offset_to_unsigned`), and with one scale per block those scales are
+    /// also spread per pair of blocks here.
     spread: Vec<f32>,
     kernel: Kernel,
 }
 
 impl Input {
-    fn new(values: &[f32], width: usize, kernel: Kernel) -> Self {
-        let mut rows = quantize(values, width);
+    fn new(values: &[f32], width: usize, span: usize, kernel: Kernel) -> Self {
+        let mut rows = quantize(values, width, span);
         let spread = match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
                 avx512::offset_to_unsigned(&mut rows.quants);
-                avx512::spread_scales(&rows.scales, width / BLOCK)
+                if span == 1 {
+                    avx512::spread_scales(&rows.scales, width / BLOCK)
+                } else {
+                    Vec::new()
+                }
             }
             _ => Vec::new(),
         };
@@ -98,7 +138,7 @@ impl Input {
 impl Int8Linear {
     /// Re-encodes a quantized GGUF weight (any block format) as int8 blocks. The
     /// width must be a multiple of 32, as every llama projection is.
-    pub fn from_qtensor(weight: &QTensor) -> candle_core::Result<Self> {
+    pub fn from_qtensor(weight: &QTensor, scaling: Scaling) -> candle_core::Result<Self> {
         let (out, width) = weight.shape().dims2()?;
         if width % BLOCK != 0 {
             candle_core::bail!(
@@ -106,20 +146,23 @@ impl Int8Linear {
             );
         }
         let values: Vec<f32> = weight.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-        Ok(Self::from_rows(&values, out, width))
+        Ok(Self::from_rows(&values, out, width, scaling))
     }
 
     /// Quantizes a float `[out, width]` matrix given row by row. `width` must be a
     /// multiple of 32.
-    pub fn from_rows(values: &[f32], out: usize, width: usize) -> Self {
+    pub fn from_rows(values: &[f32], out: usize, width: usize, scaling: Scaling) -> Self {
         assert!(
             width.is_multiple_of(BLOCK) && values.len() == out * width,
             "int8 weights need [out, width] values with a width that is a multiple of {BLOCK}"
         );
-        let rows = quantize(values, width);
+        let blocks = width / BLOCK;
+        let span = scaling.span(blocks);
+        let rows = quantize(values, width, span);
         Int8Linear {
             out,
-            blocks: width / BLOCK,
+            blocks,
+            span,
             quants: rows.quants,
             scales: rows.scales,
         }
@@ -168,7 +211,7 @@ impl Int8Linear {
             rows * width,
             "input is not {rows} rows of {width}"
         );
-        let input = Input::new(input, width, Kernel::chosen());
+        let input = Input::new(input, width, self.span, Kernel::chosen());
         // Columns split into tasks; each task writes its columns of every row into its
         // own stripe of a transposed buffer.
         let mut transposed = vec![0f32; self.out * rows];
@@ -195,32 +238,39 @@ impl Int8Linear {
 
     /// Weight row `column` dotted with every input row.
     fn dot_column(&self, column: usize, input: &Input, out: &mut [f32]) {
-        let blocks = self.blocks;
+        let (blocks, span) = (self.blocks, self.span);
+        let scales_per_row = blocks / span;
         let weights = &self.quants[column * blocks * BLOCK..(column + 1) * blocks * BLOCK];
-        let scales = &self.scales[column * blocks..(column + 1) * blocks];
+        let scales = &self.scales[column * scales_per_row..(column + 1) * scales_per_row];
         let rows = out.len();
         let mut row = 0;
         while row < rows {
             let group = ROW_GROUP.min(rows - row);
             let quants = &input.rows.quants[row * blocks * BLOCK..(row + group) * blocks * BLOCK];
-            let input_scales = &input.rows.scales[row * blocks..(row + group) * blocks];
+            let input_scales =
+                &input.rows.scales[row * scales_per_row..(row + group) * scales_per_row];
             let out = &mut out[row..row + group];
             match input.kernel {
-                // SAFETY (both): `Kernel::chosen` picked the kernel after checking
-                // the CPU has its features; the slices hold `blocks` blocks per row
-                // for `group` rows (and their spread scales for AVX-512).
+                // SAFETY (all three): `Kernel::chosen` picked the kernel after checking
+                // the CPU has its features; the slices hold `blocks` blocks and their
+                // scales per row for `group` rows (and, per block, their spread scales
+                // for AVX-512); `span` is 1 or even (`Scaling::span`).
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 => unsafe {
+                Kernel::Avx512 if span == 1 => unsafe {
                     let per_row = avx512::pairs(blocks) * avx512::SPREAD;
                     let spread = &input.spread[row * per_row..(row + group) * per_row];
                     avx512::dot_group(weights, scales, quants, spread, blocks, out)
                 },
                 #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => unsafe {
+                    avx512::dot_group_wide(weights, scales, quants, input_scales, blocks, span, out)
+                },
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe {
-                    avx2::dot_group(weights, scales, quants, input_scales, blocks, out)
+                    avx2::dot_group(weights, scales, quants, input_scales, blocks, span, out)
                 },
                 Kernel::Portable => {
-                    dot_group_portable(weights, scales, quants, input_scales, blocks, out)
+                    dot_group_portable(weights, scales, quants, input_scales, blocks, span, out)
                 }
             }
             row += group;
@@ -228,37 +278,40 @@ impl Int8Linear {
     }
 }
 
-/// Quantizes rows of `width` values into int8 blocks: each block scaled by its
-/// largest magnitude / 127, rounded to nearest (ties to even).
-fn quantize(values: &[f32], width: usize) -> QuantizedRows {
+/// Quantizes rows of `width` values into int8 blocks: each span of `span` blocks
+/// scaled by its largest magnitude / 127, rounded to nearest (ties to even).
+fn quantize(values: &[f32], width: usize, span: usize) -> QuantizedRows {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { quantize_avx2(values, width) };
+        return unsafe { quantize_avx2(values, width, span) };
     }
-    quantize_here(values, width)
+    quantize_here(values, width, span)
 }
 
 /// [`quantize`] compiled for AVX2: the same arithmetic, eight values wide (the
 /// baseline build rounds each value with a call into libm).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_avx2(values: &[f32], width: usize) -> QuantizedRows {
-    quantize_here(values, width)
+unsafe fn quantize_avx2(values: &[f32], width: usize, span: usize) -> QuantizedRows {
+    quantize_here(values, width, span)
 }
 
 #[inline(always)]
-fn quantize_here(values: &[f32], width: usize) -> QuantizedRows {
-    let blocks = values.len() / BLOCK;
+fn quantize_here(values: &[f32], width: usize, span: usize) -> QuantizedRows {
+    let len = span * BLOCK;
+    debug_assert!(values.len().is_multiple_of(width) && width.is_multiple_of(len));
     let mut quants = vec![0i8; values.len()];
-    let mut scales = vec![0f32; blocks];
-    debug_assert_eq!(values.len() % width, 0);
-    for (b, block) in values.chunks_exact(BLOCK).enumerate() {
-        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = max / 127.0;
-        scales[b] = scale;
-        let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-        for (q, v) in quants[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
+    let mut scales = vec![0f32; values.len() / len];
+    for ((chunk, quants), scale) in values
+        .chunks_exact(len)
+        .zip(quants.chunks_exact_mut(len))
+        .zip(&mut scales)
+    {
+        let max = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *scale = max / 127.0;
+        let inverse = if max == 0.0 { 0.0 } else { 1.0 / *scale };
+        for (q, v) in quants.iter_mut().zip(chunk) {
             *q = (v * inverse).round_ties_even() as i8;
         }
     }
@@ -266,7 +319,7 @@ fn quantize_here(values: &[f32], width: usize) -> QuantizedRows {
 }
 
 /// The portable kernel (and the reference the x86 kernels are tested against). Sums
-/// each block in integers, then scales, in block order: the same order as the x86
+/// each span in integers, then scales, in span order: the same order as the x86
 /// kernels' per-lane sums is not needed, only each row's independence from the others.
 fn dot_group_portable(
     weights: &[i8],
@@ -274,19 +327,20 @@ fn dot_group_portable(
     inputs: &[i8],
     input_scales: &[f32],
     blocks: usize,
+    span: usize,
     out: &mut [f32],
 ) {
+    let (len, spans) = (span * BLOCK, blocks / span);
     for (r, result) in out.iter_mut().enumerate() {
+        let row = &inputs[r * blocks * BLOCK..(r + 1) * blocks * BLOCK];
         let mut sum = 0f32;
-        for b in 0..blocks {
-            let w = &weights[b * BLOCK..(b + 1) * BLOCK];
-            let x = &inputs[(r * blocks + b) * BLOCK..(r * blocks + b + 1) * BLOCK];
-            let dot: i32 = w
+        for s in 0..spans {
+            let dot: i32 = weights[s * len..(s + 1) * len]
                 .iter()
-                .zip(x)
+                .zip(&row[s * len..(s + 1) * len])
                 .map(|(a, b)| i32::from(*a) * i32::from(*b))
                 .sum();
-            sum += dot as f32 * scales[b] * input_scales[r * blocks + b];
+            sum += dot as f32 * scales[s] * input_scales[r * spans + s];
         }
         *result = sum;
     }
@@ -306,35 +360,37 @@ mod tests {
             .collect()
     }
 
-    fn linear(out: usize, width: usize) -> (Int8Linear, Vec<f32>) {
-        let weights = pseudo_random(out * width, 7);
-        let rows = quantize(&weights, width);
-        let linear = Int8Linear {
-            out,
-            blocks: width / BLOCK,
-            quants: rows.quants,
-            scales: rows.scales,
-        };
-        (linear, weights)
+    const SCALINGS: [Scaling; 2] = [Scaling::PerBlock, Scaling::Wide];
+
+    #[test]
+    fn a_wide_span_is_the_widest_even_divisor_up_to_eight() {
+        assert_eq!(Scaling::Wide.span(18), 6); // 576 wide: SmolLM2's hidden size
+        assert_eq!(Scaling::Wide.span(48), 8); // 1536: its MLP
+        assert_eq!(Scaling::Wide.span(26), 2);
+        assert_eq!(Scaling::Wide.span(13), 1); // odd: one scale per block
+        assert_eq!(Scaling::PerBlock.span(48), 1);
     }
 
     #[test]
     fn products_match_f32_within_quantization_error() {
         let (out, width, rows) = (70, 576, 5);
-        let (linear, weights) = linear(out, width);
+        let weights = pseudo_random(out * width, 7);
         let input = pseudo_random(rows * width, 11);
-        let x = Tensor::from_vec(input.clone(), (rows, width), &Device::Cpu).unwrap();
-        let y: Vec<Vec<f32>> = linear.forward(&x).unwrap().to_vec2().unwrap();
-        for r in 0..rows {
-            for c in 0..out {
-                let exact: f32 = (0..width)
-                    .map(|i| input[r * width + i] * weights[c * width + i])
-                    .sum();
-                assert!(
-                    (y[r][c] - exact).abs() < 0.05,
-                    "row {r} col {c}: {} vs {exact}",
-                    y[r][c]
-                );
+        for scaling in SCALINGS {
+            let linear = Int8Linear::from_rows(&weights, out, width, scaling);
+            let x = Tensor::from_vec(input.clone(), (rows, width), &Device::Cpu).unwrap();
+            let y: Vec<Vec<f32>> = linear.forward(&x).unwrap().to_vec2().unwrap();
+            for r in 0..rows {
+                for c in 0..out {
+                    let exact: f32 = (0..width)
+                        .map(|i| input[r * width + i] * weights[c * width + i])
+                        .sum();
+                    assert!(
+                        (y[r][c] - exact).abs() < 0.05,
+                        "{scaling:?}, row {r} col {c}: {} vs {exact}",
+                        y[r][c]
+                    );
+                }
             }
         }
     }
@@ -342,80 +398,100 @@ mod tests {
     #[test]
     fn a_row_comes_out_the_same_whatever_shares_the_call() {
         let (out, width) = (130, 192);
-        let (linear, _) = linear(out, width);
+        let weights = pseudo_random(out * width, 7);
         let input = pseudo_random(7 * width, 3);
-        let all = Tensor::from_vec(input.clone(), (7, width), &Device::Cpu).unwrap();
-        let together: Vec<Vec<f32>> = linear.forward(&all).unwrap().to_vec2().unwrap();
-        for r in 0..7 {
-            let one = Tensor::from_vec(
-                input[r * width..(r + 1) * width].to_vec(),
-                (1, width),
-                &Device::Cpu,
-            )
-            .unwrap();
-            let alone: Vec<Vec<f32>> = linear.forward(&one).unwrap().to_vec2().unwrap();
-            assert_eq!(alone[0], together[r], "row {r}");
+        for scaling in SCALINGS {
+            let linear = Int8Linear::from_rows(&weights, out, width, scaling);
+            let all = Tensor::from_vec(input.clone(), (7, width), &Device::Cpu).unwrap();
+            let together: Vec<Vec<f32>> = linear.forward(&all).unwrap().to_vec2().unwrap();
+            for r in 0..7 {
+                let one = Tensor::from_vec(
+                    input[r * width..(r + 1) * width].to_vec(),
+                    (1, width),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let alone: Vec<Vec<f32>> = linear.forward(&one).unwrap().to_vec2().unwrap();
+                assert_eq!(alone[0], together[r], "{scaling:?}, row {r}");
+            }
         }
     }
 
-    /// Every kernel this CPU has against the portable one, with an odd block count
-    /// (AVX-512's half pair) and every row-group size.
+    /// Every kernel this CPU has against the portable one, for one scale per block
+    /// (with an odd block count: AVX-512's half pair) and wide spans, and every
+    /// row-group size.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn each_x86_kernel_matches_the_portable_one() {
-        let width = 13 * BLOCK;
-        let blocks = width / BLOCK;
-        let weights = quantize(&pseudo_random(width, 5), width);
-        for rows in 1..=ROW_GROUP {
-            let values = pseudo_random(rows * width, 9 + rows as u32);
-            let inputs = quantize(&values, width);
-            let mut portable = vec![0f32; rows];
-            dot_group_portable(
-                &weights.quants,
-                &weights.scales,
-                &inputs.quants,
-                &inputs.scales,
-                blocks,
-                &mut portable,
-            );
-            let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
-            if avx2::available() {
-                let mut out = vec![0f32; rows];
-                // SAFETY: features checked above; slices sized for `rows` rows.
-                unsafe {
-                    avx2::dot_group(
-                        &weights.quants,
-                        &weights.scales,
-                        &inputs.quants,
-                        &inputs.scales,
-                        blocks,
-                        &mut out,
-                    )
-                };
-                kernels.push(("avx2", out));
-            }
-            if avx512::available() {
-                let input = Input::new(&values, width, Kernel::Avx512);
-                let mut out = vec![0f32; rows];
-                // SAFETY: features checked by `available`; slices sized for `rows` rows.
-                unsafe {
-                    avx512::dot_group(
-                        &weights.quants,
-                        &weights.scales,
-                        &input.rows.quants,
-                        &input.spread,
-                        blocks,
-                        &mut out,
-                    )
-                };
-                kernels.push(("avx512", out));
-            }
-            for (name, out) in kernels {
-                for (a, b) in out.iter().zip(&portable) {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                        "{name}, {rows} rows: {a} vs {b}"
-                    );
+        for (blocks, span) in [(13, 1), (24, 2), (24, 6), (24, 8), (18, 6)] {
+            let width = blocks * BLOCK;
+            let weights = quantize(&pseudo_random(width, 5), width, span);
+            for rows in 1..=ROW_GROUP {
+                let values = pseudo_random(rows * width, 9 + rows as u32);
+                let inputs = quantize(&values, width, span);
+                let mut portable = vec![0f32; rows];
+                dot_group_portable(
+                    &weights.quants,
+                    &weights.scales,
+                    &inputs.quants,
+                    &inputs.scales,
+                    blocks,
+                    span,
+                    &mut portable,
+                );
+                let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
+                if avx2::available() {
+                    let mut out = vec![0f32; rows];
+                    // SAFETY: features checked above; slices sized for `rows` rows.
+                    unsafe {
+                        avx2::dot_group(
+                            &weights.quants,
+                            &weights.scales,
+                            &inputs.quants,
+                            &inputs.scales,
+                            blocks,
+                            span,
+                            &mut out,
+                        )
+                    };
+                    kernels.push(("avx2", out));
+                }
+                if avx512::available() {
+                    let input = Input::new(&values, width, span, Kernel::Avx512);
+                    let mut out = vec![0f32; rows];
+                    // SAFETY: features checked by `available`; slices sized for `rows`
+                    // rows; `span` is 1 or even.
+                    unsafe {
+                        if span == 1 {
+                            avx512::dot_group(
+                                &weights.quants,
+                                &weights.scales,
+                                &input.rows.quants,
+                                &input.spread,
+                                blocks,
+                                &mut out,
+                            )
+                        } else {
+                            avx512::dot_group_wide(
+                                &weights.quants,
+                                &weights.scales,
+                                &input.rows.quants,
+                                &input.rows.scales,
+                                blocks,
+                                span,
+                                &mut out,
+                            )
+                        }
+                    };
+                    kernels.push(("avx512", out));
+                }
+                for (name, out) in kernels {
+                    for (a, b) in out.iter().zip(&portable) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                            "{name}, span {span}, {rows} rows: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }

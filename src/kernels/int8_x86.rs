@@ -1,8 +1,8 @@
 //! The x86 kernels of [`super::int8`]: one weight row (blocks of 32 signed bytes,
-//! one f32 scale each) dotted with up to [`ROW_GROUP`] quantized input rows while
-//! each weight block sits in a register. The integer sum of each block is exact in
-//! both; they differ only in the order of the float accumulation, and a row's result
-//! never depends on the other rows in its group.
+//! one f32 scale per span of blocks) dotted with up to [`ROW_GROUP`] quantized input
+//! rows while each weight block sits in a register. The integer sum of each span is
+//! exact in all of them; they differ only in the order of the float accumulation, and
+//! a row's result never depends on the other rows in its group.
 
 use std::arch::x86_64::*;
 
@@ -19,10 +19,10 @@ pub(super) mod avx2 {
     /// Integer dot of 32 signed bytes, as 8 i32 lanes: `|w| · (x · sign w)` with
     /// `maddubs` (unsigned × signed), then pairs summed with `madd`.
     #[inline(always)]
-    unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i, ones: __m256i) -> __m256 {
+    unsafe fn dot32(abs_w: __m256i, w: __m256i, x: __m256i, ones: __m256i) -> __m256i {
         let signed_x = _mm256_sign_epi8(x, w);
         let pairs = _mm256_maddubs_epi16(abs_w, signed_x);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
+        _mm256_madd_epi16(pairs, ones)
     }
 
     #[inline(always)]
@@ -34,8 +34,9 @@ pub(super) mod avx2 {
     }
 
     /// # Safety
-    /// The CPU has AVX2 and FMA; `weights`/`scales` hold `blocks` blocks, `inputs`/
-    /// `input_scales` `out.len()` (≤ [`ROW_GROUP`]) rows of `blocks` blocks.
+    /// The CPU has AVX2 and FMA; `weights` hold `blocks` blocks and `scales` one per
+    /// `span` of them, `inputs`/`input_scales` `out.len()` (≤ [`ROW_GROUP`]) rows of
+    /// the same.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_group(
         weights: &[i8],
@@ -43,22 +44,29 @@ pub(super) mod avx2 {
         inputs: &[i8],
         input_scales: &[f32],
         blocks: usize,
+        span: usize,
         out: &mut [f32],
     ) {
         let rows = out.len();
-        debug_assert!(rows <= ROW_GROUP);
+        let spans = blocks / span;
+        debug_assert!(rows <= ROW_GROUP && spans * span == blocks);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
-        for b in 0..blocks {
-            let w = _mm256_loadu_si256(weights.as_ptr().add(b * BLOCK) as *const __m256i);
-            let abs_w = _mm256_sign_epi8(w, w);
-            let scale = scales[b];
+        for s in 0..spans {
+            let mut sums = [_mm256_setzero_si256(); ROW_GROUP];
+            for b in s * span..(s + 1) * span {
+                let w = _mm256_loadu_si256(weights.as_ptr().add(b * BLOCK) as *const __m256i);
+                let abs_w = _mm256_sign_epi8(w, w);
+                for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+                    let at = (r * blocks + b) * BLOCK;
+                    let x = _mm256_loadu_si256(inputs.as_ptr().add(at) as *const __m256i);
+                    *sum = _mm256_add_epi32(*sum, dot32(abs_w, w, x, ones));
+                }
+            }
+            let scale = scales[s];
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                let at = (r * blocks + b) * BLOCK;
-                let x = _mm256_loadu_si256(inputs.as_ptr().add(at) as *const __m256i);
-                let dot = dot32(abs_w, w, x, ones);
-                let d = _mm256_set1_ps(scale * input_scales[r * blocks + b]);
-                *acc = _mm256_fmadd_ps(dot, d, *acc);
+                let d = _mm256_set1_ps(scale * input_scales[r * spans + s]);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r]), d, *acc);
             }
         }
         for (r, result) in out.iter_mut().enumerate() {
@@ -177,6 +185,60 @@ pub(super) mod avx512 {
                 let input_scales =
                     _mm512_loadu_ps(input_spread.as_ptr().add((r * pairs + p) * SPREAD));
                 let d = _mm512_mul_ps(weight_scales, input_scales);
+                *acc = _mm512_fmadd_ps(dot, d, *acc);
+            }
+        }
+        for (r, result) in out.iter_mut().enumerate() {
+            *result = _mm512_reduce_add_ps(acc[r]);
+        }
+    }
+
+    /// One weight row against up to [`ROW_GROUP`] input rows with one scale per span
+    /// of `span` blocks (even): the integer sums run across a span's pairs of blocks
+    /// (`vpdpbusd` alone per pair and row), and the convert and scale happen once per
+    /// span, so a pair costs a row two instructions instead of six.
+    ///
+    /// # Safety
+    /// The CPU has what [`available`] checks; `span` is even and divides `blocks`;
+    /// `weights` hold `blocks` blocks and `scales` one per span, `inputs` `out.len()`
+    /// (≤ [`ROW_GROUP`]) rows of `blocks` blocks offset by [`offset_to_unsigned`], and
+    /// `input_scales` one per span of each row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_group_wide(
+        weights: &[i8],
+        scales: &[f32],
+        inputs: &[i8],
+        input_scales: &[f32],
+        blocks: usize,
+        span: usize,
+        out: &mut [f32],
+    ) {
+        let rows = out.len();
+        let spans = blocks / span;
+        debug_assert!(rows <= ROW_GROUP && span.is_multiple_of(2) && spans * span == blocks);
+        debug_assert!(weights.len() >= blocks * BLOCK && scales.len() >= spans);
+        debug_assert!(inputs.len() >= rows * blocks * BLOCK);
+        debug_assert!(input_scales.len() >= rows * spans);
+        let zero = _mm512_setzero_si512();
+        let offset = _mm512_set1_epi8(i8::MIN); // 0x80: 128 as an unsigned byte
+        let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
+        for s in 0..spans {
+            let mut sums = [zero; ROW_GROUP];
+            // 128 · Σ w over the span: what the inputs' offset adds.
+            let mut offset_sum = zero;
+            for b in (s * span..(s + 1) * span).step_by(2) {
+                let w = _mm512_loadu_si512(weights.as_ptr().add(b * BLOCK) as *const __m512i);
+                offset_sum = _mm512_dpbusd_epi32(offset_sum, offset, w);
+                for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+                    let at = inputs.as_ptr().add((r * blocks + b) * BLOCK);
+                    *sum = _mm512_dpbusd_epi32(*sum, _mm512_loadu_si512(at as *const __m512i), w);
+                }
+            }
+            let scale = scales[s];
+            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                // Σ (x + 128) · w − 128 · Σ w = Σ x · w, exactly.
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r], offset_sum));
+                let d = _mm512_set1_ps(scale * input_scales[r * spans + s]);
                 *acc = _mm512_fmadd_ps(dot, d, *acc);
             }
         }

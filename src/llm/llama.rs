@@ -21,7 +21,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 
 use super::attention::Attention;
 pub use super::attention::KvState;
-use crate::kernels::Int8Linear;
+use crate::kernels::{Int8Linear, Scaling};
 
 /// Positions RoPE tables are built for (as candle's `quantized_llama`).
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -57,11 +57,25 @@ pub struct Llama {
 
 impl Llama {
     /// Builds the model from a GGUF file's llama tensors (`general.architecture` llama:
-    /// interleaved RoPE, as llama.cpp runs it).
+    /// interleaved RoPE, as llama.cpp runs it), with one int8 scale per span of up to
+    /// 256 values ([`Scaling::Wide`]): prompts read ~1.45x faster than with one per
+    /// block, for a mean NLL within the spread of other int8 paths (docs/benchmarks.md;
+    /// `cargo run --release --example llm_perplexity` compares them).
     pub fn from_gguf<R: Read + Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
+    ) -> candle_core::Result<Self> {
+        Self::from_gguf_scaled(content, reader, device, Scaling::Wide)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) with the int8 weights and inputs scaled as
+    /// `scaling` says.
+    pub fn from_gguf_scaled<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        scaling: Scaling,
     ) -> candle_core::Result<Self> {
         let md = |key: &str| match content.metadata.get(key) {
             Some(value) => Ok(value),
@@ -87,11 +101,10 @@ impl Llama {
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
             let mut matmul = |name: &str| {
-                Int8Linear::from_qtensor(&content.tensor(
-                    reader,
-                    &format!("blk.{i}.{name}"),
-                    device,
-                )?)
+                Int8Linear::from_qtensor(
+                    &content.tensor(reader, &format!("blk.{i}.{name}"), device)?,
+                    scaling,
+                )
             };
             layers.push(Layer {
                 wq: matmul("attn_q.weight")?,
@@ -121,7 +134,7 @@ impl Llama {
             embeddings,
             layers,
             norm,
-            output: Int8Linear::from_qtensor(&output)?,
+            output: Int8Linear::from_qtensor(&output, scaling)?,
             attention: Attention::new(n_head, n_kv_head, width / n_head, MAX_SEQ_LEN, freq_base),
             device: device.clone(),
         })

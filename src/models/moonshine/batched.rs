@@ -28,7 +28,7 @@ use super::super::onnx_proto::{self, FloatTensor, Graph, Node};
 use super::super::ModelError;
 use super::attention::{attend_rows, CrossCache};
 use super::{argmax_rows, EncodedAudio, GuidedGreedy};
-use crate::kernels::Int8Linear;
+use crate::kernels::{Int8Linear, Scaling};
 
 const DECODER: &str = "moonshine-decoder";
 /// Attention heads of every layer.
@@ -379,7 +379,7 @@ impl<'a> Weights<'a> {
                 rows[o * width + i] = value;
             }
         }
-        Ok(Int8Linear::from_rows(&rows, out, width))
+        Ok(Int8Linear::from_rows(&rows, out, width, Scaling::PerBlock))
     }
 
     fn attention(&self, layer: usize, kind: &str) -> Result<Attention, String> {
@@ -439,7 +439,7 @@ impl<'a> Weights<'a> {
             width,
             head_dim,
             vocab,
-            logits: Int8Linear::from_rows(&embed.data, vocab, width),
+            logits: Int8Linear::from_rows(&embed.data, vocab, width, Scaling::PerBlock),
             embed: embed.data.clone(),
             inv_freq,
             layers,
