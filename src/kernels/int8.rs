@@ -222,7 +222,9 @@ impl Int8Linear {
             }
         };
         let stripe = COLUMNS_PER_TASK * rows.max(1);
-        if parallel {
+        // A pool of one thread would only take the work from this one: handing it
+        // over and waiting costs two context switches per product, 200 per LLM pass.
+        if parallel && rayon::current_num_threads() > 1 {
             transposed.par_chunks_mut(stripe).enumerate().for_each(task);
         } else {
             transposed.chunks_mut(stripe).enumerate().for_each(task);
