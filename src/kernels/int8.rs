@@ -68,6 +68,14 @@ pub struct Int8Linear {
     scales: Vec<f32>,
 }
 
+/// Input rows quantized once, for one or more products of their width and scaling.
+pub struct Int8Rows {
+    input: Input,
+    rows: usize,
+    width: usize,
+    span: usize,
+}
+
 /// Rows quantized to int8 blocks.
 struct QuantizedRows {
     quants: Vec<i8>,
@@ -204,21 +212,47 @@ impl Int8Linear {
         self.forward_rows_with(input, rows, false)
     }
 
-    fn forward_rows_with(&self, input: &[f32], rows: usize, parallel: bool) -> Vec<f32> {
+    /// Quantizes `rows` input rows once for this product and any other of the same
+    /// input width and [`Scaling`] (a layer's query, key and value projections read the
+    /// same rows).
+    pub fn quantize_rows(&self, input: &[f32], rows: usize) -> Int8Rows {
         let width = self.blocks * BLOCK;
         assert_eq!(
             input.len(),
             rows * width,
             "input is not {rows} rows of {width}"
         );
-        let input = Input::new(input, width, self.span, Kernel::chosen());
+        Int8Rows {
+            input: Input::new(input, width, self.span, Kernel::chosen()),
+            rows,
+            width,
+            span: self.span,
+        }
+    }
+
+    /// `x · Wᵀ` for rows from [`quantize_rows`](Self::quantize_rows) of this product
+    /// or one of the same width and scaling, columns split across the matmul pool.
+    pub fn forward_quantized(&self, rows: &Int8Rows) -> Vec<f32> {
+        assert!(
+            rows.width == self.blocks * BLOCK && rows.span == self.span,
+            "rows quantized for another width or scaling"
+        );
+        self.product(&rows.input, rows.rows, true)
+    }
+
+    fn forward_rows_with(&self, input: &[f32], rows: usize, parallel: bool) -> Vec<f32> {
+        let quantized = self.quantize_rows(input, rows);
+        self.product(&quantized.input, rows, parallel)
+    }
+
+    fn product(&self, input: &Input, rows: usize, parallel: bool) -> Vec<f32> {
         // Columns split into tasks; each task writes its columns of every row into its
         // own stripe of a transposed buffer.
         let mut transposed = vec![0f32; self.out * rows];
         let task = |(task, stripe): (usize, &mut [f32])| {
             let first = task * COLUMNS_PER_TASK;
             for (offset, column) in stripe.chunks_mut(rows).enumerate() {
-                self.dot_column(first + offset, &input, column);
+                self.dot_column(first + offset, input, column);
             }
         };
         let stripe = COLUMNS_PER_TASK * rows.max(1);

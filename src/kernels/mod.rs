@@ -7,4 +7,4 @@ pub mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
 
-pub use int8::{Int8Linear, Scaling};
+pub use int8::{Int8Linear, Int8Rows, Scaling};

@@ -158,10 +158,12 @@ impl Llama {
             .embeddings
             .forward(&Tensor::new(tokens.as_slice(), &self.device)?)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            let q: Vec<f32> = layer.wq.forward(&h)?.flatten_all()?.to_vec1()?;
-            let k: Vec<f32> = layer.wk.forward(&h)?.flatten_all()?.to_vec1()?;
-            let v: Vec<f32> = layer.wv.forward(&h)?.flatten_all()?.to_vec1()?;
+            // Each normalised stack is quantized once for the products that read it.
+            let h: Vec<f32> = layer.attn_norm.forward(&x)?.flatten_all()?.to_vec1()?;
+            let h = layer.wq.quantize_rows(&h, total);
+            let q = layer.wq.forward_quantized(&h);
+            let k = layer.wk.forward_quantized(&h);
+            let v = layer.wv.forward_quantized(&h);
             let (q_width, kv_width) = (q.len() / total, k.len() / total);
             let mut attended = Vec::with_capacity(q.len());
             let mut offset = 0;
@@ -178,10 +180,16 @@ impl Llama {
             }
             let attended = Tensor::from_vec(attended, (total, q_width), &self.device)?;
             let x1 = layer.wo.forward(&attended)?.add(&x)?;
-            let h = layer.ffn_norm.forward(&x1)?;
-            let gated =
-                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = layer.down.forward(&gated)?.add(&x1)?;
+            let h: Vec<f32> = layer.ffn_norm.forward(&x1)?.flatten_all()?.to_vec1()?;
+            let h = layer.gate.quantize_rows(&h, total);
+            let mut gated = layer.gate.forward_quantized(&h);
+            let up = layer.up.forward_quantized(&h);
+            for (g, u) in gated.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            let down = layer.down.forward_rows(&gated, total);
+            let down = Tensor::from_vec(down, (total, layer.down.out_features()), &self.device)?;
+            x = down.add(&x1)?;
         }
         let mut last = Vec::with_capacity(items.len());
         let mut end = 0u32;
@@ -198,6 +206,11 @@ impl Llama {
     pub fn max_positions(&self) -> usize {
         self.attention.max_positions
     }
+}
+
+/// `x · σ(x)`, as candle's `silu`.
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
 }
 
 /// Row `row` of a `[items, vocabulary]` logits tensor.
