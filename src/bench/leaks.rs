@@ -28,6 +28,12 @@ pub fn is_leak_gauge(series: &str) -> bool {
     !NOT_LEAKS.iter().any(|name| series.starts_with(name))
 }
 
+/// No more FDs or threads than at the start. Fewer is no leak: a connection open when
+/// the baseline was taken may close later (a 150-minute soak ended at 28 FDs from 29).
+fn nothing_added(was: &ProcSnapshot, now: &ProcSnapshot) -> bool {
+    now.fds <= was.fds && now.threads <= was.threads
+}
+
 /// Pause between two looks while waiting for the server to settle.
 const SETTLE_POLL: Duration = Duration::from_millis(250);
 
@@ -167,7 +173,7 @@ impl Baseline {
                 .filter(|(series, _)| is_leak_gauge(series))
                 .all(|(series, value)| now.get(series) == Some(value));
             let process_back = match (self.process, process) {
-                (Some(was), Some(now)) => was.fds == now.fds && was.threads == now.threads,
+                (Some(was), Some(now)) => nothing_added(&was, &now),
                 _ => true,
             };
             let settled = gauges_back && process_back;
@@ -197,6 +203,19 @@ impl Baseline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fewer_fds_than_at_the_start_is_settled_more_is_not() {
+        let snapshot = |fds, threads| ProcSnapshot {
+            rss_kib: 0,
+            threads,
+            fds,
+        };
+        assert!(nothing_added(&snapshot(29, 18), &snapshot(28, 18)));
+        assert!(nothing_added(&snapshot(29, 18), &snapshot(29, 18)));
+        assert!(!nothing_added(&snapshot(29, 18), &snapshot(30, 18)));
+        assert!(!nothing_added(&snapshot(29, 18), &snapshot(29, 19)));
+    }
 
     #[test]
     fn caches_and_heap_figures_are_no_leaks() {
