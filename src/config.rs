@@ -391,6 +391,11 @@ pub struct TtsConfig {
     /// after this many words, so the first audio does not wait for a whole sentence
     /// (0: whole sentences from the start).
     pub first_piece_words: usize,
+    /// A reply's later pieces are synthesised just in time: the next one starts once
+    /// the audio still to play falls under this. A reply cut off (barge-in) has not
+    /// paid for speech nobody hears, and the CPU goes to replies whose listeners wait
+    /// (0: synthesise every piece as soon as the one before is done).
+    pub synthesis_ahead_ms: u64,
 }
 
 impl Default for TtsConfig {
@@ -398,9 +403,10 @@ impl Default for TtsConfig {
         TtsConfig {
             enabled: true,
             threads: 1,
-            max_queued_sentences: 16,
+            max_queued_sentences: 64,
             lead_ms: 200,
             first_piece_words: 2,
+            synthesis_ahead_ms: 2500,
         }
     }
 }

@@ -137,6 +137,12 @@ pub struct Metrics {
     pub audio_backpressure: IntCounter,
     pub jobs_skipped: IntCounter,
     pub overloaded: IntCounter,
+    /// Times a reply's audio ran dry before its end (synthesis fell behind playback).
+    pub tts_underruns: IntCounter,
+    /// 20 ms frames of reply audio synthesised, and sent: the difference is speech
+    /// made and never heard (replies cut off).
+    pub tts_frames_synthesized: IntCounter,
+    pub tts_frames_sent: IntCounter,
     pub child_restarts: IntCounter,
     pub duplicate_disconnects: IntCounter,
     /// Windows per Silero model call: how well batching across conversations works.
@@ -243,6 +249,18 @@ impl Metrics {
                 "hearken_overloaded_total",
                 "Work refused because a bounded queue was full",
             ),
+            tts_underruns: counter(
+                "hearken_tts_underruns_total",
+                "Times a reply's audio ran dry before its end: synthesis behind playback",
+            ),
+            tts_frames_synthesized: counter(
+                "hearken_tts_frames_synthesized_total",
+                "20 ms frames of reply audio synthesised",
+            ),
+            tts_frames_sent: counter(
+                "hearken_tts_frames_sent_total",
+                "20 ms frames of reply audio sent to clients",
+            ),
             child_restarts: counter(
                 "hearken_child_restarts_total",
                 "Child actors restarted by their conversation",
@@ -310,6 +328,9 @@ impl Metrics {
             Box::new(self.audio_backpressure.clone()),
             Box::new(self.jobs_skipped.clone()),
             Box::new(self.overloaded.clone()),
+            Box::new(self.tts_underruns.clone()),
+            Box::new(self.tts_frames_synthesized.clone()),
+            Box::new(self.tts_frames_sent.clone()),
             Box::new(self.child_restarts.clone()),
             Box::new(self.duplicate_disconnects.clone()),
             Box::new(self.vad_batch_windows.clone()),

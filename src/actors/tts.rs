@@ -6,6 +6,12 @@
 //! 22,050 Hz and encoding all happen on the worker); the frames that come back are sent
 //! at real-time pace, at most `tts.lead_ms` ahead, so a barge-in (`StopSpeaking`)
 //! silences the reply within one frame of being processed and drops everything queued.
+//!
+//! Synthesis runs just in time: after the first piece, the next starts only once the
+//! audio still to play is under `tts.synthesis_ahead_ms`, due at the moment that audio
+//! runs dry (earliest deadline first in the pool). Replies are often cut off by the
+//! next question; speech synthesised ahead of need was mostly never heard, and its CPU
+//! was taken from the replies whose listeners were still waiting for a first word.
 //! The conversation's registry entry shows `tts_active` while audio is going out.
 //!
 //! The first frame of each piece carries the piece's words: when it goes out, the
@@ -58,13 +64,37 @@ struct Speech {
     held: bool,
     /// Pieces sent to synthesis so far.
     pieces_started: usize,
+    /// No frame has gone out since the audio last ran dry (or ever).
+    dry: bool,
 }
 
 impl Speech {
-    /// Nothing is being synthesised, and a held reply has not had its first piece yet.
-    fn ready_to_synthesize(&self) -> bool {
+    /// Synthesised audio not yet played: frames waiting, plus what was sent ahead of
+    /// real time.
+    fn audio_ahead(&self, now: Instant) -> Duration {
+        let waiting = FRAME * self.frames.len() as u32;
+        let sent_ahead = self.clock.map_or(Duration::ZERO, |(start, sent)| {
+            sent.saturating_sub(now.duration_since(start))
+        });
+        waiting + sent_ahead
+    }
+
+    /// Nothing is being synthesised, a held reply has not had its first piece yet, and
+    /// (after the first piece) the audio left to play is under `ahead` (zero: no limit).
+    fn ready_to_synthesize(&self, now: Instant, ahead: Duration) -> bool {
         let held_back = self.held && self.pieces_started > 0;
-        !(self.synthesizing || held_back)
+        let enough_ahead =
+            self.pieces_started > 0 && !ahead.is_zero() && self.audio_ahead(now) >= ahead;
+        !(self.synthesizing || held_back || enough_ahead)
+    }
+
+    /// Everything said: no text, piece or frame is still to come.
+    fn finished(&self) -> bool {
+        !self.held
+            && self.text_done
+            && self.queue.is_empty()
+            && !self.synthesizing
+            && self.frames.is_empty()
     }
 }
 
@@ -145,12 +175,19 @@ impl TtsActor {
         }
     }
 
-    /// Start synthesising the next sentence unless one is in progress.
+    /// Start synthesising the next sentence unless one is in progress or enough audio
+    /// is already waiting to be played.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let Some(tts) = self.env.services.tts.as_ref() else {
             return;
         };
-        let Some(speech) = self.speech.as_mut().filter(|s| s.ready_to_synthesize()) else {
+        let now = Instant::now();
+        let ahead = Duration::from_millis(self.env.services.config.tts.synthesis_ahead_ms);
+        let Some(speech) = self
+            .speech
+            .as_mut()
+            .filter(|s| s.ready_to_synthesize(now, ahead))
+        else {
             return;
         };
         let Some((sentence, queued)) = speech.queue.pop_front() else {
@@ -163,11 +200,12 @@ impl TtsActor {
         let phonemizer = std::sync::Arc::clone(&tts.phonemizer);
         let format = self.format;
         let words = sentence.clone();
-        // The first clause is what the listener waits for: ahead of other replies' rest.
+        // The first clause is what the listener waits for: ahead of other replies' rest,
+        // which is due when the audio before it runs dry.
         let priority = if first_piece {
             Priority::Urgent
         } else {
-            Priority::Normal
+            Priority::By(now + speech.audio_ahead(now))
         };
         let job =
             tts.voices
@@ -196,6 +234,8 @@ impl TtsActor {
                         act.parent
                             .do_send(ChildEvent::FirstClauseReady { response_id });
                     }
+                    let metrics = &act.env.services.metrics;
+                    metrics.tts_frames_synthesized.inc_by(frames.len() as u64);
                     let mut held = false;
                     if let Some(speech) = act.speech.as_mut() {
                         let mut words = Some(words);
@@ -252,26 +292,30 @@ impl TtsActor {
         let (start, sent) = speech.clock.get_or_insert((now, Duration::ZERO));
         while *sent <= now.duration_since(*start) + lead {
             let Some((frame, words)) = speech.frames.pop_front() else {
-                // Underrun: restart the clock with the next frames.
+                // Ran dry: restart the clock with the next frames.
                 speech.clock = None;
+                if !speech.dry && !speech.finished() {
+                    self.env.services.metrics.tts_underruns.inc();
+                }
+                speech.dry = true;
                 break;
             };
+            speech.dry = false;
             if let Some(text) = words {
                 let response_id = speech.response_id;
                 self.parent
                     .do_send(ChildEvent::SpokenText { response_id, text });
             }
             self.parent.do_send(ChildEvent::Audio { frame });
+            self.env.services.metrics.tts_frames_sent.inc();
             *sent += FRAME;
         }
+        self.pump(ctx);
         self.finish_if_done(ctx);
     }
 
     fn finish_if_done(&mut self, ctx: &mut Context<Self>) {
-        let done = self.speech.as_ref().is_some_and(|s| {
-            !s.held && s.text_done && s.queue.is_empty() && !s.synthesizing && s.frames.is_empty()
-        });
-        if done {
+        if self.speech.as_ref().is_some_and(Speech::finished) {
             self.close(false, ctx);
         }
     }
@@ -332,6 +376,7 @@ impl Handler<SpeakDelta> for TtsActor {
                 audio_started: false,
                 held: msg.held,
                 pieces_started: 0,
+                dry: true,
             });
         }
         let sentences = match self.speech.as_mut() {
@@ -402,3 +447,58 @@ impl Handler<SetOutputFormat> for TtsActor {
 }
 
 child_controls!(TtsActor, ChildRole::Tts);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speech(frames: usize, pieces_started: usize) -> Speech {
+        Speech {
+            response_id: Uuid::nil(),
+            splitter: SentenceSplitter::with_first_piece_words(2),
+            queue: VecDeque::new(),
+            synthesizing: false,
+            text_done: false,
+            frames: (0..frames).map(|_| (Bytes::new(), None)).collect(),
+            clock: None,
+            audio_started: false,
+            held: false,
+            pieces_started,
+            dry: true,
+        }
+    }
+
+    #[test]
+    fn audio_ahead_counts_waiting_frames_and_what_was_sent_early() {
+        let now = Instant::now();
+        let mut s = speech(10, 1);
+        assert_eq!(s.audio_ahead(now), Duration::from_millis(200));
+        // 300 ms sent, 100 ms of it played: 200 ms still in the client's buffer.
+        s.clock = Some((now - Duration::from_millis(100), Duration::from_millis(300)));
+        assert_eq!(s.audio_ahead(now), Duration::from_millis(400));
+        // Played past what was sent: nothing ahead from the wire.
+        s.clock = Some((now - Duration::from_secs(1), Duration::from_millis(300)));
+        assert_eq!(s.audio_ahead(now), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn later_pieces_wait_until_the_audio_ahead_runs_low() {
+        let now = Instant::now();
+        let ahead = Duration::from_millis(1000);
+        // The first piece never waits, whatever is buffered.
+        assert!(speech(0, 0).ready_to_synthesize(now, ahead));
+        // 2 s waiting: the next piece can wait.
+        assert!(!speech(100, 1).ready_to_synthesize(now, ahead));
+        // 0.8 s waiting: time to synthesise the next one.
+        assert!(speech(40, 1).ready_to_synthesize(now, ahead));
+        // Zero turns pacing off.
+        assert!(speech(100, 1).ready_to_synthesize(now, Duration::ZERO));
+        // One piece at a time, and a held reply only gets its first.
+        let mut busy = speech(0, 1);
+        busy.synthesizing = true;
+        assert!(!busy.ready_to_synthesize(now, ahead));
+        let mut held = speech(0, 1);
+        held.held = true;
+        assert!(!held.ready_to_synthesize(now, ahead));
+    }
+}

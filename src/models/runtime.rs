@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use ort::environment::Environment;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 
 use super::ModelError;
 
@@ -77,9 +77,25 @@ pub enum Memory {
     /// windows, Smart Turn's 8 s, Moonshine's segments and decoder steps).
     Arena,
     /// Each tensor from malloc, freed after the run: for a model whose inputs vary
-    /// widely in length and whose activations are large (Piper: tens of MB for one long
-    /// sentence), where an arena grows to the largest input it has seen and keeps it.
+    /// widely in length and whose activations are large, where an arena grows to the
+    /// largest input it has seen and keeps it.
     Malloc,
+    /// The arena within a run, given back after it: runs must pass
+    /// [`shrink_arena_after_run`]'s options. Piper's operators hand tens of MB of
+    /// activations from one to the next; from malloc, with the mmap threshold fixed
+    /// (`heap::tune_allocator`), each came from a fresh mapping whose every page faulted,
+    /// and synthesis took 1.8 times as long (docs/benchmarks.md, "Speech out").
+    ArenaPerRun,
+}
+
+/// Run options that give a session's CPU arena back to the system at the end of each
+/// run ([`Memory::ArenaPerRun`]).
+pub fn shrink_arena_after_run(model: &'static str) -> Result<RunOptions, ModelError> {
+    let mut options = RunOptions::new().map_err(ModelError::inference::<()>(model))?;
+    options
+        .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+        .map_err(ModelError::inference::<()>(model))?;
+    Ok(options)
 }
 
 /// Builds a CPU session for `model` from `path` with `intra_threads` threads
@@ -137,13 +153,15 @@ fn build_session(
     intra: usize,
     memory: Memory,
 ) -> ort::Result<Session> {
-    let arena = memory == Memory::Arena;
+    let arena = memory != Memory::Malloc;
+    // A pattern is planned per input shape and kept: only for inputs of few shapes.
+    let pattern = memory == Memory::Arena;
     Session::builder(environment)?
         .with_intra_threads(intra)?
         .with_inter_threads(1)?
         .with_intra_op_spinning(false)?
         .with_flush_to_zero()?
-        .with_memory_pattern(arena)?
+        .with_memory_pattern(pattern)?
         .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(arena).build()])?
         .commit_from_file(path)
 }

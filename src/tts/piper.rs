@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
@@ -20,7 +20,7 @@ use unicode_normalization::UnicodeNormalization;
 use super::phonemizer::PhonemizerPool;
 use super::sentences::clauses;
 use super::TtsError;
-use crate::models::runtime::{load_session_with, Memory};
+use crate::models::runtime::{load_session_with, shrink_arena_after_run, Memory};
 use crate::models::ModelError;
 
 /// Voice files inside the models directory, as written by
@@ -78,6 +78,8 @@ struct AudioConfig {
 /// A loaded Piper voice: one ort session and the voice's phoneme table.
 pub struct PiperVoice {
     session: Session,
+    /// Every run gives its arena back: sentences of every length, tens of MB each.
+    run_options: RunOptions,
     ids: HashMap<char, Vec<i64>>,
     sample_rate: u32,
     scales: Scales,
@@ -110,8 +112,8 @@ impl PiperVoice {
             return Err(config_error("phoneme_id_map is empty".into()));
         }
         Ok(Self {
-            // Sentences of every length: an arena would keep the longest's activations.
-            session: load_session_with(MODEL, onnx_path, 1, Memory::Malloc)?,
+            session: load_session_with(MODEL, onnx_path, 1, Memory::ArenaPerRun)?,
+            run_options: shrink_arena_after_run(MODEL)?,
             ids,
             sample_rate: config.audio.sample_rate,
             scales: config.inference,
@@ -154,7 +156,10 @@ impl PiperVoice {
         let scales = TensorRef::from_array_view(([3], &scales[..])).map_err(err(MODEL))?;
         let outputs = self
             .session
-            .run(ort::inputs!["input" => input, "input_lengths" => lengths, "scales" => scales])
+            .run_with_options(
+                ort::inputs!["input" => input, "input_lengths" => lengths, "scales" => scales],
+                &self.run_options,
+            )
             .map_err(err(MODEL))?;
         let (_, samples) = outputs["output"]
             .try_extract_tensor::<f32>()

@@ -192,6 +192,10 @@ struct Live {
     outbox: VecDeque<LlmEvent>,
     /// The reply's text is over (only its tail may still be read).
     answered: bool,
+    /// When it joined the batch, and the passes it has stepped in since.
+    admitted: Instant,
+    passes: u32,
+    first_piece_logged: bool,
 }
 
 impl Live {
@@ -336,6 +340,9 @@ impl Batch {
                 sequence,
                 outbox: VecDeque::new(),
                 answered: false,
+                admitted: Instant::now(),
+                passes: 0,
+                first_piece_logged: false,
             }),
             Ok(None) => job.skip(), // nothing worth reading ahead
             Err(error) => {
@@ -406,6 +413,7 @@ impl Batch {
             .filter(|(_, stepping)| **stepping)
             .map(|(l, _)| l);
         for ((live, progress), (role, read_before)) in stepped.zip(progress).zip(before) {
+            live.passes += 1;
             let moved = role == LlmRole::Token || live.sequence.tokens_read() != read_before;
             roles[if moved { role } else { LlmRole::Idle } as usize] += 1;
             live.on_progress(progress, metrics);
@@ -453,7 +461,20 @@ impl Live {
     fn on_progress(&mut self, progress: Progress, metrics: &Metrics) {
         match progress {
             Progress::Reading => {}
-            Progress::Piece(piece) => self.outbox.push_back(LlmEvent::Delta(piece)),
+            Progress::Piece(piece) => {
+                if !self.first_piece_logged {
+                    self.first_piece_logged = true;
+                    tracing::debug!(
+                        conversation_id = %self.job.conversation,
+                        queued_ms = (self.admitted - self.job.queued).as_millis() as u64,
+                        in_batch_ms = self.admitted.elapsed().as_millis() as u64,
+                        passes = self.passes,
+                        read = self.sequence.tokens_read(),
+                        "first piece"
+                    );
+                }
+                self.outbox.push_back(LlmEvent::Delta(piece))
+            }
             Progress::Finished { tail, outcome } => {
                 self.answered = true;
                 if !tail.is_empty() {

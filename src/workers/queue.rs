@@ -10,10 +10,9 @@
 //! transcript, a reply's first clause) is [`Priority::Urgent`] and goes first; work due
 //! at a known instant ([`Priority::By`]) comes next, earliest deadline first; then
 //! [`Priority::Normal`] work (the rest of a reply, guidance decodes). First come first
-//! served within `Urgent` and `Normal`, and among equal deadlines. (Speech synthesis
-//! by deadline — a reply's next clause due when its audio runs dry — was tried and
-//! taken back: the Realtime SDK test's reply audio came out different; not yet
-//! understood, so TTS still queues its later clauses as `Normal`.)
+//! served within `Urgent` and `Normal`, and among equal deadlines. Speech synthesis
+//! queues a reply's later pieces by deadline: each is due when the audio before it
+//! runs dry.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};

@@ -1,0 +1,47 @@
+//! The Piper voice through ONNX Runtime, without the server: with its noise turned
+//! off, synthesis is a pure function of the text. A run must not see what an earlier
+//! run left in memory (its arena is reused within a run and given back after it).
+
+#[path = "model_support/mod.rs"]
+mod model_support;
+
+use hearken::tts::{
+    phonemize_clauses, PhonemizerPool, PiperVoice, Scales, PIPER_CONFIG_FILE, PIPER_MODEL_FILE,
+};
+use prometheus::IntGauge;
+
+fn quiet_voice() -> (PiperVoice, PhonemizerPool) {
+    model_support::init();
+    let dir = model_support::models_dir();
+    let mut voice = PiperVoice::load(&dir.join(PIPER_MODEL_FILE), &dir.join(PIPER_CONFIG_FILE))
+        .unwrap_or_else(|e| panic!("{e}"));
+    voice.set_scales(Scales {
+        noise: 0.0,
+        noise_w: 0.0,
+        ..voice.scales()
+    });
+    let gauge = IntGauge::new("test_espeak", "espeak-ng processes").expect("gauge");
+    let pool = PhonemizerPool::new(1, gauge).unwrap_or_else(|e| panic!("{e}"));
+    (voice, pool)
+}
+
+#[test]
+fn noiseless_synthesis_is_the_same_whatever_ran_before() {
+    let (mut voice, pool) = quiet_voice();
+    let long = phonemize_clauses(
+        &pool,
+        "The weather today will be sunny with a light breeze from the west, and warm.",
+    )
+    .expect("phonemes");
+    let short = phonemize_clauses(&pool, "Hello there.").expect("phonemes");
+    let first = voice.synthesize(&short).expect("synthesize");
+    assert!(first.len() > 4_000, "{} samples", first.len());
+    for round in 0..3 {
+        let between = voice.synthesize(&long).expect("synthesize");
+        assert!(between.len() > first.len());
+        let again = voice.synthesize(&short).expect("synthesize");
+        assert_eq!(again.len(), first.len(), "round {round}");
+        let differing = first.iter().zip(&again).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "round {round}: {differing} samples differ");
+    }
+}
