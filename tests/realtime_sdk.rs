@@ -21,7 +21,6 @@ use std::time::Duration;
 use common::fake_llm::{fake_llm, Upstream};
 use common::*;
 use hearken::config::LlmBackendKind;
-use hearken::models::Moonshine;
 use serde_json::Value;
 
 const REPLY: &str = "The weather today will be sunny with a light breeze from the west.";
@@ -87,15 +86,11 @@ async fn scenario(python: &Path, port: u16, name: &str, audio: &Path, out: &Path
 
 /// What Moonshine hears in 24 kHz PCM16.
 fn hear(pcm_24k: &[u8]) -> String {
-    model_support::init();
     let samples: Vec<f32> = pcm_24k
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
         .collect();
-    let samples_16k = model_support::resample(&samples, 24_000, 16_000);
-    let dir = model_support::models_dir().join(hearken::models::MOONSHINE_DIR);
-    let mut moonshine = Moonshine::load(&dir).expect("moonshine loads");
-    moonshine.transcribe(&samples_16k).expect("transcribes")
+    model_support::hear(&model_support::resample(&samples, 24_000, 16_000))
 }
 
 fn words(text: &str) -> Vec<String> {

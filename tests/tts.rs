@@ -11,7 +11,6 @@ use common::fake_llm::{fake_llm, Upstream};
 use common::*;
 use hearken::audio::opus_codec::OpusDecoder;
 use hearken::config::LlmBackendKind;
-use hearken::models::Moonshine;
 use serde_json::json;
 
 const REPLY: &str = "The weather today will be sunny with a light breeze from the west.";
@@ -47,19 +46,11 @@ async fn collect_reply(ws: &mut Ws) -> (Vec<Vec<u8>>, serde_json::Value) {
 }
 
 fn transcribe(samples_16k: &[i16]) -> String {
-    model_support::init();
-    let dir = model_support::models_dir().join(hearken::models::MOONSHINE_DIR);
-    let mut moonshine = Moonshine::load(&dir).expect("moonshine loads");
-    // Half a second of silence on each side, as a listener's recording would have:
-    // Moonshine hallucinates a number ("20", "2021") on audio that starts abruptly.
-    let pad = vec![0.0f32; 8_000];
-    let floats: Vec<f32> = pad
+    let floats: Vec<f32> = samples_16k
         .iter()
-        .copied()
-        .chain(samples_16k.iter().map(|s| f32::from(*s) / 32768.0))
-        .chain(pad.iter().copied())
+        .map(|s| f32::from(*s) / 32768.0)
         .collect();
-    moonshine.transcribe(&floats).expect("transcribes")
+    model_support::hear(&floats)
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use hearken::models::{
-    init_runtime, SileroState, SileroVad, ORT_DYLIB_FILE, SILERO_FILE, WINDOW_SAMPLES,
+    init_runtime, Moonshine, SileroState, SileroVad, MOONSHINE_DIR, ORT_DYLIB_FILE, SILERO_FILE,
+    WINDOW_SAMPLES,
 };
 
 pub const RATE: usize = 16_000;
@@ -34,6 +35,19 @@ pub fn init() {
 pub fn silero() -> SileroVad {
     init();
     SileroVad::load(&models_dir().join(SILERO_FILE)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What a listener hears in synthesised audio (16 kHz): Moonshine over the clip with
+/// half a second of silence on each side, as a recording of it would have. On audio
+/// that starts abruptly Moonshine may hallucinate a number ("10", "2021") or quotes,
+/// and its token cap (6 a second) then cuts the sentence's end.
+pub fn hear(samples_16k: &[f32]) -> String {
+    init();
+    let mut moonshine =
+        Moonshine::load(&models_dir().join(MOONSHINE_DIR)).unwrap_or_else(|e| panic!("{e}"));
+    let pad = [0.0f32; RATE / 2];
+    let padded: Vec<f32> = pad.iter().chain(samples_16k).chain(&pad).copied().collect();
+    moonshine.transcribe(&padded).expect("transcribes")
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
