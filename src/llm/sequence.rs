@@ -134,6 +134,11 @@ impl Sequence {
         self.reply.as_ref().map_or(0, |r| r.tokens.len())
     }
 
+    /// Positions in its attention state: what each of its tokens attends over.
+    pub fn positions(&self) -> usize {
+        self.state.len()
+    }
+
     /// Tokens of the current reading read so far: a pass that moves it has read.
     pub fn tokens_read(&self) -> usize {
         self.read

@@ -470,6 +470,7 @@ impl Live {
                         in_batch_ms = self.admitted.elapsed().as_millis() as u64,
                         passes = self.passes,
                         read = self.sequence.tokens_read(),
+                        positions = self.sequence.positions(),
                         "first piece"
                     );
                 }
