@@ -207,9 +207,17 @@ impl TtsActor {
         } else {
             Priority::By(now + speech.audio_ahead(now))
         };
+        let metrics = std::sync::Arc::clone(&self.env.services.metrics);
+        // A first piece's wait is part of the listener's; a later one's is slack.
+        let stage = if first_piece {
+            "tts_first_piece"
+        } else {
+            "tts"
+        };
         let job =
             tts.voices
                 .submit_with(priority, &self.env.cancel, self.link.hold(), move |voice| {
+                    metrics.batching.observe_queue_wait(stage, now.elapsed());
                     let _queued = queued;
                     let samples = voice
                         .speak(&phonemizer, &sentence)

@@ -1,7 +1,7 @@
 //! How well work of many conversations shares model calls, and what waiting for a
 //! model costs: items per batched pass and time in each stage's queue, labelled by
 //! stage (`stt`, `llm`; queue waits `stt_encode`, `stt_decode`, `llm` for replies,
-//! `llm_read_ahead` for read-aheads), and what the LLM's passes spend their rows on. Part of
+//! `llm_read_ahead` for read-aheads, `tts_first_piece` and `tts` for speech), and what the LLM's passes spend their rows on. Part of
 //! [`super::Metrics`]. Silero's own `hearken_vad_batch_windows` predates these and
 //! counts windows, not conversations.
 
