@@ -6,13 +6,13 @@
 //! 22,050 Hz and encoding all happen on the worker); the frames that come back are sent
 //! at real-time pace, at most `tts.lead_ms` ahead, so a barge-in (`StopSpeaking`)
 //! silences the reply within one frame of being processed and drops everything queued.
+//! The conversation's registry entry shows `tts_active` while audio is going out.
 //!
 //! Synthesis runs just in time: after the first piece, the next starts only once the
 //! audio still to play is under `tts.synthesis_ahead_ms`, due at the moment that audio
 //! runs dry (earliest deadline first in the pool). Replies are often cut off by the
-//! next question; speech synthesised ahead of need was mostly never heard, and its CPU
-//! was taken from the replies whose listeners were still waiting for a first word.
-//! The conversation's registry entry shows `tts_active` while audio is going out.
+//! next question: speech synthesised well ahead of need is then never heard, and its
+//! CPU is taken from replies whose listeners still wait for a first word.
 //!
 //! The first frame of each piece carries the piece's words: when it goes out, the
 //! conversation hears `SpokenText`, so a protocol can pair the audio with exactly the
