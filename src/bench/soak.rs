@@ -305,6 +305,13 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
                 continue;
             }
             _ = tokio::time::sleep_until(end) => break,
+            Some(_) = sessions.join_next() => {
+                // A streaming session that ended early (an idle close after the machine
+                // stalled, say) is replaced, so the load stays mixed for the whole soak.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                launcher.launch(&mut sessions, 1, Duration::ZERO).await?;
+                continue;
+            }
         };
         let t_s = at.duration_since(start).as_secs_f64();
         match sample(&http, &metrics_url, args.server_pid, t_s, churn.cycles()).await {
