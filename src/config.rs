@@ -329,6 +329,10 @@ pub struct LlmConfig {
     /// many sequences (replies past this many wait a pass, fewest tokens first); more
     /// wait in the queue.
     pub max_batch: usize,
+    /// Chunks of prompt (32 tokens each) one pass reads at most, one per reply waiting
+    /// to start: a burst of turns is read in a few wider passes rather than one pass
+    /// per turn, each of which pays for every generating reply's token again.
+    pub prompt_chunks_per_pass: usize,
     /// Longest `llm.system_prompt` a client may set with `session.update`, in bytes.
     pub max_system_prompt_bytes: usize,
     /// Bytes of history (system prompt and messages) kept per conversation; the oldest
@@ -367,6 +371,7 @@ impl Default for LlmConfig {
             kv_cache_mb: 256,
             matmul_threads: 2,
             max_batch: 8,
+            prompt_chunks_per_pass: 4,
             max_system_prompt_bytes: 4096,
             history_max_bytes: 32 * 1024,
             history_total_bytes: 64 * 1024 * 1024,
@@ -772,10 +777,14 @@ impl Config {
                 "Silero needs a thread and a batch of at least 1",
             );
         }
-        if self.llm.threads == 0 || self.llm.max_tokens == 0 || self.llm.max_batch == 0 {
+        if self.llm.threads == 0
+            || self.llm.max_tokens == 0
+            || self.llm.max_batch == 0
+            || self.llm.prompt_chunks_per_pass == 0
+        {
             return invalid(
                 "llm.threads",
-                "threads, max_tokens and max_batch must be at least 1",
+                "threads, max_tokens, max_batch and prompt_chunks_per_pass must be at least 1",
             );
         }
         if self.llm.history_max_messages == 0 || self.llm.history_max_conversations == 0 {

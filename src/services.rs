@@ -29,7 +29,7 @@ use crate::models::{
 };
 use crate::registry::RegistryHandle;
 use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
-use crate::workers::llm_batcher::LlmBatcher;
+use crate::workers::llm_batcher::{LlmBatcher, PassShape};
 use crate::workers::pool::StateInit;
 use crate::workers::silero_batcher::SileroBatcher;
 use crate::workers::{niceness, SttBatcher, SttModels, WorkerPool};
@@ -328,7 +328,10 @@ fn llm_backend(
             let batcher = LlmBatcher::new(
                 llm.threads,
                 config.workers.queue_depth,
-                llm.max_batch,
+                PassShape {
+                    rows: llm.max_batch,
+                    prompt_chunks: llm.prompt_chunks_per_pass,
+                },
                 Arc::clone(metrics),
                 init,
                 move |outcome| ready.report(outcome),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hearken::llm::backend::LlmEvent;
 use hearken::llm::{ChatMessage, EmbeddedModel, GenerationParams};
 use hearken::metrics::Metrics;
-use hearken::workers::llm_batcher::{LlmBatcher, LlmWork};
+use hearken::workers::llm_batcher::{LlmBatcher, LlmWork, PassShape};
 use hearken::workers::{CancelToken, Priority};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -20,7 +20,11 @@ fn batcher(max_batch: usize, metrics: &Arc<Metrics>) -> LlmBatcher {
     hearken::llm::embedded::pin_candle_threads(1);
     let path = smollm_path();
     let init = Arc::new(move || EmbeddedModel::load(&path).map_err(|e| e.to_string()));
-    LlmBatcher::new(1, 64, max_batch, Arc::clone(metrics), init, |loaded| {
+    let shape = PassShape {
+        rows: max_batch,
+        prompt_chunks: 4,
+    };
+    LlmBatcher::new(1, 64, shape, Arc::clone(metrics), init, |loaded| {
         loaded.expect("the model loads")
     })
     .expect("the batcher's thread starts")

@@ -10,8 +10,10 @@
 //! once per pass, not once per reply. Jobs that arrive join at the next pass; a reply
 //! that ends, is cancelled, or whose conversation ends leaves at once.
 //!
-//! Reading is shared out per pass (`PROMPT_CHUNK_TOKENS`): the newest turn's prompt
-//! first, then the tails that keep finished replies' states for their next turn, then
+//! Reading is shared out per pass in chunks (`PROMPT_CHUNK_TOKENS`), one per reply
+//! waiting to start, up to `prompt_chunks` (so a burst of turns is read in a few wide
+//! passes instead of one pass per turn, each paying for every generating reply's
+//! token again): the newest turn's prompt first, then the tails that keep finished replies' states for their next turn, then
 //! read-aheads, so guesswork never delays a turn that is waiting. A reply whose actor
 //! has not taken its last events sits passes out (backpressure), never blocking the
 //! others. A failed pass fails only the replies in it; a panic is caught.
@@ -78,6 +80,16 @@ impl Skip for LlmJob {
     }
 }
 
+/// What one pass of a batcher thread may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct PassShape {
+    /// Replies that take a token in one pass (`llm.max_batch`).
+    pub rows: usize,
+    /// Chunks of prompt read in one pass at most, one per reply waiting to start
+    /// (`llm.prompt_chunks_per_pass`).
+    pub prompt_chunks: usize,
+}
+
 /// Dropping it closes the queue and joins the threads.
 pub struct LlmBatcher {
     queue: Arc<JobQueue<LlmJob>>,
@@ -94,7 +106,7 @@ impl LlmBatcher {
     pub fn new(
         threads: usize,
         queue_depth: usize,
-        max_batch: usize,
+        shape: PassShape,
         metrics: Arc<Metrics>,
         init: StateInit<EmbeddedModel>,
         on_ready: impl Fn(Result<(), String>) + Send + Sync + 'static,
@@ -114,7 +126,7 @@ impl LlmBatcher {
                         Ok(mut model) => {
                             flush_denormals();
                             on_ready(Ok(()));
-                            Batch::new(max_batch.max(1), starting).run(&mut model, &jobs, &metrics);
+                            Batch::new(shape, starting).run(&mut model, &jobs, &metrics);
                         }
                         Err(error) => {
                             tracing::error!(%error, "LLM batcher could not load its model");
@@ -255,6 +267,8 @@ struct Batch {
     live: Vec<Live>,
     /// Replies that take a token in one pass (`llm.max_batch`): what a pass costs.
     rows: usize,
+    /// Prompt chunks one pass reads at most.
+    prompt_chunks: usize,
     /// Sequences held (their attention states): what the batch costs in memory.
     held: usize,
     /// This batch's replies still reading their prompts, published for the others.
@@ -263,10 +277,12 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(rows: usize, starting: Arc<AtomicUsize>) -> Self {
+    fn new(shape: PassShape, starting: Arc<AtomicUsize>) -> Self {
+        let rows = shape.rows.max(1);
         Batch {
             live: Vec::with_capacity(rows * HELD_PER_ROW),
             rows,
+            prompt_chunks: shape.prompt_chunks.max(1),
             held: rows * HELD_PER_ROW,
             starting,
             published: 0,
@@ -357,6 +373,7 @@ impl Batch {
     /// One forward pass over every sequence whose actor keeps up, with at most `rows`
     /// replies taking a token: those with the fewest tokens yet, whose listeners wait
     /// for their first words, while replies further on (already speaking) sit it out.
+    /// It reads a chunk of each reply waiting to start, up to `prompt_chunks`.
     fn pass(&mut self, model: &mut EmbeddedModel, metrics: &Metrics) {
         self.live
             .sort_by_key(|l| (l.rank(), l.sequence.tokens_generated()));
@@ -366,6 +383,13 @@ impl Batch {
                 .map(|l| (l.outbox.is_empty(), l.sequence.is_decoding())),
             self.rows,
         );
+        let waiting_to_start = self
+            .live
+            .iter()
+            .zip(&stepping)
+            .filter(|(l, stepping)| **stepping && l.role_if_stepped() == LlmRole::Prompt)
+            .count();
+        let read_budget = PROMPT_CHUNK_TOKENS * waiting_to_start.clamp(1, self.prompt_chunks);
         let kept_before = model.kv_cache_bytes();
         let before: Vec<(LlmRole, usize)> = self
             .live
@@ -383,9 +407,7 @@ impl Batch {
                 .map(|(l, _)| &mut l.sequence)
                 .collect();
             metrics.batching.observe_batch_size("llm", batch.len());
-            catch_unwind(AssertUnwindSafe(|| {
-                model.step(&mut batch, PROMPT_CHUNK_TOKENS)
-            }))
+            catch_unwind(AssertUnwindSafe(|| model.step(&mut batch, read_budget)))
         };
         let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
         metrics.latency.llm_kv_cache_bytes.add(kept);
