@@ -215,11 +215,7 @@ impl Attention {
                     scores.extend(block_scores(query, keys).map(|s| s * scale));
                 }
                 scores.truncate(visible);
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
-                scores
-                    .iter_mut()
-                    .for_each(|s| *s = exp_at_most_zero(*s - max));
-                let total = scores.iter().fold(0f32, |sum, s| sum + s);
+                let total = exponentiate(&mut scores);
                 let result = &mut out[(row * heads + head) * hd..][..hd];
                 weighted_sum(&scores, &kv.values, kv_head * hd, kv_heads * hd, result);
                 let inverse = 1.0 / total;
@@ -282,6 +278,16 @@ fn weighted_sum(weights: &[f32], values: &[f32], first: usize, stride: usize, re
         }
         out.copy_from_slice(&sums[..out.len()]);
     }
+}
+
+/// Scores to unnormalised softmax weights, `e^(score - max)`; returns their sum.
+#[inline(always)]
+fn exponentiate(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+    scores
+        .iter_mut()
+        .for_each(|s| *s = exp_at_most_zero(*s - max));
+    scores.iter().fold(0f32, |sum, s| sum + s)
 }
 
 /// e^x for x ≤ 0 (a score less the largest), within ~2 ulp, in plain arithmetic the
@@ -411,11 +417,7 @@ mod tests {
                 let mut scores: Vec<f32> = (0..=row)
                     .map(|j| dot(query, &k[at(j)..][..hd]) * scale)
                     .collect();
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
-                scores
-                    .iter_mut()
-                    .for_each(|s| *s = exp_at_most_zero(*s - max));
-                let total = scores.iter().fold(0f32, |sum, s| sum + s);
+                let total = exponentiate(&mut scores);
                 let result = &mut out[(row * heads + head) * hd..][..hd];
                 for (j, weight) in scores.iter().enumerate() {
                     for (r, x) in result.iter_mut().zip(&v[at(j)..][..hd]) {
