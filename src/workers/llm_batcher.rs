@@ -14,9 +14,9 @@
 //! waiting to start, up to `prompt_chunks` (so a burst of turns is read in a few wide
 //! passes instead of one pass per turn, each paying for every generating reply's
 //! token again): the newest turn's prompt first, then the tails that keep finished
-//! replies' states for their next turn, then read-aheads, so guesswork never delays a turn that is waiting. A reply whose actor
-//! has not taken its last events sits passes out (backpressure), never blocking the
-//! others. A failed pass fails only the replies in it; a panic is caught.
+//! replies' states for their next turn, then read-aheads, so guesswork never delays
+//! a turn that is waiting. A reply whose actor has not taken its last events sits
+//! passes out (backpressure), never blocking the others. A failed pass fails only the replies in it; a panic is caught.
 
 use std::any::Any;
 use std::collections::VecDeque;
