@@ -16,7 +16,8 @@
 //! token again): the newest turn's prompt first, then the tails that keep finished
 //! replies' states for their next turn, then read-aheads, so guesswork never delays
 //! a turn that is waiting. A reply whose actor has not taken its last events sits
-//! passes out (backpressure), never blocking the others. A failed pass fails only the replies in it; a panic is caught.
+//! passes out (backpressure), never blocking the others. A failed pass fails only
+//! the replies in it; a panic is caught.
 
 use std::any::Any;
 use std::collections::VecDeque;
