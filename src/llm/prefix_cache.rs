@@ -12,9 +12,17 @@
 //! spacing), and the state holds the former. A prompt continues from the entry that
 //! covers the most of it: its owner's (a conversation keeps its two newest) or a
 //! shared one (a system prompt, read once for every conversation that uses it).
-//! Entries are bounded in bytes and evicted least recently used first; an entry is
-//! only a cache, so losing it costs time, never correctness. The cache belongs to one
-//! inference thread (no lock).
+//! Entries are bounded in bytes; an entry is only a cache, so losing it costs time,
+//! never correctness. The cache belongs to one inference thread (no lock).
+//!
+//! Eviction takes a conversation's *superseded* entries first (those older than its
+//! newest), then the least recently used. Turns of many conversations come round in
+//! a cycle, which is plain LRU's worst case: with sixteen conversations of ~200
+//! tokens, two entries each came to more than the default bound, and LRU evicted the
+//! entry whose turn came next, again and again (a third of all prompts were read
+//! from the start, ~130 tokens each; docs/benchmarks.md, twelfth session). A
+//! conversation's older entry is rarely what its next turn continues: the newest
+//! covers the same turns and more.
 //!
 //! A conversation may also hold one entry that has read the start of what the user is
 //! still saying ([`Open::User`], from a partial transcript): the reply to the finished
@@ -125,6 +133,8 @@ struct Entry<S> {
     tokens: usize,
     state: S,
     last_used: u64,
+    /// When it was kept: an owner's older entries are superseded by its newest.
+    inserted: u64,
 }
 
 /// What a lookup found: the state, how many tokens it has read, and where the prompt
@@ -219,11 +229,7 @@ impl<S: Clone> PrefixCache<S> {
         };
         let same_kind = |e: &Entry<S>| e.owner == owner && e.covers.is_open_user() == open_user;
         if self.entries.iter().filter(|e| same_kind(e)).count() >= most {
-            self.evict(same_kind);
-        }
-        let needed = self.cost(tokens);
-        while self.bytes() + needed > self.capacity_bytes && !self.entries.is_empty() {
-            self.evict(|_| true);
+            self.evict(|_, e| same_kind(e));
         }
         self.entries.push(Entry {
             owner,
@@ -231,21 +237,46 @@ impl<S: Clone> PrefixCache<S> {
             tokens,
             state,
             last_used: now,
+            inserted: now,
         });
+        while self.bytes() > self.capacity_bytes {
+            let superseded = self.superseded();
+            let evicted = if superseded.contains(&true) {
+                self.evict(|i, _| superseded[i])
+            } else {
+                self.evict(|_, e| e.inserted != now)
+            };
+            if !evicted {
+                break;
+            }
+        }
     }
 
-    /// Drop the least recently used entry among those `which` selects.
-    fn evict(&mut self, which: impl Fn(&Entry<S>) -> bool) {
+    /// For each entry, whether its owner (a conversation) has kept a newer one.
+    fn superseded(&self) -> Vec<bool> {
+        self.entries
+            .iter()
+            .map(|e| {
+                matches!(e.owner, Owner::Conversation(_))
+                    && self
+                        .entries
+                        .iter()
+                        .any(|n| n.owner == e.owner && n.inserted > e.inserted)
+            })
+            .collect()
+    }
+
+    /// Drop the least recently used entry among those `which` selects (by index and
+    /// entry); false if it selects none.
+    fn evict(&mut self, which: impl Fn(usize, &Entry<S>) -> bool) -> bool {
         let oldest = self
             .entries
             .iter()
             .enumerate()
-            .filter(|(_, e)| which(e))
+            .filter(|(i, e)| which(*i, e))
             .min_by_key(|(_, e)| e.last_used)
             .map(|(i, _)| i);
-        if let Some(i) = oldest {
-            self.entries.swap_remove(i);
-        }
+        oldest.map(|i| self.entries.swap_remove(i)).is_some()
     }
 }
 
@@ -417,6 +448,38 @@ mod tests {
             "too big",
         );
         assert!(cache.lookup(Some(id(4)), &chat).is_none());
+    }
+
+    #[test]
+    fn a_conversations_superseded_entry_goes_before_anothers_only_one() {
+        let chat = chat();
+        let mut cache = PrefixCache::new(10, 1);
+        let (one, two) = (Owner::Conversation(id(1)), Owner::Conversation(id(2)));
+        cache.insert(two, covers(&chat[..2], Some("")), 3, "two asked");
+        cache.insert(one, covers(&chat[..2], Some("")), 3, "one asked");
+        cache.insert(one, covers(&chat[..3], None), 3, "one replied");
+        // Over the bound: plain LRU would take "two asked", two's only entry.
+        cache.insert(
+            Owner::Conversation(id(3)),
+            covers(&chat[..1], None),
+            3,
+            "three",
+        );
+        assert_eq!(cache.bytes(), 9);
+        let two_hit = cache.lookup(Some(id(2)), &chat).map(|h| h.state);
+        assert_eq!(two_hit, Some("two asked"), "two keeps its only entry");
+        let one_hit = cache.lookup(Some(id(1)), &chat).map(|h| h.state);
+        assert_eq!(
+            one_hit,
+            Some("one replied"),
+            "one lost its superseded entry"
+        );
+        let mut cut = chat[..2].to_vec();
+        cut.push(ChatMessage::assistant("Par [interrupted]"));
+        assert!(
+            cache.lookup(Some(id(1)), &cut).is_none(),
+            "the superseded entry is gone"
+        );
     }
 
     #[test]

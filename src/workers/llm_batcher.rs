@@ -399,6 +399,7 @@ impl Batch {
             .filter(|(_, stepping)| **stepping)
             .map(|(l, _)| (l.role_if_stepped(), l.sequence.tokens_read()))
             .collect();
+        let pass_started;
         let outcome = {
             let mut batch: Vec<&mut Sequence> = self
                 .live
@@ -408,6 +409,7 @@ impl Batch {
                 .map(|(l, _)| &mut l.sequence)
                 .collect();
             metrics.batching.observe_batch_size("llm", batch.len());
+            pass_started = (Instant::now(), thread_cpu_ms());
             catch_unwind(AssertUnwindSafe(|| model.step(&mut batch, read_budget)))
         };
         let kept = model.kv_cache_bytes() as i64 - kept_before as i64;
@@ -435,13 +437,26 @@ impl Batch {
             .zip(&stepping)
             .filter(|(_, stepping)| **stepping)
             .map(|(l, _)| l);
+        let mut read = [0usize; LlmRole::ALL.len()];
         for ((live, progress), (role, read_before)) in stepped.zip(progress).zip(before) {
             live.passes += 1;
+            read[role as usize] += live.sequence.tokens_read().saturating_sub(read_before);
             let moved = role == LlmRole::Token || live.sequence.tokens_read() != read_before;
             roles[if moved { role } else { LlmRole::Idle } as usize] += 1;
             live.on_progress(progress, metrics);
         }
         metrics.batching.observe_llm_pass(roles);
+        tracing::trace!(
+            tokens = roles[LlmRole::Token as usize],
+            read = read.iter().sum::<usize>(),
+            read_prompt = read[LlmRole::Prompt as usize],
+            read_tail = read[LlmRole::Tail as usize],
+            read_ahead = read[LlmRole::ReadAhead as usize],
+            held = self.live.len(),
+            pass_ms = pass_started.0.elapsed().as_secs_f64() * 1e3,
+            cpu_ms = thread_cpu_ms() - pass_started.1,
+            "llm pass"
+        );
         self.live
             .retain(|l| !(l.sequence.is_done() && l.outbox.is_empty()));
     }
@@ -454,6 +469,35 @@ impl Batch {
                 let _ = events.try_send(LlmEvent::Failed(message.to_string()));
             }
         }
+    }
+}
+
+/// CPU time this thread has used, in ms: a pass's CPU against its wall time shows
+/// when the thread was waiting for a core rather than computing.
+fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant Linux knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
+/// A trace line per sequence as it leaves, so a run's log shows what each reply cost.
+impl Drop for Live {
+    fn drop(&mut self) {
+        tracing::trace!(
+            conversation_id = %self.job.conversation,
+            reply = matches!(self.job.work, LlmWork::Reply { .. }),
+            read = self.sequence.tokens_read(),
+            positions = self.sequence.positions(),
+            generated = self.sequence.tokens_generated(),
+            spoke = self.first_piece_logged,
+            passes = self.passes,
+            cancelled = self.job.cancelled(),
+            "left the batch"
+        );
     }
 }
 
