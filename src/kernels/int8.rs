@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::int8_x86::{avx2, avx512};
+use super::int8_x86::{avx2, avx512, avx512::TILE};
 
 /// Values per block (as Q8_0).
 pub(super) const BLOCK: usize = 32;
@@ -23,8 +23,10 @@ pub(super) const BLOCK: usize = 32;
 /// Input rows handled together per weight block (accumulators kept in registers).
 pub(super) const ROW_GROUP: usize = 8;
 
-/// Output columns per parallel work item.
+/// Output columns per parallel work item (a whole number of AVX-512 tiles).
 const COLUMNS_PER_TASK: usize = 64;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(COLUMNS_PER_TASK.is_multiple_of(TILE));
 
 /// Most blocks one scale covers ([`Scaling::Wide`]): 256 values, as llama.cpp's Q8_K.
 const MAX_SPAN: usize = 8;
@@ -64,8 +66,18 @@ pub struct Int8Linear {
     blocks: usize,
     /// Blocks per scale (see [`Scaling`]).
     span: usize,
-    quants: Vec<i8>,
-    scales: Vec<f32>,
+    weights: Weights,
+    kernel: Kernel,
+}
+
+/// The weights as the kernel reads them.
+enum Weights {
+    /// Row after row (one output column's blocks), one scale per span: the portable
+    /// and AVX2 kernels, which dot one column with a group of input rows.
+    Rows { quants: Vec<i8>, scales: Vec<f32> },
+    /// Sixteen columns interleaved (AVX-512, see `avx512::Tiles`).
+    #[cfg(target_arch = "x86_64")]
+    Tiles(avx512::Tiles),
 }
 
 /// Input rows quantized once, for one or more products of their width and scaling.
@@ -113,31 +125,22 @@ impl Kernel {
 /// Quantized input rows as `kernel` reads them.
 struct Input {
     rows: QuantizedRows,
-    /// AVX-512 only: `rows.quants` hold each value plus 128, as unsigned bytes (see
-    /// `avx512::offset_to_unsigned`), and with one scale per block those scales are
-    /// also spread per pair of blocks here.
-    spread: Vec<f32>,
+    /// AVX-512 only: `128 · Σ x` per span of each row (`avx512::offset_sums`).
+    offsets: Vec<i32>,
     kernel: Kernel,
 }
 
 impl Input {
     fn new(values: &[f32], width: usize, span: usize, kernel: Kernel) -> Self {
-        let mut rows = quantize(values, width, span);
-        let spread = match kernel {
+        let rows = quantize(values, width, span);
+        let offsets = match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                avx512::offset_to_unsigned(&mut rows.quants);
-                if span == 1 {
-                    avx512::spread_scales(&rows.scales, width / BLOCK)
-                } else {
-                    Vec::new()
-                }
-            }
+            Kernel::Avx512 => avx512::offset_sums(&rows.quants, span * BLOCK),
             _ => Vec::new(),
         };
         Input {
             rows,
-            spread,
+            offsets,
             kernel,
         }
     }
@@ -164,15 +167,35 @@ impl Int8Linear {
             width.is_multiple_of(BLOCK) && values.len() == out * width,
             "int8 weights need [out, width] values with a width that is a multiple of {BLOCK}"
         );
+        let span = scaling.span(width / BLOCK);
+        Self::for_kernel(values, out, width, span, Kernel::chosen())
+    }
+
+    /// [`from_rows`](Self::from_rows) with `span` blocks per scale, laid out for
+    /// `kernel`.
+    fn for_kernel(values: &[f32], out: usize, width: usize, span: usize, kernel: Kernel) -> Self {
         let blocks = width / BLOCK;
-        let span = scaling.span(blocks);
         let rows = quantize(values, width, span);
+        let weights = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => Weights::Tiles(avx512::Tiles::new(
+                &rows.quants,
+                &rows.scales,
+                out,
+                width,
+                blocks / span,
+            )),
+            _ => Weights::Rows {
+                quants: rows.quants,
+                scales: rows.scales,
+            },
+        };
         Int8Linear {
             out,
             blocks,
             span,
-            quants: rows.quants,
-            scales: rows.scales,
+            weights,
+            kernel,
         }
     }
 
@@ -223,7 +246,7 @@ impl Int8Linear {
             "input is not {rows} rows of {width}"
         );
         Int8Rows {
-            input: Input::new(input, width, self.span, Kernel::chosen()),
+            input: Input::new(input, width, self.span, self.kernel),
             rows,
             width,
             span: self.span,
@@ -245,68 +268,125 @@ impl Int8Linear {
         self.product(&quantized.input, rows, parallel)
     }
 
+    /// Columns split into tasks of [`COLUMNS_PER_TASK`]; each task writes its columns
+    /// of every row into its own stripe (row-major), copied into place at the end.
     fn product(&self, input: &Input, rows: usize, parallel: bool) -> Vec<f32> {
-        // Columns split into tasks; each task writes its columns of every row into its
-        // own stripe of a transposed buffer.
-        let mut transposed = vec![0f32; self.out * rows];
+        assert_eq!(
+            input.kernel, self.kernel,
+            "rows quantized for another kernel"
+        );
+        let tasks = self.out.div_ceil(COLUMNS_PER_TASK);
+        let stripe_len = COLUMNS_PER_TASK * rows.max(1);
+        let mut stripes = vec![0f32; tasks * stripe_len];
         let task = |(task, stripe): (usize, &mut [f32])| {
             let first = task * COLUMNS_PER_TASK;
-            for (offset, column) in stripe.chunks_mut(rows).enumerate() {
-                self.dot_column(first + offset, input, column);
-            }
+            let columns = COLUMNS_PER_TASK.min(self.out - first);
+            self.product_columns(first, columns, input, rows, stripe);
         };
-        let stripe = COLUMNS_PER_TASK * rows.max(1);
         // A pool of one thread would only take the work from this one: handing it
         // over and waiting costs two context switches per product, 200 per LLM pass.
         if parallel && rayon::current_num_threads() > 1 {
-            transposed.par_chunks_mut(stripe).enumerate().for_each(task);
+            stripes
+                .par_chunks_mut(stripe_len)
+                .enumerate()
+                .for_each(task);
         } else {
-            transposed.chunks_mut(stripe).enumerate().for_each(task);
+            stripes.chunks_mut(stripe_len).enumerate().for_each(task);
         }
         let mut result = vec![0f32; rows * self.out];
-        for (column, values) in transposed.chunks(rows.max(1)).enumerate() {
-            for (row, value) in values.iter().enumerate() {
-                result[row * self.out + column] = *value;
+        for (task, stripe) in stripes.chunks(stripe_len).enumerate() {
+            let first = task * COLUMNS_PER_TASK;
+            let columns = COLUMNS_PER_TASK.min(self.out - first);
+            for row in 0..rows {
+                let from = &stripe[row * COLUMNS_PER_TASK..row * COLUMNS_PER_TASK + columns];
+                result[row * self.out + first..][..columns].copy_from_slice(from);
             }
         }
         result
     }
 
-    /// Weight row `column` dotted with every input row.
-    fn dot_column(&self, column: usize, input: &Input, out: &mut [f32]) {
+    /// Columns `first..first + columns` of every row into `stripe`
+    /// (`rows × COLUMNS_PER_TASK`, row-major).
+    fn product_columns(
+        &self,
+        first: usize,
+        columns: usize,
+        input: &Input,
+        rows: usize,
+        stripe: &mut [f32],
+    ) {
         let (blocks, span) = (self.blocks, self.span);
-        let scales_per_row = blocks / span;
-        let weights = &self.quants[column * blocks * BLOCK..(column + 1) * blocks * BLOCK];
-        let scales = &self.scales[column * scales_per_row..(column + 1) * scales_per_row];
-        let rows = out.len();
+        let (width, spans) = (blocks * BLOCK, blocks / span);
         let mut row = 0;
         while row < rows {
             let group = ROW_GROUP.min(rows - row);
-            let quants = &input.rows.quants[row * blocks * BLOCK..(row + group) * blocks * BLOCK];
-            let input_scales =
-                &input.rows.scales[row * scales_per_row..(row + group) * scales_per_row];
-            let out = &mut out[row..row + group];
-            match input.kernel {
-                // SAFETY (all three): `Kernel::chosen` picked the kernel after checking
-                // the CPU has its features; the slices hold `blocks` blocks and their
-                // scales per row for `group` rows (and, per block, their spread scales
-                // for AVX-512); `span` is 1 or even (`Scaling::span`).
+            let quants = &input.rows.quants[row * width..(row + group) * width];
+            let input_scales = &input.rows.scales[row * spans..(row + group) * spans];
+            let out = &mut stripe[row * COLUMNS_PER_TASK..];
+            match &self.weights {
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 if span == 1 => unsafe {
-                    let per_row = avx512::pairs(blocks) * avx512::SPREAD;
-                    let spread = &input.spread[row * per_row..(row + group) * per_row];
-                    avx512::dot_group(weights, scales, quants, spread, blocks, out)
-                },
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 => unsafe {
-                    avx512::dot_group_wide(weights, scales, quants, input_scales, blocks, span, out)
-                },
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe {
-                    avx2::dot_group(weights, scales, quants, input_scales, blocks, span, out)
-                },
-                Kernel::Portable => {
-                    dot_group_portable(weights, scales, quants, input_scales, blocks, span, out)
+                Weights::Tiles(tiles) => {
+                    let offsets = &input.offsets[row * spans..(row + group) * spans];
+                    for tile in first / TILE..(first + columns).div_ceil(TILE) {
+                        let tile_quants = &tiles.quants[tile * width * TILE..][..width * TILE];
+                        let tile_scales = &tiles.scales[tile * spans * TILE..][..spans * TILE];
+                        let out = &mut out[tile * TILE - first..];
+                        // SAFETY: tiled weights exist only for `Kernel::Avx512`, chosen
+                        // after checking the CPU; each slice holds what `dot_tile` asks
+                        // for `group` rows, and `out` `(group - 1)` stripe rows plus a
+                        // tile (`first` and the tile both sit inside this stripe).
+                        unsafe {
+                            avx512::dot_tile_rows(
+                                group,
+                                tile_quants,
+                                tile_scales,
+                                quants,
+                                input_scales,
+                                offsets,
+                                blocks,
+                                span,
+                                out,
+                                COLUMNS_PER_TASK,
+                            )
+                        }
+                    }
+                }
+                Weights::Rows { quants: w, scales } => {
+                    for column in first..first + columns {
+                        let weights = &w[column * width..(column + 1) * width];
+                        let scales = &scales[column * spans..(column + 1) * spans];
+                        let mut results = [0f32; ROW_GROUP];
+                        let results = &mut results[..group];
+                        match self.kernel {
+                            // SAFETY: `Kernel::chosen` picked AVX2 after checking the
+                            // CPU; the slices hold `blocks` blocks and their scales per
+                            // row for `group` rows.
+                            #[cfg(target_arch = "x86_64")]
+                            Kernel::Avx2 => unsafe {
+                                avx2::dot_group(
+                                    weights,
+                                    scales,
+                                    quants,
+                                    input_scales,
+                                    blocks,
+                                    span,
+                                    results,
+                                )
+                            },
+                            _ => dot_group_portable(
+                                weights,
+                                scales,
+                                quants,
+                                input_scales,
+                                blocks,
+                                span,
+                                results,
+                            ),
+                        }
+                        for (r, value) in results.iter().enumerate() {
+                            out[r * COLUMNS_PER_TASK + column - first] = *value;
+                        }
+                    }
                 }
             }
             row += group;
@@ -355,8 +435,8 @@ fn quantize_here(values: &[f32], width: usize, span: usize) -> QuantizedRows {
 }
 
 /// The portable kernel (and the reference the x86 kernels are tested against). Sums
-/// each span in integers, then scales, in span order: the same order as the x86
-/// kernels' per-lane sums is not needed, only each row's independence from the others.
+/// each span in integers, then adds it scaled with one rounding (`mul_add`), in span
+/// order: the AVX-512 kernel's arithmetic exactly; AVX2's lane sums differ in order.
 fn dot_group_portable(
     weights: &[i8],
     scales: &[f32],
@@ -376,7 +456,7 @@ fn dot_group_portable(
                 .zip(&row[s * len..(s + 1) * len])
                 .map(|(a, b)| i32::from(*a) * i32::from(*b))
                 .sum();
-            sum += dot as f32 * scales[s] * input_scales[r * spans + s];
+            sum = (dot as f32).mul_add(scales[s] * input_scales[r * spans + s], sum);
         }
         *result = sum;
     }
@@ -454,79 +534,35 @@ mod tests {
     }
 
     /// Every kernel this CPU has against the portable one, for one scale per block
-    /// (with an odd block count: AVX-512's half pair) and wide spans, and every
-    /// row-group size.
+    /// (an odd block count included) and wide spans, column counts that leave a
+    /// partial tile and a partial task, and row counts across several row groups:
+    /// AVX-512 to the bit, AVX2 (another summation order) within rounding.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn each_x86_kernel_matches_the_portable_one() {
         for (blocks, span) in [(13, 1), (24, 2), (24, 6), (24, 8), (18, 6)] {
             let width = blocks * BLOCK;
-            let weights = quantize(&pseudo_random(width, 5), width, span);
-            for rows in 1..=ROW_GROUP {
-                let values = pseudo_random(rows * width, 9 + rows as u32);
-                let inputs = quantize(&values, width, span);
-                let mut portable = vec![0f32; rows];
-                dot_group_portable(
-                    &weights.quants,
-                    &weights.scales,
-                    &inputs.quants,
-                    &inputs.scales,
-                    blocks,
-                    span,
-                    &mut portable,
-                );
-                let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
-                if avx2::available() {
-                    let mut out = vec![0f32; rows];
-                    // SAFETY: features checked above; slices sized for `rows` rows.
-                    unsafe {
-                        avx2::dot_group(
-                            &weights.quants,
-                            &weights.scales,
-                            &inputs.quants,
-                            &inputs.scales,
-                            blocks,
-                            span,
-                            &mut out,
-                        )
-                    };
-                    kernels.push(("avx2", out));
-                }
-                if avx512::available() {
-                    let input = Input::new(&values, width, span, Kernel::Avx512);
-                    let mut out = vec![0f32; rows];
-                    // SAFETY: features checked by `available`; slices sized for `rows`
-                    // rows; `span` is 1 or even.
-                    unsafe {
-                        if span == 1 {
-                            avx512::dot_group(
-                                &weights.quants,
-                                &weights.scales,
-                                &input.rows.quants,
-                                &input.spread,
-                                blocks,
-                                &mut out,
-                            )
-                        } else {
-                            avx512::dot_group_wide(
-                                &weights.quants,
-                                &weights.scales,
-                                &input.rows.quants,
-                                &input.rows.scales,
-                                blocks,
-                                span,
-                                &mut out,
-                            )
+            for out in [1, 16, 37, 130] {
+                let values = pseudo_random(out * width, 5 + out as u32);
+                let product = |kernel: Kernel, input: &[f32], rows: usize| {
+                    Int8Linear::for_kernel(&values, out, width, span, kernel)
+                        .forward_rows_here(input, rows)
+                };
+                for rows in [1, 3, ROW_GROUP, ROW_GROUP + 1, 2 * ROW_GROUP + 3] {
+                    let input = pseudo_random(rows * width, 9 + rows as u32);
+                    let portable = product(Kernel::Portable, &input, rows);
+                    if avx512::available() {
+                        let tiled = product(Kernel::Avx512, &input, rows);
+                        assert_eq!(tiled, portable, "avx512, span {span}, {out}x{rows}");
+                    }
+                    if avx2::available() {
+                        let avx2 = product(Kernel::Avx2, &input, rows);
+                        for (a, b) in avx2.iter().zip(&portable) {
+                            assert!(
+                                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                                "avx2, span {span}, {out}x{rows}: {a} vs {b}"
+                            );
                         }
-                    };
-                    kernels.push(("avx512", out));
-                }
-                for (name, out) in kernels {
-                    for (a, b) in out.iter().zip(&portable) {
-                        assert!(
-                            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                            "{name}, span {span}, {rows} rows: {a} vs {b}"
-                        );
                     }
                 }
             }

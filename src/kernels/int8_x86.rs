@@ -1,8 +1,8 @@
-//! The x86 kernels of [`super::int8`]: one weight row (blocks of 32 signed bytes,
-//! one f32 scale per span of blocks) dotted with up to [`ROW_GROUP`] quantized input
-//! rows while each weight block sits in a register. The integer sum of each span is
-//! exact in all of them; they differ only in the order of the float accumulation, and
-//! a row's result never depends on the other rows in its group.
+//! The x86 kernels of [`super::int8`]: int8 weights (one f32 scale per span of
+//! blocks of 32) dotted with up to [`ROW_GROUP`] quantized input rows while the weights
+//! sit in registers. The integer sum of each span is exact in all of them; they differ
+//! only in the order of the float accumulation, and a row's result never depends on
+//! the other rows in its group.
 
 use std::arch::x86_64::*;
 
@@ -75,18 +75,26 @@ pub(super) mod avx2 {
     }
 }
 
-/// AVX-512 with VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later): two blocks per
-/// instruction, and `vpdpbusd` takes the byte products and their sums in one step.
-/// With the input scales spread ahead (see [`spread_scales`]) a pair of blocks costs
-/// an input row six instructions, where the AVX2 kernel takes about eight per block.
+/// AVX-512 with VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), on weights laid out
+/// in tiles of [`TILE`] output columns: each 64-byte register holds four consecutive
+/// input positions of sixteen columns, so one `vpdpbusd` with the input row's four
+/// bytes broadcast advances sixteen dot products at once. Unlike a row-at-a-time dot,
+/// nothing is summed across lanes (each lane is one column from start to end), and a
+/// span's convert and scale are paid once per sixteen columns instead of once per
+/// column.
 pub(super) mod avx512 {
     use super::*;
 
-    /// Floats per pair of blocks in [`spread_scales`]' layout.
-    pub const SPREAD: usize = 16;
+    /// Output columns per tile: one per 32-bit lane of a 512-bit register.
+    pub const TILE: usize = 16;
 
-    /// Byte mask of one block in a 64-byte register.
-    const HALF: u64 = 0xFFFF_FFFF;
+    /// Input positions per lane of one `vpdpbusd`.
+    const QUAD: usize = 4;
+
+    /// `vpdpbusd` multiplies unsigned bytes by signed ones: weights are stored as
+    /// `w + 128` and the input stays signed, so each lane gets `Σ w · x + 128 · Σ x`;
+    /// the second term is the input's own (see [`offset_sums`]) and taken off per span.
+    const OFFSET: i32 = 128;
 
     pub fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -94,181 +102,185 @@ pub(super) mod avx512 {
             && std::arch::is_x86_feature_detected!("avx512vnni")
     }
 
-    /// Pairs of blocks in a row of `blocks` (the last one may be half empty).
-    pub fn pairs(blocks: usize) -> usize {
-        blocks.div_ceil(2)
+    /// `[out, width]` int8 weights (row-major) and their `[out, spans]` scales
+    /// re-laid as tiles: per tile, per quad of positions, sixteen columns' four bytes
+    /// (`w + 128`), and per span the sixteen columns' scales. Columns past `out` in
+    /// the last tile are zero weights with zero scale.
+    pub struct Tiles {
+        pub quants: Vec<u8>,
+        pub scales: Vec<f32>,
     }
 
-    /// Each row's block scales as the kernel multiplies them: per pair of blocks
-    /// `[s₀ ×8, s₁ ×8]` (s₁ = 0 past the row's end), so a pair's scales are one load.
-    pub fn spread_scales(scales: &[f32], blocks: usize) -> Vec<f32> {
-        let pairs = pairs(blocks);
-        let mut spread = vec![0f32; scales.len() / blocks.max(1) * pairs * SPREAD];
-        for (row, out) in scales
-            .chunks_exact(blocks)
-            .zip(spread.chunks_exact_mut(pairs * SPREAD))
-        {
-            for (b, &scale) in row.iter().enumerate() {
-                let at = b / 2 * SPREAD + b % 2 * (SPREAD / 2);
-                out[at..at + SPREAD / 2].fill(scale);
+    impl Tiles {
+        pub fn new(quants: &[i8], scales: &[f32], out: usize, width: usize, spans: usize) -> Self {
+            let tiles = out.div_ceil(TILE);
+            let quads = width / QUAD;
+            let mut tiled = vec![OFFSET as u8; tiles * quads * TILE * QUAD];
+            let mut tiled_scales = vec![0f32; tiles * spans * TILE];
+            for column in 0..out {
+                let (tile, lane) = (column / TILE, column % TILE);
+                let row = &quants[column * width..(column + 1) * width];
+                for (quad, values) in row.chunks_exact(QUAD).enumerate() {
+                    let at = ((tile * quads + quad) * TILE + lane) * QUAD;
+                    for (slot, &w) in tiled[at..at + QUAD].iter_mut().zip(values) {
+                        *slot = (w as u8) ^ 0x80; // w + 128 as an unsigned byte
+                    }
+                }
+                for span in 0..spans {
+                    tiled_scales[(tile * spans + span) * TILE + lane] =
+                        scales[column * spans + span];
+                }
+            }
+            Tiles {
+                quants: tiled,
+                scales: tiled_scales,
             }
         }
-        spread
     }
 
-    /// Each quantized input value `x` as the unsigned byte `x + 128` (its sign bit
-    /// flipped), once per call: `vpdpbusd` multiplies unsigned by signed bytes, and
-    /// `Σ (x + 128) · w − 128 · Σ w` is `Σ x · w` exactly, so the kernel subtracts a
-    /// per-weight-block constant instead of fixing signs for every input row.
-    pub fn offset_to_unsigned(quants: &mut [i8]) {
-        for q in quants {
-            *q = (*q as u8 ^ 0x80) as i8;
-        }
+    /// `128 · Σ x` over each span of each quantized input row: what the weights'
+    /// offset adds to that span's integer sums.
+    pub fn offset_sums(quants: &[i8], span_len: usize) -> Vec<i32> {
+        quants
+            .chunks_exact(span_len)
+            .map(|span| OFFSET * span.iter().map(|&x| i32::from(x)).sum::<i32>())
+            .collect()
     }
 
-    /// `[a ×8, b ×8]` from two consecutive floats.
-    #[inline(always)]
-    unsafe fn pair(at: *const f32, spread: __m512i) -> __m512 {
-        let two = _mm_castpd_ps(_mm_load_sd(at as *const f64));
-        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(two))
-    }
-
-    /// # Safety
-    /// The CPU has what [`available`] checks; `weights`/`scales` hold `blocks`
-    /// blocks, `inputs` `out.len()` (≤ [`ROW_GROUP`]) rows of `blocks` blocks, offset
-    /// by [`offset_to_unsigned`], and `input_spread` their [`spread_scales`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_group(
-        weights: &[i8],
-        scales: &[f32],
-        inputs: &[i8],
-        input_spread: &[f32],
-        blocks: usize,
-        out: &mut [f32],
-    ) {
-        let rows = out.len();
-        let pairs = pairs(blocks);
-        debug_assert!(rows <= ROW_GROUP);
-        debug_assert!(weights.len() >= blocks * BLOCK && scales.len() >= blocks);
-        debug_assert!(inputs.len() >= rows * blocks * BLOCK);
-        debug_assert!(input_spread.len() >= rows * pairs * SPREAD);
-        let zero = _mm512_setzero_si512();
-        let offset = _mm512_set1_epi8(i8::MIN); // 0x80: 128 as an unsigned byte
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
-        for p in 0..pairs {
-            let b = 2 * p;
-            // The last pair of an odd row is one block: the high half stays zero.
-            let whole = b + 1 < blocks;
-            let (w, weight_scales) = if whole {
-                (
-                    _mm512_loadu_si512(weights.as_ptr().add(b * BLOCK) as *const __m512i),
-                    pair(scales.as_ptr().add(b), spread),
-                )
-            } else {
-                (
-                    _mm512_maskz_loadu_epi8(HALF, weights.as_ptr().add(b * BLOCK)),
-                    _mm512_maskz_mov_ps(0x00FF, _mm512_set1_ps(scales[b])),
-                )
-            };
-            // −128 · Σ w per lane: what the inputs' offset adds, taken off up front.
-            let correction = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, w));
-            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                let at = inputs.as_ptr().add((r * blocks + b) * BLOCK);
-                let x = if whole {
-                    _mm512_loadu_si512(at as *const __m512i)
-                } else {
-                    _mm512_maskz_loadu_epi8(HALF, at)
-                };
-                // Σ (x + 128) · w − 128 · Σ w = Σ x · w, exactly.
-                let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(correction, x, w));
-                let input_scales =
-                    _mm512_loadu_ps(input_spread.as_ptr().add((r * pairs + p) * SPREAD));
-                let d = _mm512_mul_ps(weight_scales, input_scales);
-                *acc = _mm512_fmadd_ps(dot, d, *acc);
-            }
-        }
-        for (r, result) in out.iter_mut().enumerate() {
-            *result = _mm512_reduce_add_ps(acc[r]);
-        }
-    }
-
-    /// One weight row against up to [`ROW_GROUP`] input rows with one scale per span
-    /// of `span` blocks (even): the integer sums run across a span's pairs of blocks
-    /// (`vpdpbusd` alone per pair and row), and the convert and scale happen once per
-    /// span, so a pair costs a row two instructions instead of six.
+    /// [`dot_tile`] for `rows` (1..=[`ROW_GROUP`]) rows: each count its own
+    /// instance, so the accumulators are registers.
     ///
     /// # Safety
-    /// The CPU has what [`available`] checks; `span` is even and divides `blocks`;
-    /// `weights` hold `blocks` blocks and `scales` one per span, `inputs` `out.len()`
-    /// (≤ [`ROW_GROUP`]) rows of `blocks` blocks offset by [`offset_to_unsigned`], and
-    /// `input_scales` one per span of each row.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_group_wide(
-        weights: &[i8],
+    /// As [`dot_tile`] with `R = rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_tile_rows(
+        rows: usize,
+        quants: &[u8],
         scales: &[f32],
         inputs: &[i8],
         input_scales: &[f32],
+        input_offsets: &[i32],
         blocks: usize,
         span: usize,
         out: &mut [f32],
+        stride: usize,
     ) {
-        let rows = out.len();
+        macro_rules! with_rows {
+            ($r:literal) => {
+                dot_tile::<$r>(
+                    quants,
+                    scales,
+                    inputs,
+                    input_scales,
+                    input_offsets,
+                    blocks,
+                    span,
+                    out,
+                    stride,
+                )
+            };
+        }
+        match rows {
+            1 => with_rows!(1),
+            2 => with_rows!(2),
+            3 => with_rows!(3),
+            4 => with_rows!(4),
+            5 => with_rows!(5),
+            6 => with_rows!(6),
+            7 => with_rows!(7),
+            8 => with_rows!(8),
+            _ => unreachable!("row groups hold 1 to {ROW_GROUP} rows"),
+        }
+    }
+
+    /// One tile (sixteen columns) against `R` (≤ [`ROW_GROUP`]) input rows: row `r`'s
+    /// sixteen results go to `out[r * stride..][..16]`. Per span, the exact integer sums
+    /// are converted once and added as `fma(sum, weight scale · input scale, acc)`:
+    /// the portable kernel's arithmetic, so the results are the same to the bit.
+    ///
+    /// # Safety
+    /// The CPU has what [`available`] checks; `quants`/`scales` are one tile of
+    /// [`Tiles`] for rows of `blocks` blocks in spans of `span`; `inputs` hold `R`
+    /// signed rows of `blocks` blocks, `input_scales` and `input_offsets`
+    /// ([`offset_sums`]) one per span of each; `out` holds `(R - 1) * stride + 16`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_tile<const R: usize>(
+        quants: &[u8],
+        scales: &[f32],
+        inputs: &[i8],
+        input_scales: &[f32],
+        input_offsets: &[i32],
+        blocks: usize,
+        span: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let width = blocks * BLOCK;
         let spans = blocks / span;
-        debug_assert!(rows <= ROW_GROUP && span.is_multiple_of(2) && spans * span == blocks);
-        debug_assert!(weights.len() >= blocks * BLOCK && scales.len() >= spans);
-        debug_assert!(inputs.len() >= rows * blocks * BLOCK);
-        debug_assert!(input_scales.len() >= rows * spans);
-        let zero = _mm512_setzero_si512();
-        let offset = _mm512_set1_epi8(i8::MIN); // 0x80: 128 as an unsigned byte
-        let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
+        let quads_per_span = span * BLOCK / QUAD;
+        debug_assert!(R <= ROW_GROUP && spans * span == blocks);
+        debug_assert!(quants.len() >= width * TILE && scales.len() >= spans * TILE);
+        debug_assert!(inputs.len() >= R * width && input_scales.len() >= R * spans);
+        debug_assert!(input_offsets.len() >= R * spans);
+        debug_assert!(R > 0 && out.len() >= (R - 1) * stride + TILE);
+        let mut acc = [_mm512_setzero_ps(); R];
         for s in 0..spans {
-            let mut sums = [zero; ROW_GROUP];
-            // 128 · Σ w over the span: what the inputs' offset adds.
-            let mut offset_sum = zero;
-            for b in (s * span..(s + 1) * span).step_by(2) {
-                let w = _mm512_loadu_si512(weights.as_ptr().add(b * BLOCK) as *const __m512i);
-                offset_sum = _mm512_dpbusd_epi32(offset_sum, offset, w);
-                for (r, sum) in sums.iter_mut().enumerate().take(rows) {
-                    let at = inputs.as_ptr().add((r * blocks + b) * BLOCK);
-                    *sum = _mm512_dpbusd_epi32(*sum, _mm512_loadu_si512(at as *const __m512i), w);
+            let mut sums = [_mm512_setzero_si512(); R];
+            for q in s * quads_per_span..(s + 1) * quads_per_span {
+                let w = _mm512_loadu_si512(quants.as_ptr().add(q * TILE * QUAD) as *const __m512i);
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let at = inputs.as_ptr().add(r * width + q * QUAD) as *const i32;
+                    let x = _mm512_set1_epi32(at.read_unaligned());
+                    *sum = _mm512_dpbusd_epi32(*sum, w, x);
                 }
             }
-            let scale = scales[s];
-            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                // Σ (x + 128) · w − 128 · Σ w = Σ x · w, exactly.
-                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r], offset_sum));
-                let d = _mm512_set1_ps(scale * input_scales[r * spans + s]);
+            let weight_scales = _mm512_loadu_ps(scales.as_ptr().add(s * TILE));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // Σ (w + 128) · x − 128 · Σ x = Σ w · x, exactly.
+                let offset = _mm512_set1_epi32(input_offsets[r * spans + s]);
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r], offset));
+                let d = _mm512_mul_ps(weight_scales, _mm512_set1_ps(input_scales[r * spans + s]));
                 *acc = _mm512_fmadd_ps(dot, d, *acc);
             }
         }
-        for (r, result) in out.iter_mut().enumerate() {
-            *result = _mm512_reduce_add_ps(acc[r]);
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * stride), *acc);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::avx512::{spread_scales, SPREAD};
+    use super::avx512::{offset_sums, Tiles, TILE};
 
     #[test]
-    fn spread_scales_pair_blocks_and_pad_an_odd_row() {
-        // Two rows of three blocks: pairs (0, 1) and (2, padding) per row.
-        let spread = spread_scales(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3);
-        assert_eq!(spread.len(), 2 * 2 * SPREAD);
-        let half = SPREAD / 2;
-        let expect = |at: usize, value: f32| {
-            assert!(
-                spread[at..at + half].iter().all(|&s| s == value),
-                "{spread:?}"
-            );
-        };
-        expect(0, 1.0);
-        expect(half, 2.0);
-        expect(SPREAD, 3.0);
-        expect(SPREAD + half, 0.0);
-        expect(2 * SPREAD, 4.0);
-        expect(3 * SPREAD + half, 0.0);
+    fn tiles_interleave_sixteen_columns_by_quads_and_pad_the_last() {
+        // 17 columns of 8 positions, one span: two tiles, the second holding column 16.
+        let (out, width) = (17, 8);
+        let quants: Vec<i8> = (0..out * width).map(|i| (i % 100) as i8 - 50).collect();
+        let scales: Vec<f32> = (0..out).map(|c| c as f32).collect();
+        let tiles = Tiles::new(&quants, &scales, out, width, 1);
+        assert_eq!(tiles.quants.len(), 2 * (width / 4) * TILE * 4);
+        let at = |tile: usize, quad: usize, lane: usize| ((tile * 2 + quad) * TILE + lane) * 4;
+        // Column 3, positions 4..8, sit in tile 0, quad 1, lane 3, offset by 128.
+        let expect: Vec<u8> = quants[3 * width + 4..3 * width + 8]
+            .iter()
+            .map(|&w| (i32::from(w) + 128) as u8)
+            .collect();
+        assert_eq!(tiles.quants[at(0, 1, 3)..at(0, 1, 3) + 4], expect[..]);
+        assert_eq!(tiles.scales[TILE], 16.0); // tile 1, lane 0: column 16
+                                              // Padding lanes (tile 1, lanes 1..16): weight 0 (128 stored), scale 0.
+        for quad in 0..2 {
+            assert!(tiles.quants[at(1, quad, 1)..at(1, quad, TILE)]
+                .iter()
+                .all(|&b| b == 128));
+        }
+        assert!(tiles.scales[TILE + 1..].iter().all(|&s| s == 0.0));
+    }
+
+    #[test]
+    fn offset_sums_are_128_times_each_span_sum() {
+        assert_eq!(offset_sums(&[1, 2, -3, 4, 5, -6], 3), vec![0, 3 * 128]);
     }
 }
