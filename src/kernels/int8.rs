@@ -357,32 +357,17 @@ impl Int8Linear {
                         let scales = &scales[column * spans..(column + 1) * spans];
                         let mut results = [0f32; ROW_GROUP];
                         let results = &mut results[..group];
-                        match self.kernel {
-                            // SAFETY: `Kernel::chosen` picked AVX2 after checking the
-                            // CPU; the slices hold `blocks` blocks and their scales per
-                            // row for `group` rows.
+                        let dot: DotGroup = match self.kernel {
                             #[cfg(target_arch = "x86_64")]
-                            Kernel::Avx2 => unsafe {
-                                avx2::dot_group(
-                                    weights,
-                                    scales,
-                                    quants,
-                                    input_scales,
-                                    blocks,
-                                    span,
-                                    results,
-                                )
-                            },
-                            _ => dot_group_portable(
-                                weights,
-                                scales,
-                                quants,
-                                input_scales,
-                                blocks,
-                                span,
-                                results,
-                            ),
-                        }
+                            Kernel::Avx2 => avx2::dot_group,
+                            _ => dot_group_portable,
+                        };
+                        // SAFETY: `Kernel::chosen` picked AVX2 after checking the CPU
+                        // (the portable kernel needs nothing); the slices hold `blocks`
+                        // blocks and their scales per row for `group` rows.
+                        unsafe {
+                            dot(weights, scales, quants, input_scales, blocks, span, results)
+                        };
                         for (r, value) in results.iter().enumerate() {
                             out[r * COLUMNS_PER_TASK + column - first] = *value;
                         }
@@ -393,6 +378,11 @@ impl Int8Linear {
         }
     }
 }
+
+/// A kernel dotting one weight row (`blocks` blocks, one scale per `span`) with a
+/// group of input rows: weights, their scales, inputs, their scales, blocks, span,
+/// one result per row.
+type DotGroup = unsafe fn(&[i8], &[f32], &[i8], &[f32], usize, usize, &mut [f32]);
 
 /// Quantizes rows of `width` values into int8 blocks: each span of `span` blocks
 /// scaled by its largest magnitude / 127, rounded to nearest (ties to even).
