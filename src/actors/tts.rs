@@ -42,6 +42,7 @@ use crate::metrics::{ActorKind, GaugeGuard};
 use crate::protocol::{AudioCodec, AudioFormat, ErrorCode};
 use crate::registry::SetTtsActive;
 use crate::tts::SentenceSplitter;
+use crate::workers::cancel::CancelOnDrop;
 use crate::workers::{JobError, Priority};
 
 /// One frame of audio on the wire.
@@ -66,6 +67,10 @@ struct Speech {
     pieces_started: usize,
     /// No frame has gone out since the audio last ran dry (or ever).
     dry: bool,
+    /// The reply's synthesis jobs (a child of the conversation's token): dropping the
+    /// reply (cut off, replaced, the actor stopped) takes its waiting job out of the
+    /// Piper queue, where it would otherwise still run for a reply nobody hears.
+    synthesis: CancelOnDrop,
 }
 
 impl Speech {
@@ -214,16 +219,19 @@ impl TtsActor {
         } else {
             "tts"
         };
-        let job =
-            tts.voices
-                .submit_with(priority, &self.env.cancel, self.link.hold(), move |voice| {
-                    metrics.batching.observe_queue_wait(stage, now.elapsed());
-                    let _queued = queued;
-                    let samples = voice
-                        .speak(&phonemizer, &sentence)
-                        .map_err(|e| e.to_string())?;
-                    encode(&samples, voice.sample_rate(), format)
-                });
+        let job = tts.voices.submit_with(
+            priority,
+            &speech.synthesis.0,
+            self.link.hold(),
+            move |voice| {
+                metrics.batching.observe_queue_wait(stage, now.elapsed());
+                let _queued = queued;
+                let samples = voice
+                    .speak(&phonemizer, &sentence)
+                    .map_err(|e| e.to_string())?;
+                encode(&samples, voice.sample_rate(), format)
+            },
+        );
         let epoch = self.epoch;
         let answer = match job {
             Ok(answer) => answer,
@@ -385,6 +393,7 @@ impl Handler<SpeakDelta> for TtsActor {
                 held: msg.held,
                 pieces_started: 0,
                 dry: true,
+                synthesis: CancelOnDrop(self.env.cancel.child()),
             });
         }
         let sentences = match self.speech.as_mut() {
@@ -473,6 +482,7 @@ mod tests {
             held: false,
             pieces_started,
             dry: true,
+            synthesis: CancelOnDrop(crate::workers::CancelToken::new()),
         }
     }
 
