@@ -12,7 +12,9 @@
 //! audio still to play is under `tts.synthesis_ahead_ms`, due at the moment that audio
 //! runs dry (earliest deadline first in the pool). Replies are often cut off by the
 //! next question: speech synthesised well ahead of need is then never heard, and its
-//! CPU is taken from replies whose listeners still wait for a first word.
+//! CPU is taken from replies whose listeners still wait for a first word. For the
+//! same reason a cut reply's piece still waiting in the Piper queue leaves it: each
+//! reply's jobs carry the reply's own cancel token.
 //!
 //! The first frame of each piece carries the piece's words: when it goes out, the
 //! conversation hears `SpokenText`, so a protocol can pair the audio with exactly the
