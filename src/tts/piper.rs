@@ -142,9 +142,19 @@ impl PiperVoice {
     }
 
     /// Audio for one utterance given as phonemised clauses, each already
-    /// carrying its mark (as [`phonemize_clauses`] returns them).
+    /// carrying its mark (as [`phonemize_clauses`] returns them), synthesised in
+    /// runs of at most [`MAX_PHONEMES_PER_RUN`] phonemes.
     pub fn synthesize(&mut self, phonemes_per_clause: &[String]) -> Result<Vec<f32>, TtsError> {
-        let ids = self.phoneme_ids(&phonemes_per_clause.join(" "));
+        let mut audio = Vec::new();
+        for run in runs(phonemes_per_clause, MAX_PHONEMES_PER_RUN) {
+            audio.extend(self.synthesize_run(&run)?);
+        }
+        Ok(audio)
+    }
+
+    /// One model run over a phoneme string.
+    fn synthesize_run(&mut self, phonemes: &str) -> Result<Vec<f32>, TtsError> {
+        let ids = self.phoneme_ids(phonemes);
         if ids.len() <= 3 {
             return Ok(Vec::new());
         }
@@ -185,6 +195,40 @@ impl PiperVoice {
     }
 }
 
+/// Most phonemes one model run takes. VITS holds tensors as long as the run's audio
+/// (a 241-character clause in one run peaked 265 MB above the loaded voice), so a
+/// piece runs clause by clause once it is longer than this, and a clause longer than
+/// this word by word: the peak is bounded whatever text comes.
+pub const MAX_PHONEMES_PER_RUN: usize = 100;
+
+/// Clauses joined (by a space) into runs of at most `max` characters; a clause longer
+/// than `max` is cut at its spaces (a single longer word stays whole).
+fn runs(clauses: &[String], max: usize) -> Vec<String> {
+    let mut runs: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let words = clauses.iter().flat_map(|clause| {
+        if clause.chars().count() <= max {
+            vec![clause.as_str()]
+        } else {
+            clause.split(' ').filter(|w| !w.is_empty()).collect()
+        }
+    });
+    for part in words {
+        let len = current.chars().count();
+        if len > 0 && len + 1 + part.chars().count() > max {
+            runs.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(part);
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
+
 /// Phonemises `text` clause by clause and puts each clause's mark back
 /// after its phonemes. Clauses espeak finds nothing in are dropped.
 pub fn phonemize_clauses(phonemizer: &PhonemizerPool, text: &str) -> Result<Vec<String>, TtsError> {
@@ -198,4 +242,39 @@ pub fn phonemize_clauses(phonemizer: &PhonemizerPool, text: &str) -> Result<Vec<
         out.push(phonemes);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    fn strings(parts: &[&str]) -> Vec<String> {
+        parts.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn short_clauses_share_one_run() {
+        assert_eq!(runs(&strings(&["ab,", "cd."]), 10), strings(&["ab, cd."]));
+    }
+
+    #[test]
+    fn clauses_past_the_bound_start_a_new_run() {
+        assert_eq!(
+            runs(&strings(&["abcd,", "efgh,", "ij."]), 10),
+            strings(&["abcd,", "efgh, ij."])
+        );
+    }
+
+    #[test]
+    fn a_long_clause_is_cut_between_words_and_no_run_exceeds_the_bound() {
+        let clause = "one two three four five six seven eight nine ten".to_string();
+        let cut = runs(std::slice::from_ref(&clause), 12);
+        assert!(cut.iter().all(|run| run.chars().count() <= 12), "{cut:?}");
+        assert_eq!(cut.join(" "), clause);
+        // A single word longer than the bound stays whole.
+        assert_eq!(
+            runs(&strings(&["abcdefghijklmnop"]), 4),
+            strings(&["abcdefghijklmnop"])
+        );
+    }
 }
