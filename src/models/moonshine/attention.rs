@@ -2,18 +2,30 @@
 //! decoder. Each row attends alone (over its own sequence's caches), so a row's
 //! result never depends on the rest of its batch; every sum runs in a fixed order.
 
+use half::f16 as Half;
+
 /// Lanes of [`dot`]: independent partial sums the compiler keeps in one vector
 /// register, added up in a fixed order, so the result is the same on every call.
 const LANES: usize = 8;
 
 /// One layer's cross-attention keys and values over a sequence's audio, transposed
-/// to `[channel][frame]` (channel = head × head_dim + dim). A query's scores over
-/// all frames are then `head_dim` passes along contiguous frames, and each output
-/// channel one long dot product. Row-major, they were one 52-wide dot product per
-/// frame and head, each with its own horizontal sum: 22 % of a batch-8 decoder step.
+/// to `[channel][frame]` (channel = head × head_dim + dim) and held as half floats.
+///
+/// Transposed, a query's scores over all frames are `head_dim` passes along contiguous
+/// frames, and each output channel one long dot product. Row-major, they were one
+/// 52-wide dot product per frame and head, each with its own horizontal sum: 22 % of a
+/// batch-8 decoder step.
+///
+/// Half floats because this is the one part of a decoder step that grows with the
+/// batch in bytes read: each segment's caches are 8 layers × 2 × 416 channels × its
+/// frames, 6 MB in float32 for a 5-second segment, 48 MB for a batch of eight, more
+/// than the 32 MB L3 cache here, so a batch-8 step waited on memory for them. Half
+/// floats keep ten bits of mantissa, well under what separates the attention scores
+/// (transcripts identical to ONNX Runtime's on every fixture, `tests/stt_batch.rs`),
+/// and they widen back to float32 eight at a time (F16C) as they are read.
 pub(super) struct CrossCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Vec<Half>,
+    values: Vec<Half>,
     frames: usize,
 }
 
@@ -21,33 +33,36 @@ impl CrossCache {
     /// From row-major `[frame][channel]` keys and values.
     pub fn new(keys: &[f32], values: &[f32], frames: usize) -> Self {
         CrossCache {
-            keys: transpose(keys, frames),
-            values: transpose(values, frames),
+            keys: transpose_to_half(keys, frames),
+            values: transpose_to_half(values, frames),
             frames,
         }
     }
 
-    /// Floats held.
-    pub fn len(&self) -> usize {
-        self.keys.len() + self.values.len()
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.keys.len() + self.values.len()) * std::mem::size_of::<Half>()
     }
 
     /// Attention of `query` (one row, all heads) over every frame, into `out`.
     /// `scores` is scratch space, reused across calls.
     pub fn attend(&self, query: &[f32], head_dim: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX2 and F16C (checked just above).
             return unsafe { self.attend_avx2(query, head_dim, scores, out) };
         }
-        self.attend_here(query, head_dim, scores, out)
+        self.attend_here(query, head_dim, scores, out, widen_portable)
     }
 
-    /// [`attend`](Self::attend) compiled for AVX2: the loops along frames run eight
-    /// floats wide instead of the baseline's four. The sums are the same as the
-    /// baseline's (no reordering, no fused multiply-add), only wider.
+    /// [`attend`](Self::attend) compiled for AVX2, half floats widened by F16C: the
+    /// loops along frames run eight floats wide instead of the baseline's four. The
+    /// sums are the same as the baseline's (no reordering, no fused multiply-add), only
+    /// wider, and F16C widens exactly as the portable conversion does.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     unsafe fn attend_avx2(
         &self,
         query: &[f32],
@@ -55,11 +70,18 @@ impl CrossCache {
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        self.attend_here(query, head_dim, scores, out)
+        self.attend_here(query, head_dim, scores, out, widen_f16c)
     }
 
     #[inline(always)]
-    fn attend_here(&self, query: &[f32], head_dim: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+    fn attend_here(
+        &self,
+        query: &[f32],
+        head_dim: usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+        widen: impl Fn(&[Half; LANES]) -> [f32; LANES] + Copy,
+    ) {
         let frames = self.frames;
         let scale = 1.0 / (head_dim as f32).sqrt();
         scores.resize(frames, 0.0);
@@ -72,19 +94,83 @@ impl CrossCache {
             for (d, &q) in head_query.iter().enumerate() {
                 let q = q * scale;
                 let keys = &self.keys[(channel + d) * frames..(channel + d + 1) * frames];
-                for (score, key) in scores.iter_mut().zip(keys) {
-                    *score += q * key;
-                }
+                add_scaled(scores, q, keys, widen);
             }
             softmax(scores);
             for (d, o) in head_out.iter_mut().enumerate() {
-                *o = dot(
-                    scores,
-                    &self.values[(channel + d) * frames..(channel + d + 1) * frames],
-                );
+                let values = &self.values[(channel + d) * frames..(channel + d + 1) * frames];
+                *o = dot_half(scores, values, widen);
             }
         }
     }
+}
+
+/// `sums[i] += q × halves[i]`, eight at a time.
+#[inline(always)]
+fn add_scaled(
+    sums: &mut [f32],
+    q: f32,
+    halves: &[Half],
+    widen: impl Fn(&[Half; LANES]) -> [f32; LANES],
+) {
+    let mut sum_chunks = sums.chunks_exact_mut(LANES);
+    let mut half_chunks = halves.chunks_exact(LANES);
+    for (sums, halves) in (&mut sum_chunks).zip(&mut half_chunks) {
+        let Ok(halves) = <&[Half; LANES]>::try_from(halves) else {
+            continue; // chunks_exact: never
+        };
+        let values = widen(halves);
+        for (sum, value) in sums.iter_mut().zip(values) {
+            *sum += q * value;
+        }
+    }
+    let tail = sum_chunks.into_remainder().iter_mut();
+    for (sum, half) in tail.zip(half_chunks.remainder()) {
+        *sum += q * half.to_f32();
+    }
+}
+
+/// [`dot`] of floats with half floats: the same lanes and the same order.
+#[inline(always)]
+fn dot_half(a: &[f32], b: &[Half], widen: impl Fn(&[Half; LANES]) -> [f32; LANES]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut a_chunks = a.chunks_exact(LANES);
+    let mut b_chunks = b.chunks_exact(LANES);
+    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
+        let Ok(y) = <&[Half; LANES]>::try_from(y) else {
+            continue; // chunks_exact: never
+        };
+        let y = widen(y);
+        for lane in 0..LANES {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        sum += x * y.to_f32();
+    }
+    sum
+}
+
+#[inline(always)]
+fn widen_portable(halves: &[Half; LANES]) -> [f32; LANES] {
+    halves.map(Half::to_f32)
+}
+
+/// Eight half floats to floats in one F16C instruction. Only inlined into functions
+/// compiled with F16C (`attend_avx2`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn widen_f16c(halves: &[Half; LANES]) -> [f32; LANES] {
+    use std::arch::x86_64::{_mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let mut out = [0f32; LANES];
+    // SAFETY: 8 halves are 16 bytes, read unaligned; 8 floats written to `out`; the
+    // caller runs with F16C (only `attend_avx2` passes this function).
+    unsafe {
+        let packed = _mm_loadu_si128(halves.as_ptr().cast());
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(packed));
+    }
+    out
 }
 
 /// Attention of `query` (one row, all heads of `head_dim`) over the first `len`
@@ -129,6 +215,14 @@ fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// [`transpose`], rounded to half floats (to nearest, ties to even).
+fn transpose_to_half(matrix: &[f32], rows: usize) -> Vec<Half> {
+    transpose(matrix, rows)
+        .into_iter()
+        .map(Half::from_f32)
+        .collect()
 }
 
 #[inline(always)]
@@ -188,27 +282,31 @@ mod tests {
         );
     }
 
-    /// The transposed cross-attention agrees with the row-major one it replaced.
+    fn wave(seed: f32, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.37 + seed).sin() * 0.8)
+            .collect()
+    }
+
+    /// The transposed half-float cross-attention agrees with the row-major one it
+    /// replaced, given the same half-float keys and values.
     #[test]
     fn cross_cache_attends_as_rows_do() {
         let (frames, head_dim, heads) = (37, 52, 3);
         let width = head_dim * heads;
-        let wave = |seed: f32, n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (i as f32 * 0.37 + seed).sin() * 0.8)
-                .collect()
-        };
         let (keys, values, query) = (
             wave(1.0, frames * width),
             wave(2.0, frames * width),
             wave(3.0, width),
         );
+        let rounded =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| Half::from_f32(x).to_f32()).collect() };
         let mut scratch = Vec::new();
         let mut by_rows = vec![0f32; width];
         attend_rows(
             &query,
-            &keys,
-            &values,
+            &rounded(&keys),
+            &rounded(&values),
             frames,
             head_dim,
             &mut scratch,
@@ -224,5 +322,31 @@ mod tests {
         for (a, b) in by_rows.iter().zip(&by_cache) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    /// F16C widens exactly as the portable conversion: the same scores bit for bit.
+    #[test]
+    fn both_widenings_give_the_same_result() {
+        let (frames, head_dim, heads) = (45, 52, 2);
+        let width = head_dim * heads;
+        let cache = CrossCache::new(
+            &wave(0.5, frames * width),
+            &wave(1.5, frames * width),
+            frames,
+        );
+        let query = wave(2.5, width);
+        let mut scratch = Vec::new();
+        let mut portable = vec![0f32; width];
+        cache.attend_here(
+            &query,
+            head_dim,
+            &mut scratch,
+            &mut portable,
+            widen_portable,
+        );
+        let mut chosen = vec![0f32; width];
+        cache.attend(&query, head_dim, &mut scratch, &mut chosen);
+        assert_eq!(portable, chosen);
+        assert_eq!(cache.bytes(), 2 * frames * width * 2);
     }
 }

@@ -89,9 +89,9 @@ impl DecoderState {
 
     /// Bytes held by the caches.
     pub fn bytes(&self) -> usize {
-        let cross: usize = self.cross.iter().map(CrossCache::len).sum();
+        let cross: usize = self.cross.iter().map(CrossCache::bytes).sum();
         let own: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
-        (cross + own) * std::mem::size_of::<f32>()
+        cross + own * std::mem::size_of::<f32>()
     }
 
     /// Forgets the last `drop` tokens (guessed tokens the model disagreed with).
