@@ -3,6 +3,7 @@
 //! row's result never depends on the other rows in its call, so batching work of
 //! several conversations changes no conversation's output.
 
+pub mod halves;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;

@@ -14,8 +14,16 @@
 //! horizontal sums: at ~200 positions a position-major layout spent most of attention
 //! summing the eight lanes of each score. The sums are the same ones, in the same order,
 //! as a position-major dot product in eight lanes: the layout changed no result.
+//!
+//! Keys and values are held as half floats ([`crate::kernels::halves`]): 23 KiB a
+//! position for this model instead of 45, so the prefix cache keeps twice the
+//! conversations in the same bound, and each step reads half the bytes. They are
+//! rounded once, when written, so every path that reads them (batched, chunked, kept
+//! and continued) sees the same values.
 
 use std::sync::Arc;
+
+use crate::kernels::halves::{self, Half};
 
 /// Positions per block of keys (one AVX-512 vector of scores).
 pub(super) const KEY_BLOCK: usize = 16;
@@ -23,13 +31,13 @@ pub(super) const KEY_BLOCK: usize = 16;
 /// Partial sums per score, added up in a fixed order at the end.
 const LANES: usize = 8;
 
-/// Keys and values of one layer. Keys: blocks of [`KEY_BLOCK`] positions,
-/// `[blocks, kv heads, head size, KEY_BLOCK]` (a block's unused tail is zero); values
-/// position-major, `[positions, kv heads, head size]`.
+/// Keys and values of one layer, as half floats. Keys: blocks of [`KEY_BLOCK`]
+/// positions, `[blocks, kv heads, head size, KEY_BLOCK]` (a block's unused tail is
+/// zero); values position-major, `[positions, kv heads, head size]`.
 #[derive(Clone, Default)]
 struct LayerKv {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Vec<Half>,
+    values: Vec<Half>,
 }
 
 impl LayerKv {
@@ -41,20 +49,21 @@ impl LayerKv {
         let block_len = width * KEY_BLOCK;
         self.keys.truncate(position.div_ceil(KEY_BLOCK) * block_len);
         self.keys
-            .resize((position + n).div_ceil(KEY_BLOCK) * block_len, 0.0);
+            .resize((position + n).div_ceil(KEY_BLOCK) * block_len, Half::ZERO);
         for (r, key) in keys.chunks_exact(width).enumerate() {
             let (block, slot) = ((position + r) / KEY_BLOCK, (position + r) % KEY_BLOCK);
             let base = block * block_len + slot;
             for (channel, &x) in key.iter().enumerate() {
-                self.keys[base + channel * KEY_BLOCK] = x;
+                self.keys[base + channel * KEY_BLOCK] = Half::from_f32(x);
             }
         }
         self.values.truncate(position * width);
-        self.values.extend_from_slice(values);
+        self.values
+            .extend(values.iter().copied().map(Half::from_f32));
     }
 
     /// The keys of `kv_head` in block `block`: `[head size, KEY_BLOCK]`.
-    fn key_block(&self, block: usize, kv_head: usize, kv_heads: usize, hd: usize) -> &[f32] {
+    fn key_block(&self, block: usize, kv_head: usize, kv_heads: usize, hd: usize) -> &[Half] {
         let len = hd * KEY_BLOCK;
         &self.keys[(block * kv_heads + kv_head) * len..][..len]
     }
@@ -110,7 +119,7 @@ impl KvState {
     pub fn heap_bytes(&self) -> usize {
         self.layers
             .iter()
-            .map(|kv| (kv.keys.capacity() + kv.values.capacity()) * std::mem::size_of::<f32>())
+            .map(|kv| (kv.keys.capacity() + kv.values.capacity()) * std::mem::size_of::<Half>())
             .sum()
     }
 }
@@ -182,23 +191,30 @@ impl Attention {
             unsafe { self.attend_rows_avx512(kv, &q, position, &mut out) };
             return out;
         }
-        self.attend_rows(kv, &q, position, &mut out);
+        self.attend_rows(kv, &q, position, &mut out, halves::widen);
         out
     }
 
     /// [`attend_rows`](Self::attend_rows) compiled for AVX-512: a block's sixteen
-    /// scores in one register. The same sums as the baseline (no reordering, no fused
-    /// multiply-add), only wider.
+    /// scores in one register, sixteen half floats widened by one instruction. The same
+    /// sums as the baseline (no reordering, no fused multiply-add), only wider.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn attend_rows_avx512(&self, kv: &LayerKv, q: &[f32], position: usize, out: &mut [f32]) {
-        self.attend_rows(kv, q, position, out)
+        self.attend_rows(kv, q, position, out, halves::widen16_avx512)
     }
 
     /// Each of the rows `q` (the first at `position`) attends over itself and every
     /// position before it; results into `out`.
     #[inline(always)]
-    fn attend_rows(&self, kv: &LayerKv, q: &[f32], position: usize, out: &mut [f32]) {
+    fn attend_rows(
+        &self,
+        kv: &LayerKv,
+        q: &[f32],
+        position: usize,
+        out: &mut [f32],
+        widen: impl Fn(&[Half; KEY_BLOCK]) -> [f32; KEY_BLOCK] + Copy,
+    ) {
         let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
         let n = q.len() / (heads * hd);
         let group = heads / kv_heads;
@@ -212,12 +228,19 @@ impl Attention {
                 scores.clear();
                 for block in 0..visible.div_ceil(KEY_BLOCK) {
                     let keys = kv.key_block(block, kv_head, kv_heads, hd);
-                    scores.extend(block_scores(query, keys).map(|s| s * scale));
+                    scores.extend(block_scores(query, keys, widen).map(|s| s * scale));
                 }
                 scores.truncate(visible);
                 let total = exponentiate(&mut scores);
                 let result = &mut out[(row * heads + head) * hd..][..hd];
-                weighted_sum(&scores, &kv.values, kv_head * hd, kv_heads * hd, result);
+                weighted_sum(
+                    &scores,
+                    &kv.values,
+                    kv_head * hd,
+                    kv_heads * hd,
+                    result,
+                    widen,
+                );
                 let inverse = 1.0 / total;
                 result.iter_mut().for_each(|r| *r *= inverse);
             }
@@ -254,25 +277,38 @@ const VALUE_SPAN: usize = 64;
 /// [`VALUE_SPAN`] floats (four AVX-512 registers), not in `result`: summing into memory
 /// loaded and stored every element at every position.
 #[inline(always)]
-fn weighted_sum(weights: &[f32], values: &[f32], first: usize, stride: usize, result: &mut [f32]) {
+fn weighted_sum(
+    weights: &[f32],
+    values: &[Half],
+    first: usize,
+    stride: usize,
+    result: &mut [f32],
+    widen: impl Fn(&[Half; KEY_BLOCK]) -> [f32; KEY_BLOCK],
+) {
     for (span, out) in result.chunks_mut(VALUE_SPAN).enumerate() {
         let start = first + span * VALUE_SPAN;
         let mut sums = [0f32; VALUE_SPAN];
         if out.len() == VALUE_SPAN {
             for (j, &weight) in weights.iter().enumerate() {
                 let at = start + j * stride;
-                let Ok(value) = <&[f32; VALUE_SPAN]>::try_from(&values[at..at + VALUE_SPAN]) else {
-                    continue; // a slice of exactly that length: never
-                };
-                for i in 0..VALUE_SPAN {
-                    sums[i] += weight * value[i];
+                let row = &values[at..at + VALUE_SPAN];
+                for (sums, halves) in sums
+                    .chunks_exact_mut(KEY_BLOCK)
+                    .zip(row.chunks_exact(KEY_BLOCK))
+                {
+                    let Ok(halves) = <&[Half; KEY_BLOCK]>::try_from(halves) else {
+                        continue; // chunks of exactly that length: never
+                    };
+                    for (sum, value) in sums.iter_mut().zip(widen(halves)) {
+                        *sum += weight * value;
+                    }
                 }
             }
         } else {
             for (j, &weight) in weights.iter().enumerate() {
                 let at = start + j * stride;
                 for (sum, v) in sums.iter_mut().zip(&values[at..at + out.len()]) {
-                    *sum += weight * v;
+                    *sum += weight * v.to_f32();
                 }
             }
         }
@@ -317,32 +353,28 @@ fn exp_at_most_zero(x: f32) -> f32 {
 /// lane `d % LANES`), then the lanes added in order, then the dimensions past the last
 /// whole lane group: the sums a position-major dot product in eight lanes makes.
 #[inline(always)]
-fn block_scores(query: &[f32], block: &[f32]) -> [f32; KEY_BLOCK] {
+fn block_scores(
+    query: &[f32],
+    block: &[Half],
+    widen: impl Fn(&[Half; KEY_BLOCK]) -> [f32; KEY_BLOCK],
+) -> [f32; KEY_BLOCK] {
     let mut lanes = [[0f32; KEY_BLOCK]; LANES];
     let mut queries = query.chunks_exact(LANES);
-    let mut keys = block.chunks_exact(LANES * KEY_BLOCK);
-    for (group, keys) in (&mut queries).zip(&mut keys) {
-        let (Ok(group), Ok(keys)) = (
-            <&[f32; LANES]>::try_from(group),
-            <&[f32; LANES * KEY_BLOCK]>::try_from(keys),
-        ) else {
-            continue; // chunks_exact: never
-        };
-        for lane in 0..LANES {
-            let q = group[lane];
-            for p in 0..KEY_BLOCK {
-                lanes[lane][p] += q * keys[lane * KEY_BLOCK + p];
+    let mut keys = block.chunks_exact(KEY_BLOCK);
+    for group in &mut queries {
+        for (lane, &q) in group.iter().enumerate() {
+            let Some(Ok(keys)) = keys.next().map(<&[Half; KEY_BLOCK]>::try_from) else {
+                continue; // a block holds head size × KEY_BLOCK keys: never
+            };
+            for (sum, key) in lanes[lane].iter_mut().zip(widen(keys)) {
+                *sum += q * key;
             }
         }
     }
     let mut tail = [0f32; KEY_BLOCK];
-    let dims = queries
-        .remainder()
-        .iter()
-        .zip(keys.remainder().chunks_exact(KEY_BLOCK));
-    for (&q, keys) in dims {
+    for (&q, keys) in queries.remainder().iter().zip(keys) {
         for (sum, key) in tail.iter_mut().zip(keys) {
-            *sum += q * key;
+            *sum += q * key.to_f32();
         }
     }
     std::array::from_fn(|p| lanes.iter().fold(-0.0f32, |sum, lane| sum + lane[p]) + tail[p])
@@ -383,13 +415,20 @@ mod tests {
         assert_eq!(together, apart);
     }
 
+    /// Half-float rounding, as the state stores keys and values.
+    fn rounded(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&x| Half::from_f32(x).to_f32()).collect()
+    }
+
     /// Attention as it was computed position-major (one eight-lane dot product per
-    /// score): the reference the blocked keys must match bit for bit.
+    /// score) over keys and values rounded to half floats: the reference the blocked
+    /// keys must match bit for bit.
     fn reference(attention: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (hd, heads, kv_heads) = (attention.head_dim, attention.heads, attention.kv_heads);
         let (mut q, mut k) = (q.to_vec(), k.to_vec());
         attention.rope(&mut q, heads, 0);
         attention.rope(&mut k, kv_heads, 0);
+        let (k, v) = (rounded(&k), rounded(v));
         let dot = |a: &[f32], b: &[f32]| {
             let mut lanes = [0f32; 8];
             let (mut xs, mut ys) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -511,8 +550,8 @@ mod tests {
             state.advance(1);
         }
         // 2 layers × (one block of keys + 5 positions of values) × 1 head × 4 wide ×
-        // 4 bytes.
-        let exact = 2 * (KEY_BLOCK + 5) * 4 * 4;
+        // 2 bytes.
+        let exact = 2 * (KEY_BLOCK + 5) * 4 * 2;
         assert!(state.heap_bytes() > exact, "appends leave spare capacity");
         let kept = state.clone();
         state.compact();
@@ -536,7 +575,8 @@ mod tests {
         assert!(exp_at_most_zero(-1000.0) < 1e-37);
     }
 
-    /// The first position attends only to itself: its output is its own value.
+    /// The first position attends only to itself: its output is its own value (as
+    /// stored, in half floats).
     #[test]
     fn the_first_position_sees_only_itself() {
         let attention = Attention::new(2, 1, 4, 16, 10_000.0);
@@ -544,9 +584,26 @@ mod tests {
         let v = values(4, 0.3);
         let out = attention.attend(&mut state, 0, &values(8, 0.0), &values(4, 1.0), &v);
         for head in out.chunks(4) {
-            for (a, b) in head.iter().zip(&v) {
-                assert!((a - b).abs() < 1e-6);
-            }
+            assert_eq!(head, rounded(&v));
         }
+    }
+
+    /// The AVX-512 path and the portable one give the same bits.
+    #[test]
+    fn every_path_gives_the_same_bits() {
+        let attention = Attention::new(9, 3, 64, 128, 10_000.0);
+        let n = KEY_BLOCK + 9;
+        let (q, k, v) = (
+            values(n * 9 * 64, 0.2),
+            values(n * 3 * 64, 0.8),
+            values(n * 3 * 64, 1.4),
+        );
+        let mut state = KvState::new(1);
+        let chosen = attention.attend(&mut state, 0, &q, &k, &v);
+        let mut rotated = q.clone();
+        attention.rope(&mut rotated, 9, 0);
+        let mut portable = vec![0f32; chosen.len()];
+        attention.attend_rows(&state.layers[0], &rotated, 0, &mut portable, halves::widen);
+        assert_eq!(chosen, portable);
     }
 }

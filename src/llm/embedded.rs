@@ -579,7 +579,8 @@ fn pick(
     Ok(sampler.sample(&penalised)?)
 }
 
-/// Bytes of f32 KV state per token: layers × (key + value) × KV heads × head size × 4.
+/// Bytes of KV state per token: layers × (key + value) × KV heads × head size × 2
+/// (half floats, `llm::attention`).
 fn kv_bytes_per_token(metadata: &std::collections::HashMap<String, gguf_file::Value>) -> usize {
     let get = |key: &str| {
         metadata
@@ -591,7 +592,7 @@ fn kv_bytes_per_token(metadata: &std::collections::HashMap<String, gguf_file::Va
     let heads = get("llama.attention.head_count").unwrap_or(9).max(1);
     let kv_heads = get("llama.attention.head_count_kv").unwrap_or(heads);
     let width = get("llama.embedding_length").unwrap_or(576);
-    layers * 2 * kv_heads * (width / heads) * 4
+    layers * 2 * kv_heads * (width / heads) * std::mem::size_of::<crate::kernels::halves::Half>()
 }
 
 fn elapsed_ms(since: Instant) -> f64 {

@@ -2,7 +2,7 @@
 //! decoder. Each row attends alone (over its own sequence's caches), so a row's
 //! result never depends on the rest of its batch; every sum runs in a fixed order.
 
-use half::f16 as Half;
+use crate::kernels::halves::{self, Half};
 
 /// Lanes of [`dot`]: independent partial sums the compiler keeps in one vector
 /// register, added up in a fixed order, so the result is the same on every call.
@@ -16,13 +16,12 @@ const LANES: usize = 8;
 /// 52-wide dot product per frame and head, each with its own horizontal sum: 22 % of a
 /// batch-8 decoder step.
 ///
-/// Half floats because this is the one part of a decoder step that grows with the
-/// batch in bytes read: each segment's caches are 8 layers × 2 × 416 channels × its
-/// frames, 6 MB in float32 for a 5-second segment, 48 MB for a batch of eight, more
-/// than the 32 MB L3 cache here, so a batch-8 step waited on memory for them. Half
-/// floats keep ten bits of mantissa, well under what separates the attention scores
-/// (transcripts identical to ONNX Runtime's on every fixture, `tests/stt_batch.rs`),
-/// and they widen back to float32 eight at a time (F16C) as they are read.
+/// Half floats because these caches are what grows with every segment being
+/// recognised: 8 layers × 2 × 416 channels × its frames, 6 MB in float32 for a
+/// 5-second segment, 48 MB for a batch of eight, all read at every step. Half floats
+/// keep ten bits of mantissa, well under what separates the attention scores
+/// (transcripts identical to ONNX Runtime's on every fixture, `tests/stt_batch.rs`);
+/// they widen back to float32 eight at a time (F16C) as they are read.
 pub(super) struct CrossCache {
     keys: Vec<Half>,
     values: Vec<Half>,
@@ -54,7 +53,7 @@ impl CrossCache {
             // SAFETY: the CPU has AVX2 and F16C (checked just above).
             return unsafe { self.attend_avx2(query, head_dim, scores, out) };
         }
-        self.attend_here(query, head_dim, scores, out, widen_portable)
+        self.attend_here(query, head_dim, scores, out, halves::widen)
     }
 
     /// [`attend`](Self::attend) compiled for AVX2, half floats widened by F16C: the
@@ -70,7 +69,7 @@ impl CrossCache {
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        self.attend_here(query, head_dim, scores, out, widen_f16c)
+        self.attend_here(query, head_dim, scores, out, halves::widen8_f16c)
     }
 
     #[inline(always)]
@@ -152,27 +151,6 @@ fn dot_half(a: &[f32], b: &[Half], widen: impl Fn(&[Half; LANES]) -> [f32; LANES
     sum
 }
 
-#[inline(always)]
-fn widen_portable(halves: &[Half; LANES]) -> [f32; LANES] {
-    halves.map(Half::to_f32)
-}
-
-/// Eight half floats to floats in one F16C instruction. Only inlined into functions
-/// compiled with F16C (`attend_avx2`).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn widen_f16c(halves: &[Half; LANES]) -> [f32; LANES] {
-    use std::arch::x86_64::{_mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
-    let mut out = [0f32; LANES];
-    // SAFETY: 8 halves are 16 bytes, read unaligned; 8 floats written to `out`; the
-    // caller runs with F16C (only `attend_avx2` passes this function).
-    unsafe {
-        let packed = _mm_loadu_si128(halves.as_ptr().cast());
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(packed));
-    }
-    out
-}
-
 /// Attention of `query` (one row, all heads of `head_dim`) over the first `len`
 /// rows of row-major `keys`/`values` (a sequence's own tokens, a few dozen at most).
 pub(super) fn attend_rows(
@@ -217,12 +195,9 @@ fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
     out
 }
 
-/// [`transpose`], rounded to half floats (to nearest, ties to even).
+/// [`transpose`], rounded to half floats.
 fn transpose_to_half(matrix: &[f32], rows: usize) -> Vec<Half> {
-    transpose(matrix, rows)
-        .into_iter()
-        .map(Half::from_f32)
-        .collect()
+    halves::to_halves(&transpose(matrix, rows))
 }
 
 #[inline(always)]
@@ -337,13 +312,7 @@ mod tests {
         let query = wave(2.5, width);
         let mut scratch = Vec::new();
         let mut portable = vec![0f32; width];
-        cache.attend_here(
-            &query,
-            head_dim,
-            &mut scratch,
-            &mut portable,
-            widen_portable,
-        );
+        cache.attend_here(&query, head_dim, &mut scratch, &mut portable, halves::widen);
         let mut chosen = vec![0f32; width];
         cache.attend(&query, head_dim, &mut scratch, &mut chosen);
         assert_eq!(portable, chosen);
