@@ -387,6 +387,10 @@ pub struct TtsConfig {
     pub enabled: bool,
     /// Threads running Piper (each owns a model session and shares the espeak-ng pool).
     pub threads: usize,
+    /// More Piper threads that only take a reply's first piece (what a listener waits
+    /// for), so it never queues behind other replies' later speech. Each holds its own
+    /// voice (~100 MB); idle unless a first piece waits.
+    pub urgent_threads: usize,
     /// Sentences of one conversation waiting for synthesis; more are dropped (counted).
     pub max_queued_sentences: usize,
     /// How far audio may run ahead of real time on the wire; also how much audio a
@@ -408,6 +412,7 @@ impl Default for TtsConfig {
         TtsConfig {
             enabled: true,
             threads: 1,
+            urgent_threads: 0,
             max_queued_sentences: 64,
             lead_ms: 200,
             first_piece_words: 2,

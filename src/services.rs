@@ -30,7 +30,7 @@ use crate::models::{
 use crate::registry::RegistryHandle;
 use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
 use crate::workers::llm_batcher::{LlmBatcher, PassShape};
-use crate::workers::pool::StateInit;
+use crate::workers::pool::{Lanes, StateInit};
 use crate::workers::silero_batcher::SileroBatcher;
 use crate::workers::{niceness, SttBatcher, SttModels, WorkerPool};
 
@@ -184,7 +184,7 @@ impl Services {
                 Arc::new(move || SmartTurn::load(&path).map_err(|e| e.to_string()));
             Some(WorkerPool::with_state(
                 "turn",
-                1,
+                1.into(),
                 depth,
                 Arc::clone(&metrics),
                 init,
@@ -257,12 +257,15 @@ impl TtsService {
                 .into());
             }
         }
-        let threads = config.tts.threads;
+        let threads = Lanes {
+            any: config.tts.threads,
+            urgent_only: config.tts.urgent_threads,
+        };
         let phonemizer = Arc::new(PhonemizerPool::new(
-            threads,
+            threads.total(),
             metrics.child_processes.clone(),
         )?);
-        readiness.expect_loads(threads);
+        readiness.expect_loads(threads.total());
         let ready = Arc::clone(readiness);
         let init: StateInit<PiperVoice> =
             Arc::new(move || PiperVoice::load(&model, &voice_config).map_err(|e| e.to_string()));

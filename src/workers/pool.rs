@@ -51,10 +51,38 @@ impl<S> Skip for Task<S> {
 /// Builds one thread's state, on that thread.
 pub type StateInit<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
 
+/// A pool's threads: those that take any job, in queue order, and those that take only
+/// [`Priority::Urgent`] jobs. An urgent-only thread keeps what a listener waits for
+/// from queueing behind work that is merely due (a reply's later speech), without
+/// adding threads that compete for the cores with everything else: it sleeps unless
+/// urgent work is waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lanes {
+    pub any: usize,
+    pub urgent_only: usize,
+}
+
+impl From<usize> for Lanes {
+    fn from(any: usize) -> Self {
+        Lanes {
+            any,
+            urgent_only: 0,
+        }
+    }
+}
+
+impl Lanes {
+    pub fn total(self) -> usize {
+        self.any + self.urgent_only
+    }
+}
+
 pub struct WorkerPool<S: 'static = ()> {
     name: &'static str,
     queue: Arc<JobQueue<Task<S>>>,
     threads: Vec<JoinHandle<()>>,
+    /// Threads that take any job (the rest take only urgent ones).
+    any_job_threads: usize,
     metrics: Arc<Metrics>,
     /// Jobs queued or running.
     pending: Arc<AtomicUsize>,
@@ -68,7 +96,7 @@ impl WorkerPool<()> {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let init: StateInit<()> = Arc::new(|| Ok(()));
-        Self::with_state(name, threads, queue_depth, metrics, init, |_| {})
+        Self::with_state(name, threads.into(), queue_depth, metrics, init, |_| {})
     }
 }
 
@@ -78,7 +106,7 @@ impl<S: 'static> WorkerPool<S> {
     /// the thread exits and the pool has one thread fewer).
     pub fn with_state(
         name: &'static str,
-        threads: usize,
+        threads: Lanes,
         queue_depth: usize,
         metrics: Arc<Metrics>,
         init: StateInit<S>,
@@ -86,18 +114,25 @@ impl<S: 'static> WorkerPool<S> {
     ) -> std::io::Result<Self> {
         let queue = JobQueue::new(queue_depth, metrics.jobs_skipped.clone());
         let on_ready = Arc::new(on_ready);
-        let threads = (0..threads)
+        let any_job_threads = threads.any;
+        let threads = (0..threads.total())
             .map(|i| {
                 let jobs = Arc::clone(&queue);
                 let init = Arc::clone(&init);
                 let on_ready = Arc::clone(&on_ready);
+                let urgent_only = i >= threads.any;
+                let thread_name = if urgent_only {
+                    format!("hearken-{name}-u{}", i - threads.any)
+                } else {
+                    format!("hearken-{name}-{i}")
+                };
                 std::thread::Builder::new()
-                    .name(format!("hearken-{name}-{i}"))
+                    .name(thread_name)
                     .spawn(move || match init() {
                         Ok(mut state) => {
                             flush_denormals();
                             on_ready(Ok(()));
-                            run_worker(&jobs, &mut state);
+                            run_worker(&jobs, &mut state, urgent_only);
                         }
                         Err(error) => {
                             tracing::error!(pool = name, %error, "worker could not start");
@@ -110,6 +145,7 @@ impl<S: 'static> WorkerPool<S> {
             name,
             queue,
             threads,
+            any_job_threads,
             metrics,
             pending: Arc::new(AtomicUsize::new(0)),
         })
@@ -221,9 +257,10 @@ impl<S: 'static> WorkerPool<S> {
         self.threads.len()
     }
 
-    /// Whether a thread is free: optional work (speculation) only goes to an idle pool.
+    /// Whether a thread that takes any job is free: optional work (speculation) only
+    /// goes to an idle pool.
     pub fn has_idle_thread(&self) -> bool {
-        self.pending.load(Ordering::Acquire) < self.threads.len()
+        self.pending.load(Ordering::Acquire) < self.any_job_threads
     }
 
     /// A check, usable from inside a job, of whether some job waits for a thread:
@@ -250,8 +287,15 @@ impl Drop for PendingGuard {
     }
 }
 
-fn run_worker<S: 'static>(jobs: &JobQueue<Task<S>>, state: &mut S) {
-    while let Some(task) = jobs.pop() {
+fn run_worker<S: 'static>(jobs: &JobQueue<Task<S>>, state: &mut S, urgent_only: bool) {
+    let next = || {
+        if urgent_only {
+            jobs.pop_urgent()
+        } else {
+            jobs.pop()
+        }
+    };
+    while let Some(task) = next() {
         (task.0)(Some(state));
     }
 }
@@ -290,6 +334,55 @@ mod tests {
         let (pool, metrics) = pool(4);
         let answer = pool.submit(&CancelToken::new(), (), |_| 6 * 7).unwrap();
         assert_eq!(answer.blocking_recv().unwrap(), Ok(42));
+        drop(pool);
+        assert_eq!(metrics.inflight_jobs.get(), 0);
+    }
+
+    /// With the one any-job thread busy, an urgent job runs at once on the urgent-only
+    /// thread; a normal one waits for the busy thread.
+    #[test]
+    fn an_urgent_lane_runs_urgent_jobs_beside_a_busy_thread() {
+        let metrics = Metrics::new();
+        let lanes = Lanes {
+            any: 1,
+            urgent_only: 1,
+        };
+        let init: StateInit<()> = Arc::new(|| Ok(()));
+        let pool =
+            WorkerPool::with_state("test", lanes, 8, Arc::clone(&metrics), init, |_| {}).unwrap();
+        assert_eq!(pool.threads(), 2);
+        let token = CancelToken::new();
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let hold = Arc::clone(&gate);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let busy = pool
+            .submit(&token, (), move |_| {
+                let _ = started_tx.send(());
+                hold.wait();
+            })
+            .unwrap();
+        started.recv().unwrap();
+        let mut urgent = pool
+            .submit_with(Priority::Urgent, &token, (), |_| "urgent")
+            .unwrap();
+        // Bounded: without the lane the answer would never come while `busy` holds.
+        let mut answer = None;
+        for _ in 0..1000 {
+            if let Ok(result) = urgent.try_recv() {
+                answer = Some(result);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let normal = pool.submit(&token, (), |_| "normal").unwrap();
+        gate.wait();
+        assert_eq!(
+            answer,
+            Some(Ok("urgent")),
+            "the urgent job ran beside the busy one"
+        );
+        assert!(busy.blocking_recv().unwrap().is_ok());
+        assert_eq!(normal.blocking_recv().unwrap(), Ok("normal"));
         drop(pool);
         assert_eq!(metrics.inflight_jobs.get(), 0);
     }

@@ -86,6 +86,8 @@ impl<T> State<T> {
 pub(crate) struct JobQueue<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
+    /// Signalled for urgent jobs only: what urgent-only workers wait on.
+    urgent: Condvar,
     capacity: usize,
     /// Counts jobs answered without running.
     skipped: IntCounter,
@@ -101,6 +103,7 @@ impl<T: Skip + 'static> JobQueue<T> {
                 closed: false,
             }),
             ready: Condvar::new(),
+            urgent: Condvar::new(),
             capacity,
             skipped,
             this: this.clone(),
@@ -135,6 +138,9 @@ impl<T: Skip + 'static> JobQueue<T> {
             state.insert(queued);
         }
         self.ready.notify_one();
+        if priority == Priority::Urgent {
+            self.urgent.notify_one();
+        }
         // Cancelled between `watch` and the push: `cancel` may have purged already.
         if owner.is_cancelled() {
             self.purge_cancelled();
@@ -159,6 +165,28 @@ impl<T: Skip + 'static> JobQueue<T> {
         }
     }
 
+    /// The next urgent job; waits for one (other jobs are left to other workers).
+    /// `None` once closed: the workers that take every job drain the rest.
+    pub fn pop_urgent(&self) -> Option<T> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if state
+                .jobs
+                .front()
+                .is_some_and(|q| q.priority == Priority::Urgent)
+            {
+                return state.pop();
+            }
+            state = self
+                .urgent
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     /// Jobs waiting.
     pub fn len(&self) -> usize {
         self.lock().jobs.len()
@@ -173,6 +201,7 @@ impl<T: Skip + 'static> JobQueue<T> {
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+        self.urgent.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -229,6 +258,47 @@ mod tests {
         assert!(queue.try_pop().is_some());
         assert!(queue.try_pop().is_none());
         assert_eq!(queue.skipped.get(), 2);
+    }
+
+    #[test]
+    fn an_urgent_only_worker_takes_urgent_jobs_and_leaves_the_rest() {
+        let queue = JobQueue::new(8, counter());
+        let owner = CancelToken::new();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let taker = {
+            let queue = Arc::clone(&queue);
+            std::thread::spawn(move || {
+                let mut taken = 0;
+                while queue.pop_urgent().is_some() {
+                    taken += 1;
+                }
+                taken
+            })
+        };
+        assert!(queue
+            .push_with(&owner, Priority::Normal, Job(Arc::clone(&waiting)))
+            .is_ok());
+        assert!(queue
+            .push_with(&owner, Priority::Urgent, Job(Arc::clone(&waiting)))
+            .is_ok());
+        // The urgent one is taken; the normal one stays for a worker that takes any job.
+        for _ in 0..2000 {
+            if queue.len() == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(queue.len(), 1);
+        queue.close();
+        assert_eq!(
+            taker.join().unwrap(),
+            1,
+            "the urgent-only worker stops at close"
+        );
+        assert!(
+            queue.try_pop().is_some(),
+            "the normal job is still there to drain"
+        );
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl SttBatcher {
         let ready = Arc::clone(&on_ready);
         let encoders = WorkerPool::with_state(
             "stt",
-            encoder_threads,
+            encoder_threads.into(),
             queue_depth,
             Arc::clone(&metrics),
             models.encoder,
