@@ -317,7 +317,8 @@ pub struct LlmConfig {
     /// Conversations kept (least recently used dropped first).
     pub history_max_conversations: usize,
     /// Attention state the embedded model keeps between turns, per LLM thread, in MiB
-    /// (about 45 KiB per token for SmolLM2-135M; least recently used dropped first).
+    /// (about 23 KiB per token for SmolLM2-135M, in half floats; superseded states and
+    /// then the least recently used dropped first).
     pub kv_cache_mb: u32,
     /// Threads one forward pass of the embedded model is split over (candle's matrix
     /// pool, fixed at start). 2 answers a lone conversation ~80 ms sooner on a 2-core
