@@ -32,6 +32,18 @@ pub fn widen8_f16c(halves: &[Half; 8]) -> [f32; 8] {
     out
 }
 
+/// Sixteen half floats in two F16C instructions. Only for functions compiled with F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn widen16_f16c(halves: &[Half; 16]) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    let (eights, _) = halves.as_chunks::<8>();
+    for (out, eight) in out.chunks_exact_mut(8).zip(eights) {
+        out.copy_from_slice(&widen8_f16c(eight));
+    }
+    out
+}
+
 /// Sixteen half floats in one AVX-512 instruction. Only for functions compiled with
 /// AVX-512F.
 #[cfg(target_arch = "x86_64")]
@@ -76,6 +88,12 @@ mod tests {
                 let wide = unsafe { widen8_checked(chunk) };
                 assert_eq!(wide, widen(chunk));
             }
+            for chunk in halves.chunks_exact(16) {
+                let chunk: &[Half; 16] = chunk.try_into().unwrap();
+                // SAFETY: F16C is present (checked above).
+                let wide = unsafe { widen16_checked_f16c(chunk) };
+                assert_eq!(wide, widen(chunk));
+            }
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             for chunk in halves.chunks_exact(16) {
@@ -91,6 +109,12 @@ mod tests {
     #[target_feature(enable = "f16c")]
     unsafe fn widen8_checked(halves: &[Half; 8]) -> [f32; 8] {
         widen8_f16c(halves)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "f16c")]
+    unsafe fn widen16_checked_f16c(halves: &[Half; 16]) -> [f32; 16] {
+        widen16_f16c(halves)
     }
 
     #[cfg(target_arch = "x86_64")]

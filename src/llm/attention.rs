@@ -191,8 +191,24 @@ impl Attention {
             unsafe { self.attend_rows_avx512(kv, &q, position, &mut out) };
             return out;
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX2 and F16C (checked just above).
+            unsafe { self.attend_rows_avx2(kv, &q, position, &mut out) };
+            return out;
+        }
         self.attend_rows(kv, &q, position, &mut out, halves::widen);
         out
+    }
+
+    /// [`attend_rows`](Self::attend_rows) compiled for AVX2 with F16C, for CPUs without
+    /// AVX-512: the half floats widened eight per instruction rather than one by one.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn attend_rows_avx2(&self, kv: &LayerKv, q: &[f32], position: usize, out: &mut [f32]) {
+        self.attend_rows(kv, q, position, out, halves::widen16_f16c)
     }
 
     /// [`attend_rows`](Self::attend_rows) compiled for AVX-512: a block's sixteen
@@ -605,5 +621,14 @@ mod tests {
         let mut portable = vec![0f32; chosen.len()];
         attention.attend_rows(&state.layers[0], &rotated, 0, &mut portable, halves::widen);
         assert_eq!(chosen, portable);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            let mut avx2 = vec![0f32; chosen.len()];
+            // SAFETY: the CPU has AVX2 and F16C (checked just above).
+            unsafe { attention.attend_rows_avx2(&state.layers[0], &rotated, 0, &mut avx2) };
+            assert_eq!(avx2, portable);
+        }
     }
 }
