@@ -26,7 +26,8 @@ use std::path::Path;
 
 use super::super::onnx_proto::{self, FloatTensor, Graph, Node};
 use super::super::ModelError;
-use super::attention::{attend_rows, CrossCache};
+use super::attention::attend_rows;
+use super::cross_cache::CrossCache;
 use super::{argmax_rows, EncodedAudio, GuidedGreedy};
 use crate::kernels::{Int8Linear, Scaling};
 
@@ -160,6 +161,7 @@ impl BatchedDecoder {
                     &attention.k.forward_rows_here(&audio.states, audio.frames),
                     &attention.v.forward_rows_here(&audio.states, audio.frames),
                     audio.frames,
+                    self.head_dim,
                 )
             })
             .collect();
@@ -175,6 +177,32 @@ impl BatchedDecoder {
     /// One pass: reads `feed` tokens into each sequence, and returns, per sequence,
     /// the model's greedy choice after each token it read.
     pub fn step(
+        &self,
+        batch: &mut [(&mut DecoderState, &[i64])],
+    ) -> Result<Vec<Vec<i64>>, ModelError> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.step_avx2(batch) };
+        }
+        self.step_here(batch)
+    }
+
+    /// [`step`](Self::step) compiled for AVX2: the norms, rotations, self-attention
+    /// and gating between the projections run eight floats wide instead of the
+    /// baseline's four (7–9 % of a batch-8 step). No fused multiply-add and the same
+    /// order of every sum, so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn step_avx2(
+        &self,
+        batch: &mut [(&mut DecoderState, &[i64])],
+    ) -> Result<Vec<Vec<i64>>, ModelError> {
+        self.step_here(batch)
+    }
+
+    #[inline(always)]
+    fn step_here(
         &self,
         batch: &mut [(&mut DecoderState, &[i64])],
     ) -> Result<Vec<Vec<i64>>, ModelError> {
@@ -237,12 +265,7 @@ impl BatchedDecoder {
             let q = attention.q.forward_rows_here(&h, count);
             for (r, &(s, _)) in rows.iter().enumerate() {
                 let span = r * self.width..(r + 1) * self.width;
-                batch[s].0.cross[l].attend(
-                    &q[span.clone()],
-                    self.head_dim,
-                    &mut scores,
-                    &mut mixed[span],
-                );
+                batch[s].0.cross[l].attend(&q[span.clone()], &mut scores, &mut mixed[span]);
             }
             add(&mut x, &attention.out.forward_rows_here(&mixed, count));
 
@@ -294,6 +317,7 @@ impl BatchedDecoder {
     }
 
     /// The `(cos, sin)` of each rotary frequency at `position`.
+    #[inline(always)]
     fn rotation(&self, position: usize) -> Vec<(f32, f32)> {
         let position = position as f32;
         self.inv_freq
@@ -306,6 +330,7 @@ impl BatchedDecoder {
     }
 
     /// Interleaved rotary embedding of one row (all heads).
+    #[inline(always)]
     fn rotate(&self, row: &mut [f32], rotation: &[(f32, f32)]) {
         for head in row.chunks_exact_mut(self.head_dim) {
             for (i, &(cos, sin)) in rotation.iter().enumerate() {
@@ -449,6 +474,7 @@ impl<'a> Weights<'a> {
 }
 
 /// LayerNorm without bias over each row of `x`, as the graph computes it.
+#[inline(always)]
 fn layer_norm(x: &[f32], weight: &[f32]) -> Vec<f32> {
     let width = weight.len();
     let mut out = Vec::with_capacity(x.len());
@@ -466,6 +492,7 @@ fn layer_norm(x: &[f32], weight: &[f32]) -> Vec<f32> {
 }
 
 /// `silu(gate) · value` per row, where each row of `up` is `[value | gate]`.
+#[inline(always)]
 fn gate(up: &[f32], half: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(up.len() / 2);
     for row in up.chunks_exact(2 * half) {
@@ -480,12 +507,14 @@ fn gate(up: &[f32], half: usize) -> Vec<f32> {
     out
 }
 
+#[inline(always)]
 fn add(x: &mut [f32], y: &[f32]) {
     for (x, y) in x.iter_mut().zip(y) {
         *x += y;
     }
 }
 
+#[inline(always)]
 fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         add(row, bias);
