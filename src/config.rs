@@ -406,6 +406,11 @@ pub struct TtsConfig {
     /// paid for speech nobody hears, and the CPU goes to replies whose listeners wait
     /// (0: synthesise every piece as soon as the one before is done).
     pub synthesis_ahead_ms: u64,
+    /// When the audio still to play falls under this while the model is still writing
+    /// the sentence, the whole words written so far (two at least) are synthesised as
+    /// a piece of their own, so the audio does not run dry waiting for the sentence's
+    /// end (0: wait for it).
+    pub words_early_below_ms: u64,
 }
 
 impl Default for TtsConfig {
@@ -418,6 +423,7 @@ impl Default for TtsConfig {
             lead_ms: 200,
             first_piece_words: 2,
             synthesis_ahead_ms: 2500,
+            words_early_below_ms: 700,
         }
     }
 }

@@ -138,7 +138,7 @@ pub struct Metrics {
     pub jobs_skipped: IntCounter,
     pub overloaded: IntCounter,
     /// Times a reply's audio ran dry before its end (synthesis fell behind playback).
-    pub tts_underruns: IntCounter,
+    tts_underruns: IntCounterVec,
     /// 20 ms frames of reply audio synthesised, and sent: the difference is speech
     /// made and never heard (replies cut off).
     pub tts_frames_synthesized: IntCounter,
@@ -188,6 +188,19 @@ impl Metrics {
         .expect("static metric definition");
         for reason in ExitReason::ALL {
             disconnects.with_label_values(&[reason.as_str()]).reset();
+        }
+        // What a reply's audio ran dry waiting for: the model's next words ("text"), or
+        // the synthesis of words already written ("speech").
+        let tts_underruns = IntCounterVec::new(
+            Opts::new(
+                "hearken_tts_underruns_total",
+                "Times a reply's audio ran dry before its end, by what it waited for",
+            ),
+            &["waiting_for"],
+        )
+        .expect("static metric definition");
+        for waiting_for in ["text", "speech"] {
+            tts_underruns.with_label_values(&[waiting_for]).reset();
         }
         let metrics = Metrics {
             live_actors,
@@ -249,10 +262,7 @@ impl Metrics {
                 "hearken_overloaded_total",
                 "Work refused because a bounded queue was full",
             ),
-            tts_underruns: counter(
-                "hearken_tts_underruns_total",
-                "Times a reply's audio ran dry before its end: synthesis behind playback",
-            ),
+            tts_underruns,
             tts_frames_synthesized: counter(
                 "hearken_tts_frames_synthesized_total",
                 "20 ms frames of reply audio synthesised",
@@ -358,6 +368,13 @@ impl Metrics {
 
     pub fn disconnects(&self, reason: ExitReason) -> u64 {
         self.disconnects.with_label_values(&[reason.as_str()]).get()
+    }
+
+    /// A reply's audio ran dry: waiting for the model's next words (`text`) or for
+    /// speech of words already written.
+    pub fn count_underrun(&self, waiting_for_text: bool) {
+        let waiting_for = if waiting_for_text { "text" } else { "speech" };
+        self.tts_underruns.with_label_values(&[waiting_for]).inc();
     }
 
     pub fn count_disconnect(&self, reason: ExitReason, teardown_secs: f64) {

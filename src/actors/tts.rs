@@ -50,6 +50,10 @@ use crate::workers::{JobError, Priority};
 /// One frame of audio on the wire.
 const FRAME: Duration = Duration::from_millis(20);
 
+/// Fewest words cut from an unfinished sentence to keep the audio going: one word
+/// alone is choppier than the pause it saves.
+const EARLY_WORDS_MIN: usize = 2;
+
 /// The reply being spoken.
 struct Speech {
     response_id: Uuid,
@@ -93,6 +97,24 @@ impl Speech {
         let enough_ahead =
             self.pieces_started > 0 && !ahead.is_zero() && self.audio_ahead(now) >= ahead;
         !(self.synthesizing || held_back || enough_ahead)
+    }
+
+    /// The whole words the model has written past the last piece, as a piece of their
+    /// own, when the audio still to play has fallen under `running_low` (zero: never):
+    /// a sentence the model is still writing would otherwise leave the listener in
+    /// silence until its end. At sixteen conversations, where the model writes a
+    /// sentence slower than a two-word first piece plays, nearly every reply ran dry
+    /// after its first piece. Only for a reply already speaking (not held), with nothing
+    /// queued or being synthesised, and at least [`EARLY_WORDS_MIN`] words.
+    fn words_before_running_dry(&mut self, now: Instant, running_low: Duration) -> Option<String> {
+        let speaking = self.pieces_started > 0 && !self.held && !self.synthesizing;
+        if !speaking || running_low.is_zero() || !self.queue.is_empty() {
+            return None;
+        }
+        if self.audio_ahead(now) >= running_low {
+            return None;
+        }
+        self.splitter.take_words(EARLY_WORDS_MIN)
     }
 
     /// Everything said: no text, piece or frame is still to come.
@@ -185,11 +207,19 @@ impl TtsActor {
     /// Start synthesising the next sentence unless one is in progress or enough audio
     /// is already waiting to be played.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let config = &self.env.services.config.tts;
+        let ahead = Duration::from_millis(config.synthesis_ahead_ms);
+        let running_low = Duration::from_millis(config.words_early_below_ms);
+        let early_words = self
+            .speech
+            .as_mut()
+            .filter(|s| s.ready_to_synthesize(now, ahead))
+            .and_then(|s| s.words_before_running_dry(now, running_low));
+        self.enqueue(early_words);
         let Some(tts) = self.env.services.tts.as_ref() else {
             return;
         };
-        let now = Instant::now();
-        let ahead = Duration::from_millis(self.env.services.config.tts.synthesis_ahead_ms);
         let Some(speech) = self
             .speech
             .as_mut()
@@ -313,7 +343,8 @@ impl TtsActor {
                 // Ran dry: restart the clock with the next frames.
                 speech.clock = None;
                 if !speech.dry && !speech.finished() {
-                    self.env.services.metrics.tts_underruns.inc();
+                    let waiting_for_text = speech.queue.is_empty() && !speech.synthesizing;
+                    self.env.services.metrics.count_underrun(waiting_for_text);
                 }
                 speech.dry = true;
                 break;
@@ -520,5 +551,43 @@ mod tests {
         let mut held = speech(0, 1);
         held.held = true;
         assert!(!held.ready_to_synthesize(now, ahead));
+    }
+
+    #[test]
+    fn words_go_early_only_when_a_speaking_reply_runs_low() {
+        let now = Instant::now();
+        let low = Duration::from_millis(700);
+        let with_text = |frames, pieces| {
+            let mut s = speech(frames, pieces);
+            s.splitter.push("Sure, Paris is the capital of Fra");
+            s.splitter.take_words(1); // the first piece's words are out already
+            s.splitter.push("nce and its larg");
+            s
+        };
+        // 0.4 s left: the words written so far go now, the unfinished one stays.
+        let mut s = with_text(20, 1);
+        assert_eq!(
+            s.words_before_running_dry(now, low).as_deref(),
+            Some("France and its")
+        );
+        // 2 s left, before the first piece, held, busy, something queued, or off: wait.
+        assert_eq!(with_text(100, 1).words_before_running_dry(now, low), None);
+        assert_eq!(with_text(0, 0).words_before_running_dry(now, low), None);
+        let mut held = with_text(20, 1);
+        held.held = true;
+        assert_eq!(held.words_before_running_dry(now, low), None);
+        let mut busy = with_text(20, 1);
+        busy.synthesizing = true;
+        assert_eq!(busy.words_before_running_dry(now, low), None);
+        let mut queued = with_text(20, 1);
+        queued.queue.push_back((
+            "Next.".into(),
+            GaugeGuard::new(prometheus::IntGauge::new("g", "g").unwrap()),
+        ));
+        assert_eq!(queued.words_before_running_dry(now, low), None);
+        assert_eq!(
+            with_text(20, 1).words_before_running_dry(now, Duration::ZERO),
+            None
+        );
     }
 }

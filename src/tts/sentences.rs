@@ -77,6 +77,25 @@ impl SentenceSplitter {
             .collect()
     }
 
+    /// The whole words written so far (those followed by whitespace), as one piece,
+    /// if there are at least `min_words`: for speech about to run dry while the rest
+    /// of its sentence is still being written. The unfinished last word stays.
+    pub fn take_words(&mut self, min_words: usize) -> Option<String> {
+        let text = self.pending.as_str();
+        let cut = if text.ends_with(char::is_whitespace) {
+            text.len()
+        } else {
+            text.rfind(char::is_whitespace)?
+        };
+        let words = text[..cut].split_whitespace().count();
+        if words == 0 || words < min_words {
+            return None;
+        }
+        let piece: String = self.pending.drain(..cut).collect();
+        self.early_words = self.early_words.saturating_sub(words);
+        Some(piece.trim().to_string())
+    }
+
     /// The unfinished tail at the end of the stream, if it holds any text.
     pub fn finish(&mut self) -> Option<String> {
         let tail = std::mem::take(&mut self.pending);
@@ -230,6 +249,26 @@ fn is_closer(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_words_hands_out_whole_words_and_keeps_the_unfinished_one() {
+        let mut splitter = SentenceSplitter::new();
+        assert!(splitter.push("Paris is the capital of Fra").is_empty());
+        assert_eq!(
+            splitter.take_words(2).as_deref(),
+            Some("Paris is the capital of")
+        );
+        assert_eq!(
+            splitter.take_words(1),
+            None,
+            "\"Fra\" is not a whole word yet"
+        );
+        assert_eq!(splitter.push("nce. "), ["France."]);
+        assert!(splitter.push("It is ").is_empty());
+        assert_eq!(splitter.take_words(3), None, "fewer words than asked for");
+        assert_eq!(splitter.take_words(2).as_deref(), Some("It is"));
+        assert_eq!(splitter.finish(), None);
+    }
 
     #[test]
     fn the_first_piece_ends_at_a_comma_or_after_a_few_words() {
