@@ -426,7 +426,7 @@ fn quantize_here(values: &[f32], width: usize, span: usize) -> QuantizedRows {
         .zip(quants.chunks_exact_mut(len))
         .zip(&mut scales)
     {
-        let max = largest_magnitude(chunk);
+        let max = super::maxima::largest_by(chunk, 0.0, f32::abs);
         *scale = max / 127.0;
         let inverse = if max == 0.0 { 0.0 } else { 1.0 / *scale };
         for (q, v) in quants.iter_mut().zip(chunk) {
@@ -434,28 +434,6 @@ fn quantize_here(values: &[f32], width: usize, span: usize) -> QuantizedRows {
         }
     }
     QuantizedRows { quants, scales }
-}
-
-/// The largest magnitude in `values` (NaN ignored): eight running maxima the compiler
-/// keeps in one vector register, where one chained maximum ran a value at a time.
-#[inline(always)]
-fn largest_magnitude(values: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut lanes = [0f32; LANES];
-    let (chunks, tail) = values.as_chunks::<LANES>();
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            let magnitude = v.abs();
-            if magnitude > *lane {
-                *lane = magnitude;
-            }
-        }
-    }
-    let tail = tail.iter().map(|v| v.abs());
-    lanes
-        .into_iter()
-        .chain(tail)
-        .fold(0.0, |m, v| if v > m { v } else { m })
 }
 
 /// The portable kernel (and the reference the x86 kernels are tested against). Sums

@@ -7,5 +7,6 @@ pub mod halves;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
+pub mod maxima;
 
 pub use int8::{Int8Linear, Int8Rows, Scaling};

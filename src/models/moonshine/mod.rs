@@ -425,30 +425,10 @@ fn argmax_last_row(logits: &[f32], width: usize) -> Option<i64> {
         return None;
     }
     let row = logits.get(logits.len().checked_sub(width)?..)?;
-    let max = largest(row);
+    let max = crate::kernels::maxima::largest_by(row, f32::NEG_INFINITY, |v| v);
     // The first of equal largest values, as ONNX Runtime's own argmax picks.
     let index = row.iter().position(|&v| v == max)?;
     i64::try_from(index).ok()
-}
-
-/// The largest value (NaN ignored): eight running maxima the compiler keeps in one
-/// vector register, then the tail. A step's logits are 32,768 values a sequence; a
-/// branch per value cost 3 % of a batch-8 decoder step.
-fn largest(values: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let (chunks, tail) = values.as_chunks::<LANES>();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            if v > *lane {
-                *lane = v;
-            }
-        }
-    }
-    lanes
-        .into_iter()
-        .chain(tail.iter().copied())
-        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
 }
 
 /// Splits `len` samples into the fewest equal pieces of at most `max`.
