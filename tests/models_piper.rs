@@ -1,6 +1,7 @@
 //! The Piper voice through ONNX Runtime, without the server: with its noise turned
 //! off, synthesis is a pure function of the text. A run must not see what an earlier
-//! run left in memory (its arena is reused within a run and given back after it).
+//! run left in memory (its arena is reused within a run, and kept after it while
+//! pieces queue).
 
 #[path = "model_support/mod.rs"]
 mod model_support;
@@ -36,10 +37,13 @@ fn noiseless_synthesis_is_the_same_whatever_ran_before() {
     let short = phonemize_clauses(&pool, "Hello there.").expect("phonemes");
     let first = voice.synthesize(&short).expect("synthesize");
     assert!(first.len() > 4_000, "{} samples", first.len());
-    for round in 0..3 {
-        let between = voice.synthesize(&long).expect("synthesize");
+    // Even rounds give the arena back after each run; odd ones keep it, as the TTS
+    // thread does while pieces queue.
+    for round in 0..4 {
+        let keep = round % 2 == 1;
+        let between = voice.synthesize_then(&long, &|| keep).expect("synthesize");
         assert!(between.len() > first.len());
-        let again = voice.synthesize(&short).expect("synthesize");
+        let again = voice.synthesize_then(&short, &|| keep).expect("synthesize");
         assert_eq!(again.len(), first.len(), "round {round}");
         let differing = first.iter().zip(&again).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "round {round}: {differing} samples differ");

@@ -251,6 +251,7 @@ impl TtsActor {
         } else {
             "tts"
         };
+        let more_work = tts.voices.waiting_probe();
         let job = tts.voices.submit_with(
             priority,
             &speech.synthesis.0,
@@ -259,7 +260,7 @@ impl TtsActor {
                 metrics.batching.observe_queue_wait(stage, now.elapsed());
                 let _queued = queued;
                 let samples = voice
-                    .speak(&phonemizer, &sentence)
+                    .speak_then(&phonemizer, &sentence, &more_work)
                     .map_err(|e| e.to_string())?;
                 encode(&samples, voice.sample_rate(), format)
             },

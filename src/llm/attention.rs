@@ -23,6 +23,7 @@
 
 use std::sync::Arc;
 
+use crate::kernels::exp::exp;
 use crate::kernels::halves::{self, Half};
 
 /// Positions per block of keys (one AVX-512 vector of scores).
@@ -336,32 +337,8 @@ fn weighted_sum(
 #[inline(always)]
 fn exponentiate(scores: &mut [f32]) -> f32 {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
-    scores
-        .iter_mut()
-        .for_each(|s| *s = exp_at_most_zero(*s - max));
+    scores.iter_mut().for_each(|s| *s = exp(*s - max));
     scores.iter().fold(0f32, |sum, s| sum + s)
-}
-
-/// e^x for x ≤ 0 (a score less the largest), within ~2 ulp, in plain arithmetic the
-/// compiler vectorises: a call to libm's `expf` per score was a third of attention
-/// once the scores were blocked. Below -87 (weights under 1e-38) it gives ~1e-38.
-#[inline(always)]
-fn exp_at_most_zero(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 in two parts (Cody and Waite), so that x - n ln 2 loses nothing.
-    const LN2_HIGH: f32 = 0.693_145_75;
-    const LN2_LOW: f32 = 1.428_606_8e-6;
-    // Adding and taking away 1.5 × 2^23 rounds to the nearest integer, in any vector width.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
-    let r = (x - n * LN2_HIGH) - n * LN2_LOW;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n with n in [-126, 0]: a normal number's exponent field.
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }
 
 /// `query`'s dot products with the [`KEY_BLOCK`] keys of `block` (`[head size,
@@ -575,20 +552,6 @@ mod tests {
         drop(kept);
         state.compact();
         assert_eq!(state.heap_bytes(), exact);
-    }
-
-    /// The softmax's exponential agrees with libm's to a few ulp over its whole range.
-    #[test]
-    fn the_exponential_is_within_a_few_ulp() {
-        let mut worst = 0u32;
-        for i in 0..=870_000 {
-            let x = -(i as f32) * 1e-4;
-            let (got, want) = (exp_at_most_zero(x), x.exp());
-            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
-        }
-        assert!(worst <= 4, "worst error {worst} ulp");
-        assert_eq!(exp_at_most_zero(0.0), 1.0);
-        assert!(exp_at_most_zero(-1000.0) < 1e-37);
     }
 
     /// The first position attends only to itself: its output is its own value (as

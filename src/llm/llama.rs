@@ -21,6 +21,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 
 use super::attention::Attention;
 pub use super::attention::KvState;
+use crate::kernels::exp::silu;
 use crate::kernels::{Int8Linear, Scaling};
 
 /// Positions RoPE tables are built for (as candle's `quantized_llama`).
@@ -206,11 +207,6 @@ impl Llama {
     pub fn max_positions(&self) -> usize {
         self.attention.max_positions
     }
-}
-
-/// `x · σ(x)`, as candle's `silu`.
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// Row `row` of a `[items, vocabulary]` logits tensor.

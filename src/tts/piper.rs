@@ -78,8 +78,10 @@ struct AudioConfig {
 /// A loaded Piper voice: one ort session and the voice's phoneme table.
 pub struct PiperVoice {
     session: Session,
-    /// Every run gives its arena back: sentences of every length, tens of MB each.
-    run_options: RunOptions,
+    /// A run that gives its arena back (sentences of every length, tens of MB each)...
+    release_arena: RunOptions,
+    /// ...and one that keeps it for the run that follows at once.
+    keep_arena: RunOptions,
     ids: HashMap<char, Vec<i64>>,
     sample_rate: u32,
     scales: Scales,
@@ -113,7 +115,8 @@ impl PiperVoice {
         }
         Ok(Self {
             session: load_session_with(MODEL, onnx_path, 1, Memory::ArenaPerRun)?,
-            run_options: shrink_arena_after_run(MODEL)?,
+            release_arena: shrink_arena_after_run(MODEL)?,
+            keep_arena: RunOptions::new().map_err(ModelError::inference::<()>(MODEL))?,
             ids,
             sample_rate: config.audio.sample_rate,
             scales: config.inference,
@@ -135,25 +138,54 @@ impl PiperVoice {
     }
 
     /// Text to audio: phonemises clause by clause with `phonemizer`, then
-    /// synthesises once. Empty or unpronounceable text gives no samples.
+    /// synthesises. Empty or unpronounceable text gives no samples. The arena is
+    /// given back at the end.
     pub fn speak(&mut self, phonemizer: &PhonemizerPool, text: &str) -> Result<Vec<f32>, TtsError> {
+        self.speak_then(phonemizer, text, &|| false)
+    }
+
+    /// [`speak`](Self::speak), keeping the arena at the end if `more_work()` says
+    /// another piece waits for this voice. Giving it back after every run cost Piper's
+    /// thread a fresh, faulted mapping for each tensor of the next run: at sixteen
+    /// conversations ~6 of its ~45 CPU seconds a minute were in the kernel. Kept only
+    /// while work queues, it is still given back once the voice falls idle.
+    pub fn speak_then(
+        &mut self,
+        phonemizer: &PhonemizerPool,
+        text: &str,
+        more_work: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>, TtsError> {
         let clauses = phonemize_clauses(phonemizer, text)?;
-        self.synthesize(&clauses)
+        self.synthesize_then(&clauses, more_work)
     }
 
     /// Audio for one utterance given as phonemised clauses, each already
     /// carrying its mark (as [`phonemize_clauses`] returns them), synthesised in
-    /// runs of at most [`MAX_PHONEMES_PER_RUN`] phonemes.
+    /// runs of at most [`MAX_PHONEMES_PER_RUN`] phonemes. The arena is given back
+    /// at the end.
     pub fn synthesize(&mut self, phonemes_per_clause: &[String]) -> Result<Vec<f32>, TtsError> {
+        self.synthesize_then(phonemes_per_clause, &|| false)
+    }
+
+    /// [`synthesize`](Self::synthesize), keeping the arena between its runs, and
+    /// after the last if `more_work()` says so.
+    pub fn synthesize_then(
+        &mut self,
+        phonemes_per_clause: &[String],
+        more_work: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>, TtsError> {
+        let runs = runs(phonemes_per_clause, MAX_PHONEMES_PER_RUN);
         let mut audio = Vec::new();
-        for run in runs(phonemes_per_clause, MAX_PHONEMES_PER_RUN) {
-            audio.extend(self.synthesize_run(&run)?);
+        for (i, run) in runs.iter().enumerate() {
+            let keep = i + 1 < runs.len() || more_work();
+            audio.extend(self.synthesize_run(run, keep)?);
         }
         Ok(audio)
     }
 
-    /// One model run over a phoneme string.
-    fn synthesize_run(&mut self, phonemes: &str) -> Result<Vec<f32>, TtsError> {
+    /// One model run over a phoneme string; `keep_arena` says what becomes of the
+    /// arena after it.
+    fn synthesize_run(&mut self, phonemes: &str, keep_arena: bool) -> Result<Vec<f32>, TtsError> {
         let ids = self.phoneme_ids(phonemes);
         if ids.len() <= 3 {
             return Ok(Vec::new());
@@ -168,7 +200,11 @@ impl PiperVoice {
             .session
             .run_with_options(
                 ort::inputs!["input" => input, "input_lengths" => lengths, "scales" => scales],
-                &self.run_options,
+                if keep_arena {
+                    &self.keep_arena
+                } else {
+                    &self.release_arena
+                },
             )
             .map_err(err(MODEL))?;
         let (_, samples) = outputs["output"]

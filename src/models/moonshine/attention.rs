@@ -4,6 +4,8 @@
 //! row's result never depends on the rest of its batch; every sum runs in a fixed
 //! order.
 
+use crate::kernels::exp::exp;
+
 /// Lanes of [`dot`]: independent partial sums the compiler keeps in one vector
 /// register, added up in a fixed order, so the result is the same on every call.
 const LANES: usize = 8;
@@ -63,11 +65,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 pub(super) fn softmax(scores: &mut [f32]) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    scores.iter_mut().for_each(|s| *s = exp(*s - max));
+    let sum = scores.iter().fold(0f32, |sum, s| sum + s);
     for s in scores.iter_mut() {
         *s /= sum;
     }

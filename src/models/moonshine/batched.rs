@@ -29,6 +29,7 @@ use super::super::ModelError;
 use super::attention::attend_rows;
 use super::cross_cache::CrossCache;
 use super::{argmax_rows, EncodedAudio, GuidedGreedy};
+use crate::kernels::exp::silu;
 use crate::kernels::{Int8Linear, Scaling};
 
 const DECODER: &str = "moonshine-decoder";
@@ -494,15 +495,12 @@ fn layer_norm(x: &[f32], weight: &[f32]) -> Vec<f32> {
 /// `silu(gate) · value` per row, where each row of `up` is `[value | gate]`.
 #[inline(always)]
 fn gate(up: &[f32], half: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(up.len() / 2);
-    for row in up.chunks_exact(2 * half) {
+    let mut out = vec![0f32; up.len() / 2];
+    for (row, out) in up.chunks_exact(2 * half).zip(out.chunks_exact_mut(half)) {
         let (value, gate) = row.split_at(half);
-        out.extend(
-            value
-                .iter()
-                .zip(gate)
-                .map(|(v, g)| g / (1.0 + (-g).exp()) * v),
-        );
+        for ((out, v), g) in out.iter_mut().zip(value).zip(gate) {
+            *out = silu(*g) * v;
+        }
     }
     out
 }

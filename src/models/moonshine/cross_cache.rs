@@ -5,33 +5,52 @@
 //! 416 channels × its frames) and what a decoder step reads in full for every
 //! sequence in its batch: at batch 8 they were 24 MB a step as half floats, half
 //! again the weights' 41 MB, and the step waited on memory for them. They are held
-//! as int8 in runs of [`FRAME_BLOCK`] frames of one channel, each run with its own
-//! scale (as Q8_0 does for weights, and llama.cpp for its KV cache): 1.9 MB for a
-//! 5-second segment instead of 3. Each run's scale folds into the query (keys) or
-//! into the run's partial sums (values), so the arithmetic is float32 over exact
-//! integers; transcripts stay identical to ONNX Runtime's on every fixture
+//! as int8 (1.9 MB for a 5-second segment instead of 3), as llama.cpp holds its KV
+//! cache; transcripts stay identical to ONNX Runtime's on every fixture
 //! (`tests/stt_batch.rs`).
 //!
-//! Keys are laid out per head in blocks of frames, each block `[dim][frame]`: a
-//! block's scores are summed in registers over the head's dimensions while the block
-//! is read front to back. Values are `[channel][frame]`, so each output channel is
-//! one dot product along the frames. Both are zero past the last frame.
+//! - **Keys** are quantized per frame and head (one scale for a frame's 52
+//!   dimensions), and each head's query is quantized the same way when it attends,
+//!   so a score is an exact integer dot product times two scales. With AVX-512 VNNI
+//!   one `vpdpbusd` takes four dimensions of sixteen frames: keys are laid out per
+//!   head in blocks of [`KEY_BLOCK`] frames, per group of [`DIM_GROUP`] dimensions,
+//!   `[frame][dim]`. In float arithmetic over int8 keys the scores were half of a
+//!   batch-8 decoder step's cross-attention (fifteenth session).
+//! - **Values** are `[channel][frame]`, in runs of [`FRAME_BLOCK`] frames of one
+//!   channel, each run with its own scale (Q8_0's scheme) folded into the run's
+//!   partial sums, so each output channel is one dot product along the frames with
+//!   the float weights of the softmax. (Weights as bytes and values in VNNI tiles
+//!   were no faster: these sums wait on memory, and the tiles padded 52 channels to
+//!   64.)
+//!
+//! Both are zero past the last frame.
 
 use super::attention::softmax;
 #[cfg(target_arch = "x86_64")]
 use super::cross_cache_x86;
 
-/// Frames per run of one channel with its own scale, and per block of keys.
+/// Frames per run of one channel of values with its own scale.
 pub(super) const FRAME_BLOCK: usize = 32;
+
+/// Frames per block of keys: one 32-bit lane of a 512-bit register each.
+pub(super) const KEY_BLOCK: usize = 16;
+
+/// Dimensions of one frame's key that one lane of `vpdpbusd` multiplies at once.
+pub(super) const DIM_GROUP: usize = 4;
+
+/// Keys are stored as unsigned bytes `k + 128` (`vpdpbusd` multiplies unsigned bytes
+/// by signed ones); `128 · Σ q` is taken off each dot product.
+pub(super) const KEY_OFFSET: i32 = 128;
 
 /// Lanes of the value sums (one AVX2 register), added up in order at the end.
 pub(super) const LANES: usize = 8;
 
 /// See the module documentation.
 pub(super) struct CrossCache {
-    /// Per head, per block of frames, `[dim][FRAME_BLOCK]`.
-    keys: Vec<i8>,
-    /// One per row of `keys`: per head, per block, per dim.
+    /// Per head, per block of [`KEY_BLOCK`] frames, per group of [`DIM_GROUP`]
+    /// dimensions, `[frame][dim]` as `k + 128`; dimensions past the head's are zero.
+    keys: Vec<u8>,
+    /// Per head, per frame (whole key blocks): the scale of the frame's key.
     key_scales: Vec<f32>,
     /// `[channel][blocks × FRAME_BLOCK]`.
     values: Vec<i8>,
@@ -41,11 +60,19 @@ pub(super) struct CrossCache {
     head_dim: usize,
 }
 
+/// One head's query as int8 in whole groups of dimensions, what it adds to each
+/// stored key's dot product (`128 · Σ q`), and the scale of its scores.
+pub(super) struct QuantizedQuery {
+    pub quants: Vec<i8>,
+    pub offset: i32,
+    pub scale: f32,
+}
+
 impl CrossCache {
     /// From row-major `[frame][channel]` keys and values, channels in heads of
     /// `head_dim`.
     pub fn new(keys: &[f32], values: &[f32], frames: usize, head_dim: usize) -> Self {
-        let (keys, key_scales) = quantize_runs(&block_keys(keys, frames, head_dim));
+        let (keys, key_scales) = quantize_keys(keys, frames, head_dim);
         let (values, value_scales) = quantize_runs(&padded_channels(values, frames));
         CrossCache {
             keys,
@@ -74,15 +101,23 @@ impl CrossCache {
         self.attend_here(query, scores, out)
     }
 
-    /// [`attend`](Self::attend) in AVX2 intrinsics: the portable path's sums in the
-    /// same order, so the same bits.
+    /// [`attend`](Self::attend) in intrinsics: the scores' integer dot products with
+    /// AVX-512 VNNI where the CPU has it, the value sums in AVX2 in the portable
+    /// path's order, so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn attend_x86(&self, query: &[f32], scores: &mut Vec<f32>, out: &mut [f32]) {
         let scale = self.prepare(scores);
+        let vnni = crate::kernels::avx512_vnni_available();
+        let mut quantized = QuantizedQuery::empty(self.head_dim);
         for (head, (query, out)) in self.heads(query, out) {
+            quantized.set(query, scale);
             let (keys, key_scales) = self.head_keys(head);
-            cross_cache_x86::head_scores(query, scale, keys, key_scales, scores);
+            if vnni {
+                cross_cache_x86::head_scores(&quantized, keys, key_scales, scores);
+            } else {
+                head_scores(&quantized, keys, key_scales, scores);
+            }
             self.softmax(scores);
             let (values, value_scales) = self.head_values(head);
             cross_cache_x86::mix_values(scores, values, value_scales, out);
@@ -91,16 +126,11 @@ impl CrossCache {
 
     fn attend_here(&self, query: &[f32], scores: &mut Vec<f32>, out: &mut [f32]) {
         let scale = self.prepare(scores);
+        let mut quantized = QuantizedQuery::empty(self.head_dim);
         for (head, (query, out)) in self.heads(query, out) {
+            quantized.set(query, scale);
             let (keys, key_scales) = self.head_keys(head);
-            let blocks = keys.chunks_exact(self.head_dim * FRAME_BLOCK);
-            let block_scales = key_scales.chunks_exact(self.head_dim);
-            for ((block, block_scales), scores) in blocks
-                .zip(block_scales)
-                .zip(scores.chunks_exact_mut(FRAME_BLOCK))
-            {
-                scores.copy_from_slice(&block_scores(query, scale, block, block_scales));
-            }
+            head_scores(&quantized, keys, key_scales, scores);
             self.softmax(scores);
             let (values, value_scales) = self.head_values(head);
             let rows = values.chunks_exact(scores.len());
@@ -111,13 +141,15 @@ impl CrossCache {
         }
     }
 
-    /// Sizes the scratch scores to whole blocks; the query scale.
+    /// Sizes the scratch scores to whole blocks of values (which hold whole blocks of
+    /// keys); the query scale.
     fn prepare(&self, scores: &mut Vec<f32>) -> f32 {
         scores.resize(self.frames.div_ceil(FRAME_BLOCK) * FRAME_BLOCK, 0.0);
         1.0 / (self.head_dim as f32).sqrt()
     }
 
     /// Softmax over the real frames; the padding's weights are zero.
+    #[inline(always)]
     fn softmax(&self, scores: &mut [f32]) {
         let (real, padding) = scores.split_at_mut(self.frames);
         softmax(real);
@@ -138,12 +170,12 @@ impl CrossCache {
     }
 
     /// One head's key blocks and their scales.
-    fn head_keys(&self, head: usize) -> (&[i8], &[f32]) {
-        let blocks = self.frames.div_ceil(FRAME_BLOCK);
-        let rows = blocks * self.head_dim;
+    fn head_keys(&self, head: usize) -> (&[u8], &[f32]) {
+        let frames = self.frames.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let bytes = frames * self.head_dim.div_ceil(DIM_GROUP) * DIM_GROUP;
         (
-            &self.keys[head * rows * FRAME_BLOCK..(head + 1) * rows * FRAME_BLOCK],
-            &self.key_scales[head * rows..(head + 1) * rows],
+            &self.keys[head * bytes..(head + 1) * bytes],
+            &self.key_scales[head * frames..(head + 1) * frames],
         )
     }
 
@@ -158,20 +190,81 @@ impl CrossCache {
     }
 }
 
-/// `[frame][channel]` keys → per head, per block of frames, `[dim][FRAME_BLOCK]`,
-/// zero past the last frame.
-fn block_keys(keys: &[f32], frames: usize, head_dim: usize) -> Vec<f32> {
+/// `[frame][channel]` keys → the layout of [`CrossCache::keys`] and its scales: each
+/// frame's head scaled by its largest magnitude / 127, rounded to nearest (ties to
+/// even). Frames past the last and dimensions past the head's are zero.
+fn quantize_keys(keys: &[f32], frames: usize, head_dim: usize) -> (Vec<u8>, Vec<f32>) {
     let width = keys.len() / frames.max(1);
-    let blocks = frames.div_ceil(FRAME_BLOCK);
-    let mut out = vec![0f32; width * blocks * FRAME_BLOCK];
+    let heads = width / head_dim.max(1);
+    let groups = head_dim.div_ceil(DIM_GROUP);
+    let padded = frames.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+    let mut quants = vec![KEY_OFFSET as u8; heads * padded * groups * DIM_GROUP];
+    let mut scales = vec![0f32; heads * padded];
     for (frame, row) in keys.chunks_exact(width).enumerate() {
-        let (block, slot) = (frame / FRAME_BLOCK, frame % FRAME_BLOCK);
-        for (channel, &key) in row.iter().enumerate() {
-            let (head, dim) = (channel / head_dim, channel % head_dim);
-            out[((head * blocks + block) * head_dim + dim) * FRAME_BLOCK + slot] = key;
+        let (block, slot) = (frame / KEY_BLOCK, frame % KEY_BLOCK);
+        for (head, key) in row.chunks_exact(head_dim).enumerate() {
+            let (scale, inverse) = int8_scale(key);
+            scales[head * padded + frame] = scale;
+            for (dim, &k) in key.iter().enumerate() {
+                let (group, lane) = (dim / DIM_GROUP, dim % DIM_GROUP);
+                let at = (((head * padded / KEY_BLOCK + block) * groups + group) * KEY_BLOCK
+                    + slot)
+                    * DIM_GROUP
+                    + lane;
+                quants[at] = ((k * inverse).round_ties_even() as i8 as u8) ^ 0x80;
+            }
         }
     }
-    out
+    (quants, scales)
+}
+
+/// The int8 scale of `values` (largest magnitude / 127) and its inverse (zero for
+/// all-zero values).
+fn int8_scale(values: &[f32]) -> (f32, f32) {
+    let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    (scale, if max == 0.0 { 0.0 } else { 1.0 / scale })
+}
+
+impl QuantizedQuery {
+    /// Room for a query of `head_dim` dimensions.
+    fn empty(head_dim: usize) -> Self {
+        QuantizedQuery {
+            quants: vec![0; head_dim.div_ceil(DIM_GROUP) * DIM_GROUP],
+            offset: 0,
+            scale: 0.0,
+        }
+    }
+
+    /// Quantizes one head's `query`, whose scores are scaled by `score_scale`.
+    fn set(&mut self, query: &[f32], score_scale: f32) {
+        let (scale, inverse) = int8_scale(query);
+        for (q, &x) in self.quants.iter_mut().zip(query) {
+            *q = (x * inverse).round_ties_even() as i8;
+        }
+        self.offset = KEY_OFFSET * self.quants.iter().map(|&q| i32::from(q)).sum::<i32>();
+        self.scale = scale * score_scale;
+    }
+}
+
+/// Every key block's scores for one head: `(Σ_d q[d] · k[f][d]) · query scale · key
+/// scale[f]`, the sum exact in integers.
+fn head_scores(query: &QuantizedQuery, keys: &[u8], key_scales: &[f32], scores: &mut [f32]) {
+    let group_bytes = KEY_BLOCK * DIM_GROUP;
+    let blocks = keys.chunks_exact(query.quants.len() * KEY_BLOCK);
+    for (b, block) in blocks.enumerate() {
+        for slot in 0..KEY_BLOCK {
+            let mut dot = -query.offset;
+            for (g, q) in query.quants.chunks_exact(DIM_GROUP).enumerate() {
+                let key = &block[g * group_bytes + slot * DIM_GROUP..][..DIM_GROUP];
+                for (&k, &q) in key.iter().zip(q) {
+                    dot += i32::from(k) * i32::from(q);
+                }
+            }
+            let f = b * KEY_BLOCK + slot;
+            scores[f] = dot as f32 * query.scale * key_scales[f];
+        }
+    }
 }
 
 /// `[frame][channel]` → `[channel][blocks × FRAME_BLOCK]`, zero past the last frame.
@@ -193,27 +286,11 @@ fn quantize_runs(values: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut quants = Vec::with_capacity(values.len());
     let mut scales = Vec::with_capacity(values.len() / FRAME_BLOCK);
     for run in values.chunks_exact(FRAME_BLOCK) {
-        let max = run.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = max / 127.0;
-        let inverse = if max == 0.0 { 0.0 } else { 1.0 / scale };
+        let (scale, inverse) = int8_scale(run);
         quants.extend(run.iter().map(|v| (v * inverse).round_ties_even() as i8));
         scales.push(scale);
     }
     (quants, scales)
-}
-
-/// The scores of one block's frames: `Σ_d (query[d] · scale · s_d) · key[d][frame]`
-/// with `s_d` the scale of the block's row `d`, summed over `d` in order from zero.
-fn block_scores(query: &[f32], scale: f32, block: &[i8], scales: &[f32]) -> [f32; FRAME_BLOCK] {
-    let mut sums = [0f32; FRAME_BLOCK];
-    let rows = block.chunks_exact(FRAME_BLOCK).zip(scales);
-    for (&q, (keys, &row_scale)) in query.iter().zip(rows) {
-        let q = q * scale * row_scale;
-        for (sum, &key) in sums.iter_mut().zip(keys) {
-            *sum += q * f32::from(key);
-        }
-    }
-    sums
 }
 
 /// `Σ_f scores[f] · value[f]` over one value row: per run, lane sums of the products
@@ -261,6 +338,35 @@ mod tests {
         }
     }
 
+    /// A key comes back within half a step of its frame's scale, wherever the layout
+    /// puts it, and dimensions past the head's hold zero.
+    #[test]
+    fn keys_round_to_within_half_a_step_in_their_place() {
+        let (frames, head_dim, heads) = (19, 6, 2);
+        let keys = wave(0.7, frames * head_dim * heads);
+        let (quants, scales) = quantize_keys(&keys, frames, head_dim);
+        let groups = head_dim.div_ceil(DIM_GROUP);
+        let padded = frames.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        for frame in 0..frames {
+            for head in 0..heads {
+                let scale = scales[head * padded + frame];
+                for dim in 0..groups * DIM_GROUP {
+                    let block = head * padded / KEY_BLOCK + frame / KEY_BLOCK;
+                    let at = ((block * groups + dim / DIM_GROUP) * KEY_BLOCK + frame % KEY_BLOCK)
+                        * DIM_GROUP
+                        + dim % DIM_GROUP;
+                    let stored = i32::from(quants[at]) - KEY_OFFSET;
+                    let want = if dim < head_dim {
+                        keys[(frame * heads + head) * head_dim + dim]
+                    } else {
+                        0.0
+                    };
+                    assert!((want - scale * stored as f32).abs() <= scale / 2.0 + 1e-7);
+                }
+            }
+        }
+    }
+
     /// The int8 cross-attention agrees with plain row-major attention over float
     /// keys and values to within what the rounding allows.
     #[test]
@@ -294,9 +400,9 @@ mod tests {
         }
     }
 
-    /// The AVX2 path (scores blocked in registers, value sums in groups) sums as the
-    /// portable one does: the same result bit for bit, over sizes that leave every
-    /// kind of remainder (a partial block of frames, dimensions past a group).
+    /// The intrinsics path (VNNI scores, value sums in groups) sums as the portable
+    /// one does: the same result bit for bit, over sizes that leave every kind of
+    /// remainder (a partial block of frames, dimensions past a group).
     #[test]
     fn both_paths_give_the_same_result() {
         for (frames, head_dim, heads) in [(45, 52, 2), (225, 52, 1), (7, 6, 3), (32, 10, 2)] {
@@ -314,8 +420,10 @@ mod tests {
             let mut chosen = vec![0f32; width];
             cache.attend(&query, &mut scratch, &mut chosen);
             assert_eq!(portable, chosen, "{frames} frames, {head_dim} dims");
-            let runs = 2 * width * frames.div_ceil(FRAME_BLOCK);
-            assert_eq!(cache.bytes(), runs * (FRAME_BLOCK + 4));
+            let value_runs = width * frames.div_ceil(FRAME_BLOCK);
+            let key_frames = heads * frames.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+            let key_bytes = key_frames * (head_dim.div_ceil(DIM_GROUP) * DIM_GROUP + 4);
+            assert_eq!(cache.bytes(), value_runs * (FRAME_BLOCK + 4) + key_bytes);
         }
     }
 }

@@ -1,16 +1,18 @@
-//! [`CrossCache`](super::cross_cache::CrossCache)'s attention in AVX2 intrinsics,
-//! blocked so that partial sums stay in registers: a block's 32 scores are summed in
-//! four vectors over all of a head's dimensions, and each vector of scores is loaded
-//! once for four dimensions' value sums. Every sum runs in the portable path's order
-//! (multiply, then add; no fused multiply-add; lanes added up in order), so both give
-//! the same bits (tested there).
+//! [`CrossCache`](super::cross_cache::CrossCache)'s attention in intrinsics: the
+//! scores as integer dot products with AVX-512 VNNI (exact, so in any order), and the
+//! value sums in AVX2, blocked so that partial sums stay in registers (each vector of
+//! scores is loaded once for four dimensions' value sums). The value sums run in the
+//! portable path's order (multiply, then add; no fused multiply-add; lanes added up in
+//! order), so both paths give the same bits (tested there).
 
 use std::arch::x86_64::{
     __m256, _mm256_add_ps, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_loadu_ps,
-    _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadl_epi64,
+    _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm512_cvtepi32_ps,
+    _mm512_dpbusd_epi32, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32,
+    _mm512_set1_ps, _mm512_setzero_si512, _mm512_storeu_ps, _mm512_sub_epi32, _mm_loadl_epi64,
 };
 
-use super::cross_cache::{FRAME_BLOCK, LANES};
+use super::cross_cache::{QuantizedQuery, DIM_GROUP, FRAME_BLOCK, KEY_BLOCK, LANES};
 
 /// Vectors of scores in one block of frames.
 const VECTORS: usize = FRAME_BLOCK / LANES;
@@ -30,41 +32,44 @@ unsafe fn widen8(at: *const i8) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast())))
 }
 
-/// Every block's scores for one head: `Σ_d (query[d] · scale · s_d) · key[d][f]`,
-/// `d` in order from zero (`keys`: per block `[dim][FRAME_BLOCK]`; `scales`: per
-/// block, per dim; `scores`: whole blocks).
+/// Every key block's scores for one head, as the portable `head_scores` gives them:
+/// sixteen frames' integer dot products in one register, four dimensions an
+/// instruction, then `· query scale · key scale` in that order.
 ///
 /// # Safety
-/// The CPU has AVX2.
-#[target_feature(enable = "avx2")]
+/// The CPU has AVX-512F and AVX-512 VNNI; `keys`, `key_scales` and `scores` hold
+/// the same whole blocks of [`KEY_BLOCK`] frames.
+#[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn head_scores(
-    query: &[f32],
-    scale: f32,
-    keys: &[i8],
-    scales: &[f32],
+    query: &QuantizedQuery,
+    keys: &[u8],
+    key_scales: &[f32],
     scores: &mut [f32],
 ) {
-    let dims = query.len();
+    let groups = query.quants.len() / DIM_GROUP;
+    let block_bytes = groups * KEY_BLOCK * DIM_GROUP;
+    let blocks = keys.len() / block_bytes;
     assert!(
-        keys.len() == scores.len() * dims && scales.len() * FRAME_BLOCK == keys.len(),
-        "one block of keys per block of scores"
+        key_scales.len() == blocks * KEY_BLOCK && scores.len() >= blocks * KEY_BLOCK,
+        "one scale and one score per frame of whole blocks"
     );
-    let blocks = keys
-        .chunks_exact(dims * FRAME_BLOCK)
-        .zip(scales.chunks_exact(dims));
-    for ((block, scales), scores) in blocks.zip(scores.chunks_exact_mut(FRAME_BLOCK)) {
-        let mut sums = [_mm256_setzero_ps(); VECTORS];
-        for (d, (&q, &row_scale)) in query.iter().zip(scales).enumerate() {
-            let q = _mm256_set1_ps(q * scale * row_scale);
-            // SAFETY: d < dims: the row's FRAME_BLOCK bytes are inside this block.
-            let row = block.as_ptr().add(d * FRAME_BLOCK);
-            for (v, sum) in sums.iter_mut().enumerate() {
-                *sum = _mm256_add_ps(*sum, _mm256_mul_ps(q, widen8(row.add(v * LANES))));
-            }
+    let offset = _mm512_set1_epi32(query.offset);
+    let query_scale = _mm512_set1_ps(query.scale);
+    for b in 0..blocks {
+        let block = keys.as_ptr().add(b * block_bytes);
+        let mut sum = _mm512_setzero_si512();
+        for g in 0..groups {
+            // SAFETY: g < groups: the group's 64 bytes and 4 query bytes are in bounds.
+            let k = _mm512_loadu_si512(block.add(g * KEY_BLOCK * DIM_GROUP).cast());
+            let q = query.quants.as_ptr().add(g * DIM_GROUP).cast::<i32>();
+            sum = _mm512_dpbusd_epi32(sum, k, _mm512_set1_epi32(q.read_unaligned()));
         }
-        for (v, sum) in sums.iter().enumerate() {
-            _mm256_storeu_ps(scores.as_mut_ptr().add(v * LANES), *sum);
-        }
+        let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
+        let scaled = _mm512_mul_ps(
+            _mm512_mul_ps(dot, query_scale),
+            _mm512_loadu_ps(key_scales.as_ptr().add(b * KEY_BLOCK)),
+        );
+        _mm512_storeu_ps(scores.as_mut_ptr().add(b * KEY_BLOCK), scaled);
     }
 }
 
