@@ -14,8 +14,8 @@
 //!   so a score is an exact integer dot product times two scales. With AVX-512 VNNI
 //!   one `vpdpbusd` takes four dimensions of sixteen frames: keys are laid out per
 //!   head in blocks of [`KEY_BLOCK`] frames, per group of [`DIM_GROUP`] dimensions,
-//!   `[frame][dim]`. In float arithmetic over int8 keys the scores were half of a
-//!   batch-8 decoder step's cross-attention (fifteenth session).
+//!   `[frame][dim]`. In float arithmetic over int8 keys the scores were a third of
+//!   a batch-8 decoder step's cross-attention; now a fifth (fifteenth session).
 //! - **Values** are `[channel][frame]`, in runs of [`FRAME_BLOCK`] frames of one
 //!   channel, each run with its own scale (Q8_0's scheme) folded into the run's
 //!   partial sums, so each output channel is one dot product along the frames with
