@@ -147,7 +147,7 @@ impl PiperVoice {
     /// [`speak`](Self::speak), keeping the arena at the end if `more_work()` says
     /// another piece waits for this voice. Giving it back after every run cost Piper's
     /// thread a fresh, faulted mapping for each tensor of the next run: at sixteen
-    /// conversations ~6 of its ~45 CPU seconds a minute were in the kernel. Kept only
+    /// conversations 6.0–6.8 of its ~50 CPU seconds a minute were in the kernel. Kept only
     /// while work queues, it is still given back once the voice falls idle.
     pub fn speak_then(
         &mut self,
