@@ -17,6 +17,8 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::int8_x86::{avx2, avx512, avx512::TILE};
 
+mod largest;
+
 /// Values per block (as Q8_0).
 pub(super) const BLOCK: usize = 32;
 
@@ -256,11 +258,20 @@ impl Int8Linear {
     /// `x · Wᵀ` for rows from [`quantize_rows`](Self::quantize_rows) of this product
     /// or one of the same width and scaling, columns split across the matmul pool.
     pub fn forward_quantized(&self, rows: &Int8Rows) -> Vec<f32> {
+        self.forward_quantized_with(rows, true)
+    }
+
+    /// [`forward_quantized`](Self::forward_quantized) on the calling thread alone.
+    pub fn forward_quantized_here(&self, rows: &Int8Rows) -> Vec<f32> {
+        self.forward_quantized_with(rows, false)
+    }
+
+    fn forward_quantized_with(&self, rows: &Int8Rows, parallel: bool) -> Vec<f32> {
         assert!(
             rows.width == self.blocks * BLOCK && rows.span == self.span,
             "rows quantized for another width or scaling"
         );
-        self.product(&rows.input, rows.rows, true)
+        self.product(&rows.input, rows.rows, parallel)
     }
 
     fn forward_rows_with(&self, input: &[f32], rows: usize, parallel: bool) -> Vec<f32> {
@@ -401,21 +412,18 @@ type DotGroup = unsafe fn(&[i8], &[f32], &[i8], &[f32], usize, usize, &mut [f32]
 fn quantize(values: &[f32], width: usize, span: usize) -> QuantizedRows {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { quantize_avx2(values, width, span) };
+        let len = span * BLOCK;
+        debug_assert!(values.len().is_multiple_of(width) && width.is_multiple_of(len));
+        let mut quants = vec![0i8; values.len()];
+        let mut scales = vec![0f32; values.len() / len];
+        // SAFETY: the CPU has AVX2 (checked just above); `len` is whole blocks that
+        // divide every row, and the outputs are sized for `values`.
+        unsafe { avx2::quantize(values, len, &mut quants, &mut scales) };
+        return QuantizedRows { quants, scales };
     }
     quantize_here(values, width, span)
 }
 
-/// [`quantize`] compiled for AVX2: the same arithmetic, eight values wide (the
-/// baseline build rounds each value with a call into libm).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_avx2(values: &[f32], width: usize, span: usize) -> QuantizedRows {
-    quantize_here(values, width, span)
-}
-
-#[inline(always)]
 fn quantize_here(values: &[f32], width: usize, span: usize) -> QuantizedRows {
     let len = span * BLOCK;
     debug_assert!(values.len().is_multiple_of(width) && width.is_multiple_of(len));
@@ -568,6 +576,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The AVX2 quantizer against the portable one, to the bit: values whose scaled
+    /// product falls exactly halfway (ties go to even), zero spans, and span widths of
+    /// one, two and eight blocks.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_quantizer_matches_the_portable_one() {
+        if !avx2::available() {
+            return;
+        }
+        for span in [1, 2, 8] {
+            let width = 8 * BLOCK;
+            let mut values = pseudo_random(3 * width, 17 + span as u32);
+            // A span of 127 with halves: 0.5 → 0, 1.5 → 2, 2.5 → 2, -0.5 → 0, -1.5 → -2.
+            values[..5].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -1.5]);
+            values[5] = -0.5;
+            values[width..2 * width].fill(0.0);
+            let expect = quantize_here(&values, width, span);
+            let got = quantize(&values, width, span);
+            assert_eq!(got.quants, expect.quants, "span {span}");
+            assert_eq!(got.scales, expect.scales, "span {span}");
+            assert_eq!(&got.quants[..6], &[127, 0, 2, 2, -2, 0]);
         }
     }
 }

@@ -73,6 +73,50 @@ pub(super) mod avx2 {
             *result = sum_lanes(acc[r]);
         }
     }
+
+    /// Quantizes `values` in spans of `len` (a whole number of blocks) into `quants`
+    /// and one scale per span into `scales`, as the portable `int8::quantize_here`
+    /// does and to the same bits: the largest magnitude (`max` keeps the lane when
+    /// either is NaN, as the portable `>` does), then each value times the span's
+    /// inverse scale, rounded to nearest even by `cvtps2dq` (MXCSR's default mode,
+    /// which Rust never changes) and packed to bytes 32 at a time. The portable loop
+    /// converted one value at a time: 5.6 % of a batch-8 Moonshine decoder step.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `len` is a multiple of [`BLOCK`] dividing `values.len()`,
+    /// `quants` is as long as `values` and `scales` holds one per span. Values are
+    /// finite (a NaN would quantize to -128 here and 0 there).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize(values: &[f32], len: usize, quants: &mut [i8], scales: &mut [f32]) {
+        debug_assert!(len.is_multiple_of(BLOCK) && values.len().is_multiple_of(len));
+        debug_assert!(quants.len() == values.len() && scales.len() * len == values.len());
+        let magnitude = _mm256_set1_ps(f32::from_bits(0x7fff_ffff));
+        // Dwords after the two packs hold values 0–3, 8–11, 16–19, 24–27, 4–7, …
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (span, scale) in scales.iter_mut().enumerate() {
+            let from = values.as_ptr().add(span * len);
+            let mut lanes = _mm256_setzero_ps();
+            for i in (0..len).step_by(8) {
+                let k = _mm256_and_ps(_mm256_loadu_ps(from.add(i)), magnitude);
+                lanes = _mm256_max_ps(k, lanes);
+            }
+            let mut max = [0f32; 8];
+            _mm256_storeu_ps(max.as_mut_ptr(), lanes);
+            let max = max.into_iter().fold(0.0, |m, k| if k > m { k } else { m });
+            *scale = max / 127.0;
+            let inverse = _mm256_set1_ps(if max == 0.0 { 0.0 } else { 1.0 / *scale });
+            let to = quants.as_mut_ptr().add(span * len);
+            for i in (0..len).step_by(BLOCK) {
+                let round = |at: usize| {
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(from.add(i + at)), inverse))
+                };
+                let low = _mm256_packs_epi32(round(0), round(8));
+                let high = _mm256_packs_epi32(round(16), round(24));
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(low, high), order);
+                _mm256_storeu_si256(to.add(i) as *mut __m256i, bytes);
+            }
+        }
+    }
 }
 
 /// AVX-512 with VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), on weights laid out

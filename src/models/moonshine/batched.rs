@@ -28,7 +28,7 @@ use super::super::onnx_proto::{self, FloatTensor, Graph, Node};
 use super::super::ModelError;
 use super::attention::attend_rows;
 use super::cross_cache::CrossCache;
-use super::{argmax_rows, EncodedAudio, GuidedGreedy};
+use super::{EncodedAudio, GuidedGreedy};
 use crate::kernels::exp::silu;
 use crate::kernels::{Int8Linear, Scaling};
 
@@ -232,9 +232,11 @@ impl BatchedDecoder {
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer_norm(&x, &layer.input_norm);
             let attention = &layer.self_attention;
-            let mut q = attention.q.forward_rows_here(&h, count);
-            let mut k = attention.k.forward_rows_here(&h, count);
-            let v = attention.v.forward_rows_here(&h, count);
+            // Query, key and value read the same rows: quantized once for the three.
+            let h = attention.q.quantize_rows(&h, count);
+            let mut q = attention.q.forward_quantized_here(&h);
+            let mut k = attention.k.forward_quantized_here(&h);
+            let v = attention.v.forward_quantized_here(&h);
             for (r, rotation) in rotations.iter().enumerate() {
                 let span = r * self.width..(r + 1) * self.width;
                 self.rotate(&mut q[span.clone()], rotation);
@@ -279,7 +281,12 @@ impl BatchedDecoder {
             add(&mut x, &down);
         }
         let h = layer_norm(&x, &self.norm);
-        let choices = argmax_rows(&self.logits.forward_rows_here(&h, count), self.vocab);
+        let choices = self
+            .logits
+            .largest_columns_here(&h, count)
+            .into_iter()
+            .flatten()
+            .map(|id| id as i64);
         let mut per_sequence = vec![Vec::new(); batch.len()];
         for (&(s, _), choice) in rows.iter().zip(choices) {
             per_sequence[s].push(choice);
