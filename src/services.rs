@@ -28,7 +28,7 @@ use crate::models::{
     ORT_DYLIB_FILE, SILERO_FILE,
 };
 use crate::registry::RegistryHandle;
-use crate::tts::{PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
+use crate::tts::{piper_model_path, PhonemizerPool, PiperVoice, TtsError, PIPER_CONFIG_FILE};
 use crate::workers::llm_batcher::{LlmBatcher, PassShape};
 use crate::workers::pool::{Lanes, StateInit};
 use crate::workers::silero_batcher::SileroBatcher;
@@ -246,7 +246,7 @@ impl TtsService {
         readiness: &Arc<Readiness>,
     ) -> Result<Self, ServicesError> {
         let dir = &config.models.dir;
-        let (model, voice_config) = (dir.join(PIPER_MODEL_FILE), dir.join(PIPER_CONFIG_FILE));
+        let (model, voice_config) = (piper_model_path(dir), dir.join(PIPER_CONFIG_FILE));
         for path in [&model, &voice_config] {
             if !path.is_file() {
                 let path = path.clone();

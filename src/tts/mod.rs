@@ -20,7 +20,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use phonemizer::{PhonemizerOptions, PhonemizerPool};
-pub use piper::{phonemize_clauses, PiperVoice, Scales, PIPER_CONFIG_FILE, PIPER_MODEL_FILE};
+pub use piper::{
+    phonemize_clauses, piper_model_path, PiperVoice, Scales, PIPER_CONFIG_FILE,
+    PIPER_CONVERTED_MODEL_FILE, PIPER_MODEL_FILE,
+};
 pub use sentences::{clauses, Clause, SentenceSplitter};
 
 use crate::models::ModelError;
