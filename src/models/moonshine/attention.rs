@@ -32,12 +32,35 @@ pub(super) fn attend_rows(
             *score = dot(q, &keys[t * width + span.start..t * width + span.end]) * scale;
         }
         softmax(scores);
-        let o = &mut out[span.clone()];
-        o.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let v = &values[t * width + span.start..t * width + span.end];
-            for (o, v) in o.iter_mut().zip(v) {
-                *o += p * v;
+        mix(scores, values, width, span.start, &mut out[span]);
+    }
+}
+
+/// `out[d] = Σ_t scores[t] · values[t][first + d]`, eight dimensions at a time with
+/// their sums in a register across every position. Summed in place in `out`, each
+/// position's store had to reach the next position's load first, and the compiler ran
+/// 52 dimensions as one 32-wide pass and five 4-wide ones. The order of every sum is
+/// unchanged, so are the bits (a batch-8 step ~5 % faster, docs/benchmarks.md).
+#[inline(always)]
+fn mix(scores: &[f32], values: &[f32], width: usize, first: usize, out: &mut [f32]) {
+    for (c, out) in out.chunks_mut(LANES).enumerate() {
+        let at = first + c * LANES;
+        if let Ok(out) = <&mut [f32; LANES]>::try_from(&mut *out) {
+            let mut sums = [0f32; LANES];
+            for (t, &p) in scores.iter().enumerate() {
+                let v = &values[t * width + at..][..LANES];
+                for lane in 0..LANES {
+                    sums[lane] += p * v[lane];
+                }
+            }
+            *out = sums;
+        } else {
+            out.fill(0.0);
+            for (t, &p) in scores.iter().enumerate() {
+                let v = &values[t * width + at..][..out.len()];
+                for (o, v) in out.iter_mut().zip(v) {
+                    *o += p * v;
+                }
             }
         }
     }
@@ -81,6 +104,23 @@ mod tests {
         let a: Vec<f32> = (0..52).map(|i| i as f32).collect();
         let b = vec![1.0; 52];
         assert_eq!(dot(&a, &b), (0..52).sum::<i32>() as f32);
+    }
+
+    #[test]
+    fn mix_sums_each_dimension_over_positions_in_order() {
+        // 3 positions of width 24, mixing dimensions 2..13 (one full chunk, a tail of 3).
+        let (width, first, dims) = (24, 2, 11);
+        let values: Vec<f32> = (0..3 * width).map(|i| (i as f32 * 0.37).sin()).collect();
+        let scores = [0.2, 0.5, 0.3];
+        let mut out = vec![f32::NAN; dims];
+        mix(&scores, &values, width, first, &mut out);
+        for (d, &o) in out.iter().enumerate() {
+            let mut expect = 0f32;
+            for (t, p) in scores.iter().enumerate() {
+                expect += p * values[t * width + first + d];
+            }
+            assert_eq!(o.to_bits(), expect.to_bits(), "dimension {d}");
+        }
     }
 
     #[test]
