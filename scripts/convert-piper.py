@@ -44,15 +44,17 @@ def as_2d(node, weight):
     )
     if "output_padding" in attrs:
         new["output_padding"] = [0, attrs["output_padding"][0]]
-    unknown = set(attrs) - {"kernel_shape", "dilations", "strides", "pads", "group", "output_padding"}
+    known = {"kernel_shape", "dilations", "strides", "pads", "group", "output_padding", "auto_pad"}
+    unknown = set(attrs) - known
     if unknown or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        sys.exit(f"{node.name}: attributes this script does not know: {sorted(unknown)}")
+        sys.exit(f"{node.name}: attributes this script does not handle: {sorted(unknown) or 'auto_pad'}")
     return new
 
 
 def scalar_constant(node):
-    value = helper.get_attribute_value(node.attribute[0])
-    return numpy_helper.to_array(value).size == 1
+    """Whether a `Constant` holds one tensor `value` of a single element."""
+    values = [a for a in node.attribute if a.name == "value"]
+    return len(values) == 1 and numpy_helper.to_array(values[0].t).size == 1
 
 
 def convert(src, out):
