@@ -5,8 +5,8 @@
 //! highest session count that kept p95 VAD decision lag under 200 ms with no failed
 //! session (and, with `--max-transcript-p95-ms` / `--max-first-audio-p95-ms`, whose
 //! replies kept those bounds: see [`LatencyBounds`]), and the p95 of the server's own
-//! stage times of replies (`latency_ms`) at each step when the server reports them. `--plot` draws the p95 latencies against the
-//! session count as SVG.
+//! stage times of replies (`latency_ms`) at each step when the server reports them.
+//! `--plot` draws the p95 latencies against the session count as SVG.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
